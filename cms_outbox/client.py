@@ -1,0 +1,339 @@
+"""``CMSClient``: the official SDK's calls, made durable. Wires the parts, owns their lifecycle."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from datetime import datetime, timezone
+from typing import Callable
+
+from sqlalchemy import Engine
+
+from . import config, database, migrate
+from .errors import ClientClosed, EventNotFound
+from .events import Event, build_lead, build_sale
+from .flusher import Callback, Flusher, result_of_row
+from .results import EventState, FlushReport, TrackResult
+from .scheduling import FlushScheduler
+from .store import AppConnection, Store
+
+__all__ = ["CMSClient"]
+
+logger = logging.getLogger(__name__)
+FINAL_STATES = (EventState.DELIVERED.value, EventState.DEAD.value)
+
+
+class CMSClient:
+    """Drop-in for the official SDK's ``CMSClient`` that never loses or doubles an event.
+
+    ``track_lead``/``track_sale`` validate and store the event in one transaction and
+    return at once; a flusher delivers it. With ``database_url`` the client creates
+    (and on ``close()`` disposes of) its own engine; an ``engine=`` passed in is used
+    as it is and never disposed of.
+
+    :param token: bearer token (default: env ``CMS_BEARER_TOKEN``); not needed with
+        ``flush="off"`` in a process that only enqueues.
+    :param host: API base (default: env ``CMS_HOST``, else ``https://api.cme.sh``).
+    :param database_url: outbox database (default: env ``CMS_OUTBOX_URL``, else
+        ``sqlite:///cms_outbox.db``).
+    :param flush: ``"background"`` delivers from this process; ``"off"`` only when
+        ``flush()`` is called (or a ``cms-outbox run`` daemon delivers).
+    :param rate_limit: requests per minute for all flushers of this outbox together;
+        ``None`` or ``0`` for no pacing.
+    :param durability: ``"full"`` fsyncs every enqueue (survives power loss),
+        ``"normal"`` trades that for speed (SQLite).
+    :param auto_migrate: bring the tables to the current schema; with False only check.
+    :raises ConfigurationError: a setting that cannot work.
+    :raises SchemaError: the database is not at this version's schema.
+    """
+
+    def __init__(
+        self,
+        token: str | None = None,
+        host: str | None = None,
+        database_url: str | None = None,
+        *,
+        engine: Engine | None = None,
+        flush: str = "background",
+        rate_limit: int | None = 60,
+        workers: int = 8,
+        durability: str = "full",
+        auto_migrate: bool = True,
+        interval: float = 1.0,
+        max_age: float | None = None,
+        retention: float | None = None,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+        lease_seconds: float | None = None,
+        final_flush_timeout: float | None = None,
+        allow_insecure: bool = False,
+        redact_after_delivery: bool = False,
+        on_delivered: Callback | None = None,
+        on_dead: Callback | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
+        self.settings = config.resolve(
+            token=token,
+            host=host,
+            database_url=database_url,
+            flush=flush,
+            rate_limit=rate_limit,
+            workers=workers,
+            durability=durability,
+            auto_migrate=auto_migrate,
+            interval=interval,
+            max_age=max_age,
+            retention=retention,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            lease_seconds=lease_seconds,
+            final_flush_timeout=final_flush_timeout,
+            allow_insecure=allow_insecure,
+            redact_after_delivery=redact_after_delivery,
+        )
+        self._owns_engine = engine is None
+        self.engine = engine or database.create(
+            self.settings.database_url, durability=self.settings.durability
+        )
+        self._closed = False
+        try:
+            migrate.ensure_schema(self.engine, auto_migrate=self.settings.auto_migrate)
+        except BaseException:
+            self._dispose()
+            raise
+        self._clock = clock
+        self.store = Store(self.engine)
+        self.flusher = Flusher(
+            self.store, self.settings, on_delivered=on_delivered, on_dead=on_dead
+        )
+        self._scheduler: FlushScheduler | None = None
+        if self.settings.flush == "background":
+            self._scheduler = FlushScheduler(
+                lambda stop: self.flusher.run_pass(stop=stop),
+                interval=self.settings.interval,
+                maintenance=self.purge_expired,
+            )
+            self._scheduler.start()
+        _register_lifecycle(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"CMSClient(host={self.settings.host!r}, database={self.engine.url!r}, "
+            f"flush={self.settings.flush!r})"
+        )
+
+    def __enter__(self) -> CMSClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the official SDK's calls ------------------------------------------------------
+
+    def track_lead(
+        self,
+        event_name: str,
+        customer_external_id: str,
+        click_id: str | None = None,
+        customer_name: str | None = None,
+        customer_email: str | None = None,
+        customer_avatar: str | None = None,
+        timestamp: datetime | str | None = None,
+        mode: str | None = None,
+        *,
+        connection: AppConnection | None = None,
+        wait: float | None = None,
+    ) -> TrackResult:
+        """Store a lead event for delivery; returns once it is durable.
+
+        :param mode: ``"deferred"`` with ``click_id`` stores the click/customer
+            association; later events of that customer omit ``click_id``.
+        :param connection: the application's SQLAlchemy ``Connection`` or ``Session``:
+            the event is inserted in its transaction and exists only if it commits.
+        :param wait: seconds to try delivering before returning; the result then
+            carries the service's answer (the event stays stored if it cannot be sent).
+        :raises ValidationError: bad input, naming the field; nothing was written.
+        :raises StorageError: the database failed; nothing was written.
+        """
+        self._check_open()
+        event = build_lead(
+            event_name, customer_external_id, click_id, customer_name, customer_email,
+            customer_avatar, timestamp, mode, now=self._clock(),
+        )  # fmt: skip
+        return self._enqueue(event, connection, wait)
+
+    def track_sale(
+        self,
+        event_name: str,
+        customer_external_id: str,
+        invoice_id: str,
+        amount: int,
+        currency: str,
+        click_id: str | None = None,
+        customer_name: str | None = None,
+        customer_email: str | None = None,
+        customer_avatar: str | None = None,
+        timestamp: datetime | str | None = None,
+        *,
+        connection: AppConnection | None = None,
+        wait: float | None = None,
+    ) -> TrackResult:
+        """Store a sale event for delivery; returns once it is durable.
+
+        ``amount`` is an ``int`` in cents. A second sale with an ``invoice_id`` already
+        in the outbox stores nothing and returns the existing event's result.
+
+        :raises ValidationError: bad input, naming the field; nothing was written.
+        :raises StorageError: the database failed; nothing was written.
+        """
+        self._check_open()
+        event = build_sale(
+            event_name, customer_external_id, invoice_id, amount, currency, click_id,
+            customer_name, customer_email, customer_avatar, timestamp, now=self._clock(),
+        )  # fmt: skip
+        return self._enqueue(event, connection, wait)
+
+    def _enqueue(
+        self, event: Event, connection: AppConnection | None, wait: float | None
+    ) -> TrackResult:
+        existing = self.store.insert(event, connection)
+        if existing is not None:
+            return self.result(existing)
+        if self._scheduler is not None:
+            self._scheduler.wake()
+        if wait is not None and connection is None:
+            return self._wait_for(event.event_id, wait)
+        return TrackResult(success=True, event_id=event.event_id, state=EventState.PENDING)
+
+    def _wait_for(self, event_id: str, seconds: float) -> TrackResult:
+        deadline = time.monotonic() + seconds
+        while True:
+            row = self.store.get(event_id)
+            if row is None:
+                raise EventNotFound(f"event {event_id!r} is not in the outbox")
+            remaining = deadline - time.monotonic()
+            if row["state"] in FINAL_STATES or remaining <= 0:
+                return result_of_row(row)
+            if self._scheduler is None or not self.flusher.busy:
+                report = self.flusher.run_pass(deadline=deadline)
+                if report.paused:
+                    return result_of_row(self.store.get(event_id) or row)
+            else:
+                time.sleep(min(0.005, remaining))
+
+    # -- delivery and inspection ------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> FlushReport:
+        """Deliver everything due now; return what happened and what is left.
+
+        Does not sit out backoff or an outage: with the service down it sends one
+        probe and returns.
+
+        :raises ConfigurationError: no token to send with.
+        """
+        self._check_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self.flusher.run_pass(deadline=deadline, probe=True)
+
+    def result(self, event_id: str) -> TrackResult:
+        """The current ``TrackResult`` of any stored event.
+
+        :raises EventNotFound: no such event in the outbox.
+        """
+        self._check_open()
+        row = self.store.get(event_id)
+        if row is None:
+            raise EventNotFound(f"event {event_id!r} is not in the outbox")
+        return result_of_row(row)
+
+    def purge_expired(self) -> list[str]:
+        """Delete delivered and dead events older than the retention periods."""
+        now = time.time()
+        return self.store.purge(
+            delivered_before=now - self.settings.retention,
+            dead_before=now - self.settings.dead_retention,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the background flusher gracefully: a bounded final flush, then release.
+
+        Idempotent. Events not delivered stay stored for next time.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._scheduler is not None:
+                grace = self.settings.attempt_timeout + 1
+                self._scheduler.stop(grace)
+                if self.settings.final_flush_timeout > 0 and not self.flusher.breaker.is_open:
+                    self._final_flush()
+        finally:
+            self.flusher.close()
+            self._dispose()
+
+    def _final_flush(self) -> None:
+        try:
+            deadline = time.monotonic() + self.settings.final_flush_timeout
+            report = self.flusher.run_pass(deadline=deadline)
+        except Exception:
+            logger.exception("final flush failed; undelivered events stay stored")
+            return
+        if report.pending:
+            logger.info("%d events stay stored for the next flusher", report.pending)
+
+    def _dispose(self) -> None:
+        if self._owns_engine:
+            self.engine.dispose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed("this CMSClient is closed")
+
+    def _after_fork(self) -> None:
+        if self._closed:
+            return
+        if self._owns_engine:
+            self.engine.dispose(close=False)  # the parent's connections are not ours to use
+        self.flusher.after_fork()
+        if self._scheduler is not None:
+            self._scheduler.after_fork()
+
+
+_clients: weakref.WeakSet[CMSClient] = weakref.WeakSet()
+_lifecycle_lock = threading.Lock()
+_hooks_installed = False
+
+
+def _register_lifecycle(client: CMSClient) -> None:
+    """Close open clients at interpreter exit; give forked children working clients."""
+    global _hooks_installed
+    with _lifecycle_lock:
+        _clients.add(client)
+        if _hooks_installed:
+            return
+        _hooks_installed = True
+    atexit.register(_close_all)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _close_all() -> None:
+    for client in list(_clients):
+        try:
+            client.close()
+        except Exception:
+            logger.exception("closing %r at exit failed", client)
+
+
+def _after_fork_in_child() -> None:
+    global _lifecycle_lock
+    _lifecycle_lock = threading.Lock()
+    for client in list(_clients):
+        client._after_fork()

@@ -1,0 +1,147 @@
+"""Settings, and the one function that reads the environment.
+
+Explicit arguments win, then ``CMS_*`` environment variables, then defaults.
+Everything below ``resolve`` takes a frozen ``Settings``; nothing else in the
+library looks at ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError
+
+__all__ = ["DEFAULT_DATABASE_URL", "DEFAULT_HOST", "Settings", "resolve"]
+
+DEFAULT_HOST = "https://api.cme.sh"
+DEFAULT_DATABASE_URL = "sqlite:///cms_outbox.db"
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration of one client or daemon; ``repr`` masks the token."""
+
+    token: str | None = field(default=None, repr=False)
+    host: str = DEFAULT_HOST
+    database_url: str = DEFAULT_DATABASE_URL
+    flush: str = "background"
+    rate_limit: int | None = 60
+    workers: int = 8
+    durability: str = "full"
+    auto_migrate: bool = True
+    interval: float = 1.0
+    batch_size: int = 100
+    connect_timeout: float = 3.05
+    read_timeout: float = 10.0
+    lease_seconds: float | None = None
+    max_age: float = 30 * DAY
+    retention: float = 7 * DAY
+    dead_retention: float = 30 * DAY
+    max_backoff: float = 300.0
+    final_flush_timeout: float = 5.0
+    allow_insecure: bool = False
+    redact_after_delivery: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("flush", self.flush, ("background", "off"))
+        _check_choice("durability", self.durability, ("full", "normal"))
+        if self.rate_limit is not None and self.rate_limit < 0:
+            raise ConfigurationError(f"rate_limit must be >= 0 or None, got {self.rate_limit!r}")
+        for name in ("workers", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in (
+            "interval",
+            "connect_timeout",
+            "read_timeout",
+            "max_age",
+            "retention",
+            "dead_retention",
+            "max_backoff",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.final_flush_timeout < 0:
+            raise ConfigurationError("final_flush_timeout must be >= 0")
+        if self.lease_seconds is not None and self.lease_seconds <= self.attempt_timeout:
+            raise ConfigurationError(
+                f"lease_seconds ({self.lease_seconds}) must outlive one HTTP attempt "
+                f"(connect_timeout + read_timeout = {self.attempt_timeout})"
+            )
+        _check_host(self.host, self.allow_insecure)
+        if self.flush == "background" and not self.token:
+            raise ConfigurationError(
+                "no token: pass token= or set CMS_BEARER_TOKEN, "
+                "or use flush='off' in a process that only enqueues"
+            )
+
+    @property
+    def attempt_timeout(self) -> float:
+        """The longest one HTTP attempt can take."""
+        return self.connect_timeout + self.read_timeout
+
+    @property
+    def lease(self) -> float:
+        """How long a leased row stays ours: one attempt plus a generous margin."""
+        if self.lease_seconds is not None:
+            return self.lease_seconds
+        return 2 * self.attempt_timeout + 15.0
+
+    @property
+    def pacing(self) -> int | None:
+        """Requests per minute for all flushers together, or None when unpaced."""
+        return self.rate_limit or None
+
+    def with_token(self, token: str | None) -> Settings:
+        return replace(self, token=token)
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_host(host: str, allow_insecure: bool) -> None:
+    parts = urlsplit(host)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"host must be an http(s) URL, got {host!r}")
+    if parts.scheme == "http" and not allow_insecure and not _is_loopback(parts.hostname):
+        raise ConfigurationError(
+            f"refusing plain http:// to non-loopback host {parts.hostname!r}: "
+            "the bearer token would travel in clear text (pass allow_insecure=True to override)"
+        )
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve(environ: Mapping[str, str] | None = None, **explicit: Any) -> Settings:
+    """Build ``Settings`` from explicit values (None means unset), then the environment.
+
+    :raises ConfigurationError: for a setting that cannot work.
+    """
+    env = os.environ if environ is None else environ
+    values = {key: value for key, value in explicit.items() if value is not None}
+    fallbacks = {
+        "token": "CMS_BEARER_TOKEN",
+        "host": "CMS_HOST",
+        "database_url": "CMS_OUTBOX_URL",
+    }
+    for key, variable in fallbacks.items():
+        if key not in values and env.get(variable):
+            values[key] = env[variable]
+    if "rate_limit" in explicit and explicit["rate_limit"] is None:
+        values["rate_limit"] = None
+    return Settings(**values)

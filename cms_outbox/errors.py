@@ -1,0 +1,59 @@
+"""The exception tree: everything cms_outbox raises on purpose.
+
+::
+
+    OutboxError                         everything we raise on purpose
+    ├── ValidationError(ValueError)     .field names the input; nothing was written
+    ├── ConfigurationError(ValueError)  a setting that cannot work
+    ├── StorageError                    database failure; the driver error is __cause__
+    │   └── SchemaError                 database not at our Alembic head, or newer
+    ├── EventNotFound(LookupError)      unknown event_id, quoted in the message
+    └── ClientClosed(RuntimeError)      misuse: called after close()
+
+A rejected or failed delivery is not an exception: it is an outcome recorded in
+the event's ``TrackResult`` and in the attempts table.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClientClosed",
+    "ConfigurationError",
+    "EventNotFound",
+    "OutboxError",
+    "SchemaError",
+    "StorageError",
+    "ValidationError",
+]
+
+
+class OutboxError(Exception):
+    """Base class of every exception cms_outbox raises on purpose."""
+
+
+class ValidationError(OutboxError, ValueError):
+    """Raised by ``track_lead``/``track_sale`` for bad input; nothing was written."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class ConfigurationError(OutboxError, ValueError):
+    """Raised at construction for a setting that cannot work (e.g. http:// to a remote host)."""
+
+
+class StorageError(OutboxError):
+    """Raised when the database fails; the driver's exception is ``__cause__``."""
+
+
+class SchemaError(StorageError):
+    """Raised when the outbox tables are not at this version's Alembic head."""
+
+
+class EventNotFound(OutboxError, LookupError):
+    """Raised for an ``event_id`` that is not in the outbox."""
+
+
+class ClientClosed(OutboxError, RuntimeError):
+    """Raised when a ``CMSClient`` is used after ``close()``."""

@@ -1,0 +1,206 @@
+"""Validation and the wire payload of one event; pure, the clock is passed in.
+
+Every rule raises ``ValidationError`` naming the caller's argument, before
+anything touches the database.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import ValidationError
+
+__all__ = ["Event", "build_lead", "build_sale", "format_timestamp"]
+
+MAX_ID = 255
+MAX_EVENT_NAME = 255
+MAX_TEXT = 512
+MAX_URL = 2048
+MAX_AMOUNT = 10**15  # cents; far above any real invoice, far below float precision trouble
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CURRENCY = re.compile(r"[A-Za-z]{3}")
+_WHITESPACE = re.compile(r"\s")
+
+
+@dataclass(frozen=True)
+class Event:
+    """A validated event, ready to be stored: its identity, routing keys and wire JSON."""
+
+    event_id: str
+    kind: str
+    customer_external_id: str
+    click_id: str | None
+    mode: str | None
+    invoice_id: str | None
+    payload: str
+    created_at: float
+
+
+def build_lead(
+    event_name: Any,
+    customer_external_id: Any,
+    click_id: Any = None,
+    customer_name: Any = None,
+    customer_email: Any = None,
+    customer_avatar: Any = None,
+    timestamp: Any = None,
+    mode: Any = None,
+    *,
+    now: datetime,
+) -> Event:
+    """Validate a lead and build its camelCase payload (absent fields omitted)."""
+    payload: dict[str, Any] = {}
+    if click_id is not None:
+        payload["clickId"] = _identifier("click_id", click_id)
+    payload["eventName"] = _text("event_name", event_name, MAX_EVENT_NAME, required=True)
+    payload["customerExternalId"] = _identifier("customer_external_id", customer_external_id)
+    if mode is not None:
+        if mode != "deferred":
+            raise ValidationError("mode", f'only "deferred" is allowed, got {mode!r}')
+        if click_id is None:
+            raise ValidationError("click_id", 'a mode="deferred" lead needs the click_id to store')
+    _stamp_and_describe(payload, timestamp, customer_name, customer_email, customer_avatar, now)
+    if mode is not None:
+        payload["mode"] = mode
+    return _event("lead", payload, None, now)
+
+
+def build_sale(
+    event_name: Any,
+    customer_external_id: Any,
+    invoice_id: Any,
+    amount: Any,
+    currency: Any,
+    click_id: Any = None,
+    customer_name: Any = None,
+    customer_email: Any = None,
+    customer_avatar: Any = None,
+    timestamp: Any = None,
+    *,
+    now: datetime,
+) -> Event:
+    """Validate a sale and build its camelCase payload (absent fields omitted)."""
+    payload: dict[str, Any] = {}
+    if click_id is not None:
+        payload["clickId"] = _identifier("click_id", click_id)
+    payload["eventName"] = _text("event_name", event_name, MAX_EVENT_NAME, required=True)
+    payload["customerExternalId"] = _identifier("customer_external_id", customer_external_id)
+    invoice = payload["invoiceId"] = _identifier("invoice_id", invoice_id)
+    payload["amount"] = _amount(amount)
+    payload["currency"] = _currency(currency)
+    _stamp_and_describe(payload, timestamp, customer_name, customer_email, customer_avatar, now)
+    return _event("sale", payload, invoice, now)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """ISO 8601 in UTC with millisecond precision and a ``Z``; naive datetimes are UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    utc = moment.astimezone(timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def _event(kind: str, payload: dict[str, Any], invoice_id: str | None, now: datetime) -> Event:
+    return Event(
+        event_id=str(uuid.uuid4()),
+        kind=kind,
+        customer_external_id=payload["customerExternalId"],
+        click_id=payload.get("clickId"),
+        mode=payload.get("mode"),
+        invoice_id=invoice_id,
+        payload=json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+        created_at=now.timestamp(),
+    )
+
+
+def _stamp_and_describe(
+    payload: dict[str, Any],
+    timestamp: Any,
+    customer_name: Any,
+    customer_email: Any,
+    customer_avatar: Any,
+    now: datetime,
+) -> None:
+    payload["timestamp"] = format_timestamp(now if timestamp is None else _timestamp(timestamp))
+    if customer_name is not None:
+        payload["customerName"] = _text("customer_name", customer_name, MAX_TEXT)
+    if customer_email is not None:
+        payload["customerEmail"] = _email(customer_email)
+    if customer_avatar is not None:
+        payload["customerAvatar"] = _url("customer_avatar", customer_avatar)
+
+
+def _text(field: str, value: Any, limit: int, *, required: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(field, f"must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise ValidationError(field, "must not be empty")
+    if len(value) > limit:
+        raise ValidationError(field, f"is {len(value)} characters long; the limit is {limit}")
+    if _CONTROL.search(value):
+        raise ValidationError(field, "must not contain control characters")
+    return value
+
+
+def _identifier(field: str, value: Any) -> str:
+    return _text(field, value, MAX_ID, required=True)
+
+
+def _email(value: Any) -> str:
+    email = _text("customer_email", value, MAX_TEXT, required=True)
+    local, at, domain = email.rpartition("@")
+    if not at or not local or not domain or _WHITESPACE.search(email):
+        raise ValidationError("customer_email", "must look like name@domain")
+    return email
+
+
+def _url(field: str, value: Any) -> str:
+    url = _text(field, value, MAX_URL, required=True)
+    if _WHITESPACE.search(url):
+        raise ValidationError(field, "must be a URL without whitespace")
+    return url
+
+
+def _amount(value: Any) -> int:
+    # bool is an int subclass and a float like 49.99 could pass for cents: accept int only.
+    if type(value) is not int:
+        raise ValidationError(
+            "amount", f"must be an integer number of cents, got {type(value).__name__}"
+        )
+    if not 0 <= value <= MAX_AMOUNT:
+        raise ValidationError("amount", f"must be between 0 and {MAX_AMOUNT} cents, got {value}")
+    return value
+
+
+def _currency(value: Any) -> str:
+    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
+        raise ValidationError("currency", f"must be a 3-letter code like USD, got {value!r}")
+    return value.upper()
+
+
+def _timestamp(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return _in_range(value, value)
+    if not isinstance(value, str):
+        raise ValidationError(
+            "timestamp", f"must be a datetime or an ISO 8601 string, got {type(value).__name__}"
+        )
+    text = value.strip()
+    if text.endswith(("Z", "z")):  # fromisoformat() accepts "Z" only from Python 3.11
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValidationError("timestamp", f"is not ISO 8601: {value!r}") from None
+    return _in_range(moment, value)
+
+
+def _in_range(moment: datetime, original: Any) -> datetime:
+    if not 1970 <= moment.year <= 9998:
+        raise ValidationError("timestamp", f"is out of range (1970-9998): {original!r}")
+    return moment

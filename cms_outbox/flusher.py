@@ -1,0 +1,416 @@
+"""One delivery pass: lease -> send -> classify -> record, with per-customer FIFO.
+
+The pass thread does all database work; worker threads only do HTTP. A pass
+keeps the pool busy until nothing more is due, the circuit opens, the deadline
+passes or it is told to stop; rows it leased but did not send go back unsent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, Callable
+
+from .config import Settings
+from .errors import ConfigurationError
+from .policy import Breaker, Verdict, backoff, classify, parse_retry_after, slow_down, speed_up
+from .policy import take_tokens as bucket_take
+from .results import EventState, FlushReport, TrackResult
+from .store import Lease, Outcome, Store
+from .transport import Reply, Transport
+
+__all__ = ["Flusher", "result_of_row"]
+
+logger = logging.getLogger(__name__)
+Callback = Callable[[TrackResult], Any]
+
+
+class Flusher:
+    """Delivers an outbox's due events; one pass at a time per instance."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        on_delivered: Callback | None = None,
+        on_dead: Callback | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.on_delivered = on_delivered
+        self.on_dead = on_dead
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.breaker = Breaker()
+        self.owner = _new_owner()
+        self._transport: Transport | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._pass_lock = threading.Lock()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def after_fork(self) -> None:
+        """In a forked child: fresh owner token, sessions, threads and locks."""
+        self.owner = _new_owner()
+        self._transport = None
+        self._executor = None
+        self._pass_lock = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        return self._pass_lock.locked()
+
+    # -- one pass ------------------------------------------------------------------------
+
+    def run_pass(
+        self,
+        *,
+        deadline: float | None = None,
+        stop: threading.Event | None = None,
+        probe: bool = False,
+    ) -> FlushReport:
+        """Send everything due now; return what happened.
+
+        :param deadline: ``time.monotonic()`` after which nothing new is leased.
+        :param stop: set to stop leasing; in-flight requests still finish and are recorded.
+        :param probe: allow one probe at once even if the circuit is open (explicit flush).
+        :raises ConfigurationError: no token to send with.
+        :raises StorageError: the database failed (leases simply expire).
+        """
+        with self._pass_lock:
+            if probe:
+                self.breaker.probe_now()
+            return _Pass(self, deadline, stop).run()
+
+    def transport(self) -> Transport:
+        if self._transport is None:
+            if not self.settings.token:
+                raise ConfigurationError(
+                    "cannot deliver without a token: pass token= or set CMS_BEARER_TOKEN"
+                )
+            self._transport = Transport(
+                self.settings.host,
+                self.settings.token,
+                connect_timeout=self.settings.connect_timeout,
+                read_timeout=self.settings.read_timeout,
+            )
+        return self._transport
+
+    def executor(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                self.settings.workers, thread_name_prefix="cms-outbox-send"
+            )
+        return self._executor
+
+    # -- verdicts --------------------------------------------------------------------
+
+    def judge(self, lease: Lease, reply: Reply, now: float) -> tuple[Outcome, Verdict]:
+        """Turn one reply into the outcome to record, updating breaker and pacing."""
+        verdict = classify(reply.status_code)
+        error = reply.error or _server_error(reply)
+        common = {
+            "seq": lease.seq,
+            "started_at": reply.started_at,
+            "duration": reply.duration,
+            "status_code": reply.status_code,
+            "response": reply.body,
+        }
+        if verdict in (Verdict.DELIVERED, Verdict.DUPLICATE):
+            self._resume(now)
+            if self.settings.pacing:
+                self.store.with_bucket(lambda bucket: (speed_up(bucket), None))
+            return Outcome(state=EventState.DELIVERED, label=verdict.value, **common), verdict
+        if verdict is Verdict.DEAD:
+            self._resume(now)
+            logger.warning(
+                "event %s dead-lettered: HTTP %s %s", lease.event_id, reply.status_code, error
+            )
+            return Outcome(state=EventState.DEAD, label="dead", error=error, **common), verdict
+        if verdict in (Verdict.AUTH, Verdict.OUTAGE):
+            self._pause(verdict.value, now, error)
+            return (
+                Outcome(state=EventState.PENDING, label=verdict.value, error=error, **common),
+                verdict,
+            )
+        self._resume(now)
+        if now - lease.created_at > self.settings.max_age:
+            return self.expired(lease, now, error), Verdict.DEAD
+        retry_after = parse_retry_after(reply.retry_after, now)
+        if reply.status_code == 429 and self.settings.pacing:
+            per_minute = float(self.settings.pacing)
+            pause = retry_after or 1.0
+            self.store.with_bucket(lambda b: (slow_down(b, now, per_minute, pause), None))
+        delay = backoff(
+            lease.attempts + 1, self.rng, cap=self.settings.max_backoff, retry_after=retry_after
+        )
+        return (
+            Outcome(
+                state=EventState.PENDING,
+                label="retry",
+                error=error,
+                next_attempt_at=now + delay,
+                **common,
+            ),
+            verdict,
+        )
+
+    def expired(self, lease: Lease, now: float, error: str | None = None) -> Outcome:
+        age_days = (now - lease.created_at) / 86400
+        message = f"expired: not delivered within max_age ({age_days:.1f} days old)"
+        if error:
+            message += f"; last error: {error}"
+        logger.warning("event %s dead-lettered: %s", lease.event_id, message)
+        return Outcome(
+            seq=lease.seq,
+            state=EventState.DEAD,
+            label="expired",
+            started_at=now,
+            duration=0.0,
+            error=message,
+        )
+
+    def _pause(self, reason: str, now: float, error: str | None) -> None:
+        if self.breaker.trip(reason, now, self.rng, error):
+            if reason == "auth":
+                logger.error(
+                    "delivery paused: the CMS service rejected the token (%s); every event "
+                    "stays pending until a valid token is configured",
+                    error,
+                )
+            else:
+                logger.warning("outage started: CMS service unreachable (%s); probing", error)
+            self._publish_pause()
+
+    def _resume(self, now: float) -> None:
+        if not self.breaker.is_open:
+            return
+        reason, since = self.breaker.reason, self.breaker.since or now
+        self.breaker.close()
+        if reason == "auth":
+            logger.warning("delivery resumed: the token was accepted again")
+        else:
+            logger.warning("outage ended after %.1fs: CMS service reachable", now - since)
+        self._publish_pause()
+
+    def _publish_pause(self) -> None:
+        breaker = self.breaker
+        self.store.set_pause(
+            outage_since=breaker.since if breaker.reason == "outage" else None,
+            auth_paused_since=breaker.since if breaker.reason == "auth" else None,
+            error=breaker.error,
+        )
+
+    def notify(self, outcome: Outcome, event_id: str) -> None:
+        """Run the user's callback for a final outcome; its failure is logged, not raised."""
+        callback = {EventState.DELIVERED: self.on_delivered, EventState.DEAD: self.on_dead}.get(
+            outcome.state
+        )
+        if callback is None:
+            return
+        result = TrackResult(
+            success=outcome.state is EventState.DELIVERED,
+            event_id=event_id,
+            state=outcome.state,
+            error=outcome.error,
+            status_code=outcome.status_code,
+            data=_parse_body(outcome.response),
+        )
+        try:
+            callback(result)
+        except Exception:
+            logger.exception("the %s callback failed for event %s", outcome.state.value, event_id)
+
+
+class _Pass:
+    """The state of one pass; lives only inside ``Flusher.run_pass``."""
+
+    def __init__(
+        self, flusher: Flusher, deadline: float | None, stop: threading.Event | None
+    ) -> None:
+        self.flusher = flusher
+        self.settings = flusher.settings
+        self.store = flusher.store
+        self.deadline = deadline
+        self.stop = stop or threading.Event()
+        self.queue: deque[Lease] = deque()
+        self.inflight: dict[Future[Reply], Lease] = {}
+        self.exhausted = False
+        self.counts = {"delivered": 0, "retried": 0, "dead": 0}
+
+    def run(self) -> FlushReport:
+        try:
+            self._loop()
+        finally:
+            self._drain_inflight()
+            if self.queue:
+                self.store.release(self.flusher.owner, [lease.seq for lease in self.queue])
+                self.queue.clear()
+        return self._report()
+
+    def _loop(self) -> None:
+        wait_for_token: float | None = None
+        while True:
+            if self._stopping():
+                return
+            now = self.flusher.clock()
+            allowance = self.flusher.breaker.allowance(now)
+            if allowance == 0:
+                return
+            self._fill_queue(now, allowance)
+            wait_for_token = self._start_sends(now)
+            if not self.inflight and not self.queue:
+                return
+            if not self.inflight:
+                self._sleep(wait_for_token or 0.05)
+                continue
+            done, _ = wait(self.inflight, timeout=wait_for_token, return_when=FIRST_COMPLETED)
+            self._record(done)
+
+    def _fill_queue(self, now: float, allowance: int | None) -> None:
+        room = self.settings.workers - len(self.inflight) - len(self.queue)
+        if allowance == 1:  # half-open: one probe, alone
+            room = 1 if not self.inflight and not self.queue else 0
+        if room <= 0 or self.exhausted:
+            return
+        leases = self.store.lease(self.flusher.owner, room, now, self.settings.lease)
+        self.exhausted = len(leases) < room
+        expired = [lease for lease in leases if now - lease.created_at > self.settings.max_age]
+        if expired:
+            outcomes = [self.flusher.expired(lease, now) for lease in expired]
+            self._apply(outcomes, {lease.seq: lease.event_id for lease in expired})
+        self.queue.extend(lease for lease in leases if lease not in expired)
+
+    def _start_sends(self, now: float) -> float | None:
+        """Start as many queued sends as workers and pacing allow; returns a wait hint."""
+        executor = self.flusher.executor()
+        transport = self.flusher.transport()
+        while self.queue and len(self.inflight) < self.settings.workers:
+            if self.settings.pacing:
+                per_minute = float(self.settings.pacing)
+                granted = self.store.with_bucket(
+                    lambda bucket: bucket_take(bucket, 1, now, per_minute)
+                )
+                if granted < 1:
+                    return -granted
+            lease = self.queue.popleft()
+            future = executor.submit(transport.send, lease.kind, lease.event_id, lease.payload)
+            self.inflight[future] = lease
+            now = self.flusher.clock()
+        return None
+
+    def _record(self, done: set[Future[Reply]]) -> None:
+        outcomes = []
+        event_ids = {}
+        for future in done:
+            lease = self.inflight.pop(future)
+            outcome, verdict = self.flusher.judge(lease, future.result(), self.flusher.clock())
+            outcomes.append(outcome)
+            event_ids[lease.seq] = lease.event_id
+            if verdict in (Verdict.AUTH, Verdict.OUTAGE) and self.queue:
+                self.store.release(self.flusher.owner, [queued.seq for queued in self.queue])
+                self.queue.clear()
+        self._apply(outcomes, event_ids)
+        self.exhausted = False  # a finished row may have unblocked its customer's next one
+
+    def _apply(self, outcomes: list[Outcome], event_ids: dict[int, str]) -> None:
+        applied = self.store.record(
+            self.flusher.owner, outcomes, redact=self.settings.redact_after_delivery
+        )
+        for outcome, ok in zip(outcomes, applied):
+            if not ok:
+                logger.warning(
+                    "lease of event %s expired before its result was recorded; "
+                    "the newer outcome stands",
+                    event_ids[outcome.seq],
+                )
+                continue
+            if outcome.state is EventState.DELIVERED:
+                self.counts["delivered"] += 1
+            elif outcome.state is EventState.DEAD:
+                self.counts["dead"] += 1
+            else:
+                self.counts["retried"] += 1
+            logger.debug(
+                "event %s: %s (HTTP %s)", event_ids[outcome.seq], outcome.label,
+                outcome.status_code,
+            )  # fmt: skip
+            self.flusher.notify(outcome, event_ids[outcome.seq])
+
+    def _drain_inflight(self) -> None:
+        while self.inflight:
+            done, _ = wait(self.inflight, return_when=FIRST_COMPLETED)
+            self._record(done)
+
+    def _stopping(self) -> bool:
+        if self.stop.is_set():
+            return True
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _sleep(self, seconds: float) -> None:
+        if self.deadline is not None:
+            seconds = min(seconds, max(0.0, self.deadline - time.monotonic()))
+        self.stop.wait(seconds)
+
+    def _report(self) -> FlushReport:
+        counts = self.store.count_by_state()
+        return FlushReport(
+            delivered=self.counts["delivered"],
+            retried=self.counts["retried"],
+            dead=self.counts["dead"],
+            pending=counts.get("pending", 0) + counts.get("in_flight", 0),
+            blocked=counts.get("blocked", 0),
+            paused=self.flusher.breaker.reason,
+        )
+
+
+def result_of_row(row: dict[str, Any]) -> TrackResult:
+    """A ``TrackResult`` from a stored event row."""
+    state = EventState(row["state"])
+    return TrackResult(
+        success=state is not EventState.DEAD,
+        event_id=row["event_id"],
+        state=state,
+        error=row["last_error"] if state is not EventState.DELIVERED else None,
+        status_code=row["last_status_code"],
+        data=_parse_body(row["last_response"]),
+    )
+
+
+def _server_error(reply: Reply) -> str | None:
+    if reply.status_code is None or 200 <= reply.status_code < 300:
+        return None
+    body = _parse_body(reply.body)
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return f"HTTP {reply.status_code}: {body['error']}"
+    return f"HTTP {reply.status_code}"
+
+
+def _parse_body(body: str | None) -> Any:
+    if body is None:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body
+
+
+def _new_owner() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,180 @@
+"""APScheduler 3 glue: flusher passes in the background or as a daemon, woken at once.
+
+The pass job is a one-shot ``date`` job that schedules its successor when it
+ends, so two runs never overlap and APScheduler never skips (and warns about) a
+run. ``wake()`` moves the pending run to now; a wake while a pass runs makes the
+pass go round once more, so an event enqueued at any moment is picked up at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+from apscheduler.job import Job
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+from .errors import OutboxError
+
+__all__ = ["FlushScheduler"]
+
+logger = logging.getLogger(__name__)
+ERROR_LOG_EVERY = 60.0  # seconds between repeats of the same failing-pass log line
+
+
+class FlushScheduler:
+    """Runs ``run_pass(stop)`` now, every ``interval`` seconds, and whenever woken."""
+
+    def __init__(
+        self,
+        run_pass: Callable[[threading.Event], Any],
+        *,
+        interval: float,
+        maintenance: Callable[[], Any] | None = None,
+        maintenance_interval: float = 3600.0,
+    ) -> None:
+        self._run_pass = run_pass
+        self._interval = interval
+        self._maintenance = maintenance
+        self._maintenance_interval = maintenance_interval
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._scheduler: BaseScheduler | None = None
+        self._next: Job | None = None
+        self._running = False
+        self._dirty = False
+        self._woken = False
+        self._last_error: tuple[str, float] = ("", 0.0)
+
+    @property
+    def started(self) -> bool:
+        return self._scheduler is not None and not self.stop_event.is_set()
+
+    def start(self) -> None:
+        """Start a ``BackgroundScheduler`` in this process; returns at once."""
+        self._scheduler = BackgroundScheduler(timezone=timezone.utc)
+        self._add_jobs(self._scheduler)
+        self._scheduler.start()
+
+    def run_forever(self, grace: float) -> None:
+        """Run a ``BlockingScheduler`` until ``stop_event`` is set, then end within ``grace``.
+
+        Signal handlers should only set ``stop_event``: a watcher job shuts the
+        scheduler down, the running pass stops leasing, finishes its requests and
+        hands unsent rows back.
+        """
+        scheduler = self._scheduler = BlockingScheduler(timezone=timezone.utc)
+        self._add_jobs(scheduler)
+
+        def watch() -> None:
+            if self.stop_event.is_set():
+                scheduler.shutdown(wait=False)
+
+        scheduler.add_job(watch, "interval", seconds=0.2, max_instances=1, coalesce=True)
+        scheduler.start()
+        if not self._idle.wait(grace):
+            logger.warning("the last pass did not end within %.0fs; its leases will expire", grace)
+
+    def wake(self) -> None:
+        """Run a pass now (cheap when one is already running or due)."""
+        with self._lock:
+            if self._running:
+                self._dirty = True
+                return
+            job = self._next
+            if job is None or self._woken:
+                return
+            self._woken = True
+        try:
+            job.modify(next_run_time=datetime.now(timezone.utc))
+        except JobLookupError:
+            pass  # it has just started and will see the new row
+
+    def stop(self, timeout: float) -> bool:
+        """Stop passes; wait up to ``timeout`` for the running one. Returns True when idle."""
+        self.stop_event.set()
+        scheduler, self._scheduler = self._scheduler, None
+        idle = self._idle.wait(timeout)
+        if scheduler is not None and scheduler.running:
+            scheduler.shutdown(wait=False)
+        return idle
+
+    def after_fork(self) -> None:
+        """In a forked child the scheduler's threads are gone: start afresh if we were started."""
+        was_started = self.started
+        self._reset_state()
+        if was_started:
+            self.start()
+
+    def _add_jobs(self, scheduler: BaseScheduler) -> None:
+        self._next = scheduler.add_job(self._job, "date", run_date=_now(), misfire_grace_time=None)
+        if self._maintenance is not None:
+            scheduler.add_job(
+                self._guarded(self._maintenance),
+                "interval",
+                seconds=self._maintenance_interval,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+
+    def _job(self) -> None:
+        with self._lock:
+            self._running = True
+            self._dirty = False
+            self._woken = False
+            self._next = None
+            self._idle.clear()
+        try:
+            while not self.stop_event.is_set():
+                self._guarded(lambda: self._run_pass(self.stop_event))()
+                with self._lock:
+                    if not self._dirty:
+                        break
+                    self._dirty = False
+        finally:
+            with self._lock:
+                self._running = False
+                scheduler = self._scheduler
+                if scheduler is not None and not self.stop_event.is_set():
+                    self._next = scheduler.add_job(
+                        self._job,
+                        "date",
+                        run_date=_now() + timedelta(seconds=self._interval),
+                        misfire_grace_time=None,
+                    )
+                self._idle.set()
+
+    def _guarded(self, work: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                work()
+            except OutboxError as exc:
+                self._log_failure(exc)
+            except Exception:
+                logger.exception("flusher pass failed unexpectedly")
+
+        return run
+
+    def _log_failure(self, exc: OutboxError) -> None:
+        message = str(exc)
+        last, at = self._last_error
+        now = time.monotonic()
+        if message != last or now - at >= ERROR_LOG_EVERY:
+            logger.error("flusher pass failed: %s", message)
+            self._last_error = (message, now)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

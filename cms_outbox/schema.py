@@ -1,0 +1,85 @@
+"""The outbox tables: the one description the store queries against.
+
+Alembic revisions in ``migrations/`` create them; a test checks the two agree.
+Times are epoch seconds (double precision) so that every backend compares them
+the same way and the hot path formats nothing.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+__all__ = ["attempts", "control", "events", "metadata"]
+
+metadata = MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias), not BIGINT.
+SequenceId = BigInteger().with_variant(Integer(), "sqlite")
+
+events = Table(
+    "cms_outbox_events",
+    metadata,
+    Column("id", SequenceId, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("customer_external_id", String(255), nullable=False),
+    Column("click_id", String(255)),
+    Column("mode", String(16)),
+    Column("invoice_id", String(255)),
+    Column("payload", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Double, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", Double),
+    Column("created_at", Double, nullable=False),
+    Column("last_attempt_at", Double),
+    Column("delivered_at", Double),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    Column("last_response", Text),
+    UniqueConstraint("event_id", name="uq_cms_outbox_events_event_id"),
+    # A sale's natural key: the constraint, not a lookup that can race, turns a repeat into a no-op.
+    UniqueConstraint("invoice_id", name="uq_cms_outbox_events_invoice_id"),
+    # The lease scan walks one state in enqueue order; FIFO checks look up a customer's earlier rows.
+    Index("ix_cms_outbox_events_state_id", "state", "id"),
+    Index("ix_cms_outbox_events_customer_id", "customer_external_id", "id"),
+)
+
+attempts = Table(
+    "cms_outbox_attempts",
+    metadata,
+    Column("id", SequenceId, primary_key=True, autoincrement=True),
+    Column("event_seq", BigInteger, nullable=False),
+    Column("started_at", Double, nullable=False),
+    Column("duration", Double, nullable=False),
+    Column("status_code", Integer),
+    Column("outcome", String(16), nullable=False),
+    Column("error", Text),
+    Column("response", Text),
+    Index("ix_cms_outbox_attempts_event_seq", "event_seq"),
+)
+
+# One row per outbox: the shared token bucket and the pauses every flusher must see.
+control = Table(
+    "cms_outbox_control",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("tokens", Double, nullable=False),
+    Column("tokens_at", Double, nullable=False),
+    Column("rate_factor", Double, nullable=False),
+    Column("outage_since", Double),
+    Column("auth_paused_since", Double),
+    Column("pause_error", Text),
+)

@@ -1,0 +1,527 @@
+"""Every SQL statement of the outbox: insert, lease, record, release, retry, status, purge.
+
+Lease rules, the heart of delivery:
+
+- A row is *eligible* when it is ``pending``, due (``next_attempt_at <= now``)
+  and no earlier row of the same customer (by sequence id, i.e. enqueue order) is
+  ``pending``, ``in_flight`` or ``blocked``: per-customer FIFO.
+- ``lease`` turns eligible rows into ``in_flight`` with an owner token and an
+  expiry, in one statement (``FOR UPDATE SKIP LOCKED`` where the backend has it;
+  SQLite serialises writers with ``BEGIN IMMEDIATE``).
+- ``record`` applies an outcome only while the row is still leased by the same
+  owner, so a worker whose lease expired cannot overwrite a newer outcome.
+- An expired lease (crashed worker) makes the row ``pending`` again.
+- A follow-up (no ``clickId``) whose customer's earlier deferred setup is dead,
+  with no earlier deferred setup delivered, is ``blocked`` until a retry.
+
+Work is never selected by "id greater than the last seen": rows commit out of order.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar, Union
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from .errors import StorageError
+from .events import Event
+from .policy import Bucket
+from .results import EventState
+from .schema import attempts, control, events
+
+__all__ = ["Lease", "Outcome", "Store"]
+
+T = TypeVar("T")
+AppConnection = Union[Connection, Session]
+
+PENDING = EventState.PENDING.value
+IN_FLIGHT = EventState.IN_FLIGHT.value
+DELIVERED = EventState.DELIVERED.value
+DEAD = EventState.DEAD.value
+BLOCKED = EventState.BLOCKED.value
+UNFINISHED = (PENDING, IN_FLIGHT, BLOCKED)
+CONTROL_ROW = "default"
+
+_INSERT_COLUMNS = (
+    "event_id", "kind", "customer_external_id", "click_id", "mode", "invoice_id",
+    "payload", "state", "attempts", "next_attempt_at", "created_at",
+)  # fmt: skip
+# The enqueue hot path on SQLite: one prepared autocommit statement on the pooled DB-API
+# connection. SQLAlchemy Core's per-statement overhead alone would double its cost.
+_SQLITE_INSERT = (
+    f"INSERT INTO {events.name} ({', '.join(_INSERT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_INSERT_COLUMNS))}) "
+    "ON CONFLICT(invoice_id) DO NOTHING"
+)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A row leased for sending."""
+
+    seq: int
+    event_id: str
+    kind: str
+    customer_external_id: str
+    mode: str | None
+    payload: str
+    attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to record for one attempt: the attempt itself and the row's next state."""
+
+    seq: int
+    state: EventState
+    label: str
+    started_at: float
+    duration: float
+    status_code: int | None = None
+    error: str | None = None
+    response: str | None = None
+    next_attempt_at: float | None = None
+
+
+class Store:
+    """SQL access to one outbox; every database failure surfaces as ``StorageError``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._fast_insert = engine.dialect.name == "sqlite"
+
+    # -- enqueue ---------------------------------------------------------------
+
+    def insert(self, event: Event, connection: AppConnection | None = None) -> str | None:
+        """Store ``event`` as pending, committed on return (or with ``connection``'s transaction).
+
+        :returns: None when stored, else the ``event_id`` of the sale already stored
+            with the same ``invoice_id`` (nothing was written).
+        :raises StorageError: the database failed; nothing was written.
+        """
+        if connection is not None:
+            with _storage_errors("storing the event in the application's transaction"):
+                conn = connection.connection() if isinstance(connection, Session) else connection
+                return self._insert_core(conn, event)
+        if self._fast_insert:
+            return self._insert_sqlite(event)
+        with _storage_errors("storing the event"), self.engine.begin() as conn:
+            return self._insert_core(conn, event)
+
+    def _insert_sqlite(self, event: Event) -> str | None:
+        params = _insert_params(event)
+        try:
+            raw = self.engine.raw_connection()
+            try:
+                cursor = raw.driver_connection.execute(_SQLITE_INSERT, params)  # type: ignore[union-attr]
+                stored = cursor.rowcount == 1
+                raw.commit()  # a no-op in our autocommit mode; commits under a legacy-mode engine
+            finally:
+                raw.close()
+        except (sqlite3.Error, SQLAlchemyError) as exc:
+            raise StorageError(f"storing the event failed: {exc}") from exc
+        return None if stored else self._existing_sale(event)
+
+    def _insert_core(self, conn: Connection, event: Event) -> str | None:
+        values = dict(zip(_INSERT_COLUMNS, _insert_params(event)))
+        dialect = conn.dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            module = sqlite if dialect == "sqlite" else postgresql
+            statement = module.insert(events).values(values)
+            stored = conn.execute(
+                statement.on_conflict_do_nothing(index_elements=["invoice_id"])
+            ).rowcount
+        else:
+            savepoint = conn.begin_nested()  # a failed INSERT must not abort the caller's work
+            try:
+                stored = conn.execute(insert(events).values(values)).rowcount
+                savepoint.commit()
+            except SQLAlchemyError:
+                savepoint.rollback()
+                stored = 0
+        if stored == 1:
+            return None
+        existing = conn.execute(
+            select(events.c.event_id).where(events.c.invoice_id == event.invoice_id)
+        ).scalar()
+        if existing is None:
+            raise StorageError(f"storing event {event.event_id} failed: it was not inserted")
+        return str(existing)
+
+    def _existing_sale(self, event: Event) -> str:
+        with _storage_errors("reading the stored sale"), self.engine.connect() as conn:
+            existing = conn.execute(
+                select(events.c.event_id).where(events.c.invoice_id == event.invoice_id)
+            ).scalar()
+        if existing is None:
+            raise StorageError(f"storing event {event.event_id} failed: it was not inserted")
+        return str(existing)
+
+    # -- reads -------------------------------------------------------------------
+
+    def get(self, event_id: str) -> dict[str, Any] | None:
+        """The stored row of ``event_id`` as a dict, or None."""
+        with _storage_errors("reading an event"), self.engine.connect() as conn:
+            row = conn.execute(select(events).where(events.c.event_id == event_id)).first()
+        return None if row is None else dict(row._mapping)
+
+    def attempts_of(self, seq: int) -> list[dict[str, Any]]:
+        """Every recorded attempt of the event with sequence id ``seq``, oldest first."""
+        with _storage_errors("reading attempts"), self.engine.connect() as conn:
+            rows = conn.execute(
+                select(attempts).where(attempts.c.event_seq == seq).order_by(attempts.c.id)
+            )
+            return [dict(row._mapping) for row in rows]
+
+    def count_by_state(self) -> dict[str, int]:
+        """How many events are in each state (states with none are left out)."""
+        with _storage_errors("counting events"), self.engine.connect() as conn:
+            rows = conn.execute(select(events.c.state, func.count()).group_by(events.c.state))
+            return dict(rows)
+
+    def count_due(self, now: float) -> int:
+        """Pending rows whose next attempt is due by ``now`` (FIFO not considered)."""
+        with _storage_errors("counting due events"), self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).where(
+                        events.c.state == PENDING, events.c.next_attempt_at <= now
+                    )
+                ).scalar_one()
+            )
+
+    # -- leasing -------------------------------------------------------------------
+
+    def lease(self, owner: str, limit: int, now: float, duration: float) -> list[Lease]:
+        """Lease up to ``limit`` eligible rows to ``owner`` until ``now + duration``.
+
+        Expired leases are reclaimed and follow-ups of dead deferred setups are
+        blocked first, in the same transaction. Rows come back in enqueue order.
+        """
+        with _storage_errors("leasing events"), self.engine.begin() as conn:
+            self._reclaim_expired(conn, now)
+            self._block_followups(conn)
+            earlier = events.alias("earlier")
+            held_back = exists().where(
+                earlier.c.customer_external_id == events.c.customer_external_id,
+                earlier.c.id < events.c.id,
+                earlier.c.state.in_(UNFINISHED),
+            )
+            candidates = (
+                select(events.c.id)
+                .where(events.c.state == PENDING, events.c.next_attempt_at <= now, ~held_back)
+                .order_by(events.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            leased = update(events).values(
+                state=IN_FLIGHT, lease_owner=owner, lease_expires_at=now + duration
+            )
+            columns = (
+                events.c.id, events.c.event_id, events.c.kind, events.c.customer_external_id,
+                events.c.mode, events.c.payload, events.c.attempts, events.c.created_at,
+            )  # fmt: skip
+            if conn.dialect.name == "mysql":  # no LIMIT in an IN subquery, no RETURNING
+                ids = list(conn.execute(candidates).scalars())
+                conn.execute(leased.where(events.c.id.in_(ids)))
+                rows = conn.execute(select(*columns).where(events.c.id.in_(ids))).all()
+            else:
+                rows = conn.execute(
+                    leased.where(events.c.id.in_(candidates.scalar_subquery())).returning(*columns)
+                ).all()
+        return sorted((Lease(*row) for row in rows), key=lambda lease: lease.seq)
+
+    def _reclaim_expired(self, conn: Connection, now: float) -> None:
+        conn.execute(
+            update(events)
+            .where(events.c.state == IN_FLIGHT, events.c.lease_expires_at <= now)
+            .values(state=PENDING, lease_owner=None, lease_expires_at=None)
+        )
+
+    def _block_followups(self, conn: Connection) -> int:
+        dead_setups = conn.execute(
+            select(events.c.customer_external_id, func.min(events.c.id))
+            .where(events.c.state == DEAD, events.c.mode == "deferred")
+            .group_by(events.c.customer_external_id)
+        ).all()
+        blocked = 0
+        for customer, setup_seq in dead_setups:
+            delivered_setup = (
+                select(events.c.id)
+                .where(
+                    events.c.customer_external_id == customer,
+                    events.c.mode == "deferred",
+                    events.c.state == DELIVERED,
+                    events.c.id < setup_seq,
+                )
+                .exists()
+            )
+            blocked += conn.execute(
+                update(events)
+                .where(
+                    events.c.customer_external_id == customer,
+                    events.c.id > setup_seq,
+                    events.c.state == PENDING,
+                    events.c.click_id.is_(None),
+                    ~delivered_setup,
+                )
+                .values(state=BLOCKED)
+            ).rowcount
+        return blocked
+
+    def record(
+        self, owner: str, outcomes: Sequence[Outcome], *, redact: bool = False
+    ) -> list[bool]:
+        """Record attempts and apply each outcome while ``owner`` still holds the lease.
+
+        Every attempt is written to the attempts table; the event row changes only if
+        it is still ``in_flight`` under ``owner``. A dead deferred setup blocks its
+        follow-ups in the same transaction.
+
+        :returns: for each outcome, whether it was applied to the event row.
+        """
+        applied: list[bool] = []
+        with _storage_errors("recording delivery results"), self.engine.begin() as conn:
+            for outcome in outcomes:
+                conn.execute(
+                    insert(attempts).values(
+                        event_seq=outcome.seq,
+                        started_at=outcome.started_at,
+                        duration=outcome.duration,
+                        status_code=outcome.status_code,
+                        outcome=outcome.label,
+                        error=outcome.error,
+                        response=outcome.response,
+                    )
+                )
+                finished_at = outcome.started_at + outcome.duration
+                values: dict[str, Any] = {
+                    "state": outcome.state.value,
+                    "attempts": events.c.attempts + 1,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "last_attempt_at": finished_at,
+                    "last_status_code": outcome.status_code,
+                    "last_error": outcome.error,
+                    "last_response": outcome.response,
+                }
+                if outcome.next_attempt_at is not None:
+                    values["next_attempt_at"] = outcome.next_attempt_at
+                if outcome.state is EventState.DELIVERED:
+                    values["delivered_at"] = finished_at
+                    if redact:
+                        values["payload"] = _redacted(conn, outcome.seq)
+                done = conn.execute(
+                    update(events)
+                    .where(
+                        events.c.id == outcome.seq,
+                        events.c.state == IN_FLIGHT,
+                        events.c.lease_owner == owner,
+                    )
+                    .values(values)
+                ).rowcount
+                applied.append(done == 1)
+            if any(o.state is EventState.DEAD for o, ok in zip(outcomes, applied) if ok):
+                self._block_followups(conn)
+        return applied
+
+    def release(self, owner: str, seqs: Sequence[int] | None = None) -> int:
+        """Hand rows leased by ``owner`` back unsent (all of them, or just ``seqs``)."""
+        condition = and_(events.c.state == IN_FLIGHT, events.c.lease_owner == owner)
+        if seqs is not None:
+            if not seqs:
+                return 0
+            condition = and_(condition, events.c.id.in_(list(seqs)))
+        with _storage_errors("releasing leases"), self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    update(events)
+                    .where(condition)
+                    .values(state=PENDING, lease_owner=None, lease_expires_at=None)
+                ).rowcount
+            )
+
+    # -- operator actions ----------------------------------------------------------------
+
+    def retry(
+        self,
+        event_ids: Sequence[str] = (),
+        *,
+        states: Sequence[EventState] = (),
+        now: float | None = None,
+    ) -> int:
+        """Make dead or blocked events pending and due now; attempt history is kept.
+
+        Retrying a dead deferred setup also releases its customer's blocked follow-ups.
+
+        :param event_ids: these events (if dead or blocked).
+        :param states: every event in these states (``dead`` and/or ``blocked``).
+        :returns: how many events became pending.
+        """
+        now = time.time() if now is None else now
+        retryable = (DEAD, BLOCKED)
+        wanted = [state.value for state in states if state.value in retryable]
+        conditions = []
+        if event_ids:
+            conditions.append(events.c.event_id.in_(list(event_ids)))
+        if wanted:
+            conditions.append(events.c.state.in_(wanted))
+        if not conditions:
+            return 0
+        selection = and_(events.c.state.in_(retryable), conditions[0] if len(conditions) == 1
+                         else conditions[0] | conditions[1])  # fmt: skip
+        with _storage_errors("retrying events"), self.engine.begin() as conn:
+            setups = (
+                conn.execute(
+                    select(events.c.customer_external_id).where(
+                        selection, events.c.state == DEAD, events.c.mode == "deferred"
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            back_to_pending = {"state": PENDING, "next_attempt_at": now, "lease_owner": None,
+                                   "lease_expires_at": None}  # fmt: skip
+            count = conn.execute(update(events).where(selection).values(back_to_pending)).rowcount
+            if setups:
+                count += conn.execute(
+                    update(events)
+                    .where(events.c.state == BLOCKED,
+                           events.c.customer_external_id.in_(list(set(setups))))
+                    .values(back_to_pending)
+                ).rowcount  # fmt: skip
+        return int(count)
+
+    def purge(
+        self,
+        *,
+        delivered_before: float | None = None,
+        dead_before: float | None = None,
+        dry_run: bool = False,
+        batch_size: int = 1000,
+    ) -> list[str]:
+        """Delete delivered and dead events older than the cut-offs, with their attempts.
+
+        Works in batches of ``batch_size`` rows per transaction so that a large purge
+        never holds a long lock.
+
+        :returns: the ``event_id`` of every event deleted (or, with ``dry_run``, that
+            would be).
+        """
+        conditions = []
+        if delivered_before is not None:
+            conditions.append(
+                and_(events.c.state == DELIVERED, events.c.delivered_at < delivered_before)
+            )
+        if dead_before is not None:
+            last_touched = func.coalesce(events.c.last_attempt_at, events.c.created_at)
+            conditions.append(and_(events.c.state == DEAD, last_touched < dead_before))
+        if not conditions:
+            return []
+        selection = conditions[0] if len(conditions) == 1 else conditions[0] | conditions[1]
+        purged: list[str] = []
+        after = 0
+        while True:
+            with _storage_errors("purging events"), self.engine.begin() as conn:
+                rows = conn.execute(
+                    select(events.c.id, events.c.event_id)
+                    .where(selection, events.c.id > after)
+                    .order_by(events.c.id)
+                    .limit(batch_size)
+                ).all()
+                if not rows:
+                    return purged
+                seqs = [row.id for row in rows]
+                if not dry_run:
+                    conn.execute(delete(attempts).where(attempts.c.event_seq.in_(seqs)))
+                    conn.execute(delete(events).where(events.c.id.in_(seqs), selection))
+            purged.extend(row.event_id for row in rows)
+            after = seqs[-1]
+
+    # -- shared pacing and pauses -----------------------------------------------------
+
+    def with_bucket(self, change: Callable[[Bucket], tuple[Bucket, T]]) -> T:
+        """Read the shared token bucket under lock, store ``change``'s new bucket, return its result."""
+        with _storage_errors("pacing"), self.engine.begin() as conn:
+            _lock_control(conn)
+            row = conn.execute(
+                select(control.c.tokens, control.c.tokens_at, control.c.rate_factor)
+                .where(control.c.name == CONTROL_ROW)
+                .with_for_update()
+            ).one()
+            bucket, result = change(Bucket(*row))
+            conn.execute(
+                update(control)
+                .where(control.c.name == CONTROL_ROW)
+                .values(tokens=bucket.tokens, tokens_at=bucket.tokens_at,
+                        rate_factor=bucket.rate_factor)
+            )  # fmt: skip
+        return result
+
+    def set_pause(
+        self, *, outage_since: float | None, auth_paused_since: float | None,
+        error: str | None,
+    ) -> None:  # fmt: skip
+        """Publish this outbox's outage or auth pause (or its end) for ``status``."""
+        with _storage_errors("publishing the delivery pause"), self.engine.begin() as conn:
+            conn.execute(
+                update(control)
+                .where(control.c.name == CONTROL_ROW)
+                .values(outage_since=outage_since, auth_paused_since=auth_paused_since,
+                        pause_error=error)
+            )  # fmt: skip
+
+    def control_row(self) -> dict[str, Any]:
+        with _storage_errors("reading the control row"), self.engine.connect() as conn:
+            row = conn.execute(select(control).where(control.c.name == CONTROL_ROW)).one()
+        return dict(row._mapping)
+
+
+def _insert_params(event: Event) -> tuple[Any, ...]:
+    return (
+        event.event_id, event.kind, event.customer_external_id, event.click_id, event.mode,
+        event.invoice_id, event.payload, PENDING, 0, event.created_at, event.created_at,
+    )  # fmt: skip
+
+
+def _redacted(conn: Connection, seq: int) -> str:
+    payload = json.loads(
+        conn.execute(select(events.c.payload).where(events.c.id == seq)).scalar_one()
+    )
+    for key in ("customerName", "customerEmail", "customerAvatar"):
+        payload.pop(key, None)
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def _lock_control(conn: Connection) -> None:
+    # Write first: on an application's SQLite engine in the driver's legacy transaction
+    # mode a leading SELECT would run outside the transaction and the update could race.
+    conn.execute(update(control).where(control.c.name == CONTROL_ROW).values(name=control.c.name))
+
+
+@contextmanager
+def _storage_errors(action: str) -> Iterator[None]:
+    try:
+        yield
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        raise StorageError(f"{action} failed: {exc}") from exc

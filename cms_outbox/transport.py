@@ -1,0 +1,113 @@
+"""HTTP to the CMS service: one keep-alive ``requests.Session`` per thread, no retries.
+
+A response or a failure comes back as a value; the outbox owns retrying, so
+urllib3's own retries are switched off.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .__version__ import __version__
+
+__all__ = ["MAX_BODY", "Reply", "Transport"]
+
+MAX_BODY = 2048  # characters of a response body kept per attempt
+PATHS = {"lead": "/track/lead", "sale": "/track/sale"}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One HTTP attempt: the status and (bounded) body, or the error when there was no answer."""
+
+    started_at: float
+    duration: float
+    status_code: int | None = None
+    body: str | None = None
+    retry_after: str | None = None
+    error: str | None = None
+
+
+class Transport:
+    """Sends wire payloads; safe to share between threads (each gets its own session)."""
+
+    def __init__(
+        self,
+        host: str,
+        token: str,
+        *,
+        connect_timeout: float = 3.05,
+        read_timeout: float = 10.0,
+        pool_size: int = 8,
+    ) -> None:
+        self._base = host.rstrip("/")
+        self._headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": f"cms-outbox/{__version__}",
+        }
+        self._timeout = (connect_timeout, read_timeout)
+        self._pool_size = pool_size
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Transport(host={self._base!r})"  # never the token
+
+    def send(self, kind: str, event_id: str, payload: str) -> Reply:
+        """POST one event with its Idempotency-Key; never raises for network trouble."""
+        headers = {**self._headers, "Idempotency-Key": event_id}
+        started = time.time()
+        clock = time.perf_counter()
+        try:
+            response = self._session().post(
+                self._base + PATHS[kind],
+                data=payload.encode("utf-8"),
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            return Reply(started, time.perf_counter() - clock, error=_describe(exc))
+        return Reply(
+            started,
+            time.perf_counter() - clock,
+            status_code=response.status_code,
+            body=response.text[:MAX_BODY],
+            retry_after=response.headers.get("Retry-After"),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False  # no proxy or .netrc surprises for a token-bearing client
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+
+def _describe(exc: requests.RequestException) -> str:
+    kind = type(exc).__name__
+    if isinstance(exc, requests.Timeout):
+        return f"{kind}: no answer within the timeout"
+    # The message can hold the URL but never the headers, so the token cannot leak here.
+    return f"{kind}: {exc}"

@@ -1,0 +1,1 @@
+"""Alembic revisions of the outbox tables, shipped as ``cms_outbox.migrations``."""
