@@ -8,6 +8,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -19,6 +20,7 @@ from .events import Event, build_lead, build_sale
 from .flusher import Callback, Flusher, result_of_row
 from .results import EventState, FlushReport, TrackResult
 from .scheduling import FlushScheduler
+from .status import ActivityTracker, Stats
 from .store import AppConnection, Store
 
 __all__ = ["CMSClient"]
@@ -106,7 +108,10 @@ class CMSClient:
             self._dispose()
             raise
         self._clock = clock
-        self.store = Store(self.engine)
+        self._bookkeeping: Engine | None = None
+        if self._owns_engine and database.is_sqlite(self.engine):
+            self._bookkeeping = database.create(self.settings.database_url, durability="normal")
+        self.store = Store(self.engine, bookkeeping=self._bookkeeping)
         self.flusher = Flusher(
             self.store, self.settings, on_delivered=on_delivered, on_dead=on_dead
         )
@@ -202,7 +207,7 @@ class CMSClient:
     ) -> TrackResult:
         existing = self.store.insert(event, connection)
         if existing is not None:
-            return self.result(existing)
+            return result_of_row(existing)
         if self._scheduler is not None:
             self._scheduler.wake()
         if wait is not None and connection is None:
@@ -258,6 +263,67 @@ class CMSClient:
             dead_before=now - self.settings.dead_retention,
         )
 
+    def retry(
+        self, event_ids: Sequence[str] = (), *, dead: bool = False, blocked: bool = False
+    ) -> int:
+        """Make dead or blocked events pending and due now; their attempt history is kept.
+
+        Retrying a dead deferred setup also releases its customer's blocked follow-ups.
+
+        :param event_ids: these events (those that are dead or blocked).
+        :param dead: every dead event.
+        :param blocked: every blocked event.
+        :returns: how many events became pending.
+        :raises StorageError: the database failed.
+        """
+        self._check_open()
+        states = [EventState.DEAD] * dead + [EventState.BLOCKED] * blocked
+        count = self.store.retry(list(event_ids), states=states)
+        if count and self._scheduler is not None:
+            self._scheduler.wake()
+        return count
+
+    def purge(
+        self,
+        *,
+        delivered_older_than: float | None = None,
+        dead_older_than: float | None = None,
+        dry_run: bool = False,
+    ) -> list[str]:
+        """Delete delivered and dead events (with their attempts) older than the given ages.
+
+        :param delivered_older_than: seconds since delivery; None keeps every delivered event.
+        :param dead_older_than: seconds since the last attempt; None keeps every dead event.
+        :param dry_run: delete nothing, only report.
+        :returns: the ``event_id`` of every event deleted (or, with ``dry_run``, that would be).
+        :raises StorageError: the database failed.
+        """
+        self._check_open()
+        now = time.time()
+        return self.store.purge(
+            delivered_before=None if delivered_older_than is None else now - delivered_older_than,
+            dead_before=None if dead_older_than is None else now - dead_older_than,
+            dry_run=dry_run,
+        )
+
+    def stats(self) -> Stats:
+        """Counters and gauges of this client's outbox, for dashboards and metrics.
+
+        ``enqueued``, ``delivered``, ``retried`` and ``dead`` count what happened in the
+        outbox (all its writers and flushers) since the first ``stats()`` call; they
+        never decrease, not even across purges. ``pending`` and ``oldest_pending_age``
+        describe the outbox now.
+
+        :raises StorageError: the database failed.
+        """
+        self._check_open()
+        with _lifecycle_lock:
+            tracker: ActivityTracker | None = self.__dict__.get("_activity")
+            if tracker is None:
+                tracker = ActivityTracker(self.engine, settle=self.settings.lease)
+                self.__dict__["_activity"] = tracker
+        return tracker.stats()
+
     # -- lifecycle ------------------------------------------------------------------
 
     def close(self) -> None:
@@ -272,7 +338,7 @@ class CMSClient:
             if self._scheduler is not None:
                 grace = self.settings.attempt_timeout + 1
                 self._scheduler.stop(grace)
-                if self.settings.final_flush_timeout > 0 and not self.flusher.breaker.is_open:
+                if self.settings.final_flush_timeout > 0 and not self.flusher.breaker.paused:
                     self._final_flush()
         finally:
             self.flusher.close()
@@ -291,6 +357,9 @@ class CMSClient:
     def _dispose(self) -> None:
         if self._owns_engine:
             self.engine.dispose()
+        bookkeeping: Engine | None = getattr(self, "_bookkeeping", None)
+        if bookkeeping is not None:
+            bookkeeping.dispose()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -301,6 +370,8 @@ class CMSClient:
             return
         if self._owns_engine:
             self.engine.dispose(close=False)  # the parent's connections are not ours to use
+        if self._bookkeeping is not None:
+            self._bookkeeping.dispose(close=False)
         self.flusher.after_fork()
         if self._scheduler is not None:
             self._scheduler.after_fork()

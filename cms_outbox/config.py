@@ -51,6 +51,11 @@ class Settings:
     def __post_init__(self) -> None:
         _check_choice("flush", self.flush, ("background", "off"))
         _check_choice("durability", self.durability, ("full", "normal"))
+        # Type first: a "8" or 2.5 from a config file must fail here, not as a TypeError later.
+        for name in ("rate_limit", "workers", "batch_size"):
+            _check_number(name, getattr(self, name), integer=True)
+        for name in _SECONDS:
+            _check_number(name, getattr(self, name))
         if self.rate_limit is not None and self.rate_limit < 0:
             raise ConfigurationError(f"rate_limit must be >= 0 or None, got {self.rate_limit!r}")
         for name in ("workers", "batch_size"):
@@ -102,12 +107,32 @@ class Settings:
         return replace(self, token=token)
 
 
+_SECONDS = (
+    "interval", "connect_timeout", "read_timeout", "lease_seconds", "max_age", "retention",
+    "dead_retention", "max_backoff", "final_flush_timeout",
+)  # fmt: skip
+
+
+_OPTIONAL = ("rate_limit", "lease_seconds")  # None means "no pacing" / "the default lease"
+
+
+def _check_number(name: str, value: object, *, integer: bool = False) -> None:
+    if value is None and name in _OPTIONAL:
+        return
+    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        wanted = "an integer" if integer else "a number"
+        raise ConfigurationError(f"{name} must be {wanted}, got {value!r}")
+
+
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigurationError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def _check_host(host: str, allow_insecure: bool) -> None:
+    if not isinstance(host, str):
+        raise ConfigurationError(f"host must be an http(s) URL, got {host!r}")
     parts = urlsplit(host)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(f"host must be an http(s) URL, got {host!r}")

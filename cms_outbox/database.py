@@ -12,10 +12,14 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from .errors import ConfigurationError, StorageError
 
-__all__ = ["BUSY_TIMEOUT", "create", "is_sqlite", "prepare_sqlite"]
+__all__ = ["BUSY_TIMEOUT", "READ_ONLY", "create", "is_sqlite", "prepare_sqlite"]
 
 # Long enough that contending writers queue up instead of seeing "database is locked".
 BUSY_TIMEOUT = 30.0
+# Execution option of a connection that only reads: on SQLite it begins a deferred
+# transaction, so a read never waits behind a writer (e.g. an application's open
+# transactional-outbox transaction) the way BEGIN IMMEDIATE would.
+READ_ONLY = "cms_outbox_read_only"
 
 
 def create(url: str, *, durability: str = "full") -> Engine:
@@ -53,7 +57,7 @@ def is_sqlite(engine: Engine) -> bool:
 
 
 def prepare_sqlite(engine: Engine, *, durability: str) -> None:
-    """WAL, fsync per commit (``full``) and ``BEGIN IMMEDIATE`` for every transaction.
+    """WAL, fsync per commit (``full``) and ``BEGIN IMMEDIATE`` for every writing transaction.
 
     The driver's own transaction handling is switched off so that SQLAlchemy's
     ``begin`` emits ``BEGIN IMMEDIATE``: a read-then-write transaction then never
@@ -72,7 +76,8 @@ def prepare_sqlite(engine: Engine, *, durability: str) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _create_private_file(path: str) -> None:

@@ -23,6 +23,8 @@ MAX_TEXT = 512
 MAX_URL = 2048
 MAX_AMOUNT = 10**15  # cents; far above any real invoice, far below float precision trouble
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A lone surrogate cannot be encoded as UTF-8: neither the database nor the wire could carry it.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
 _WHITESPACE = re.compile(r"\s")
 
@@ -144,6 +146,8 @@ def _text(field: str, value: Any, limit: int, *, required: bool = False) -> str:
         raise ValidationError(field, f"is {len(value)} characters long; the limit is {limit}")
     if _CONTROL.search(value):
         raise ValidationError(field, "must not contain control characters")
+    if _SURROGATE.search(value):
+        raise ValidationError(field, "must be valid Unicode text (no lone surrogates)")
     return value
 
 

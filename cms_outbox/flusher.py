@@ -7,6 +7,7 @@ passes or it is told to stop; rows it leased but did not send go back unsent.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -126,30 +127,20 @@ class Flusher:
         """Turn one reply into the outcome to record, updating breaker and pacing."""
         verdict = classify(reply.status_code)
         error = reply.error or _server_error(reply)
-        common = {
-            "seq": lease.seq,
-            "started_at": reply.started_at,
-            "duration": reply.duration,
-            "status_code": reply.status_code,
-            "response": reply.body,
-        }
         if verdict in (Verdict.DELIVERED, Verdict.DUPLICATE):
             self._resume(now)
             if self.settings.pacing:
                 self.store.with_bucket(lambda bucket: (speed_up(bucket), None))
-            return Outcome(state=EventState.DELIVERED, label=verdict.value, **common), verdict
+            return _outcome(lease, reply, EventState.DELIVERED, verdict.value), verdict
         if verdict is Verdict.DEAD:
             self._resume(now)
             logger.warning(
                 "event %s dead-lettered: HTTP %s %s", lease.event_id, reply.status_code, error
             )
-            return Outcome(state=EventState.DEAD, label="dead", error=error, **common), verdict
+            return _outcome(lease, reply, EventState.DEAD, "dead", error), verdict
         if verdict in (Verdict.AUTH, Verdict.OUTAGE):
             self._pause(verdict.value, now, error)
-            return (
-                Outcome(state=EventState.PENDING, label=verdict.value, error=error, **common),
-                verdict,
-            )
+            return _outcome(lease, reply, EventState.PENDING, verdict.value, error), verdict
         self._resume(now)
         if now - lease.created_at > self.settings.max_age:
             return self.expired(lease, now, error), Verdict.DEAD
@@ -161,16 +152,9 @@ class Flusher:
         delay = backoff(
             lease.attempts + 1, self.rng, cap=self.settings.max_backoff, retry_after=retry_after
         )
-        return (
-            Outcome(
-                state=EventState.PENDING,
-                label="retry",
-                error=error,
-                next_attempt_at=now + delay,
-                **common,
-            ),
-            verdict,
-        )
+        finished = reply.started_at + reply.duration
+        retry = _outcome(lease, reply, EventState.PENDING, "retry", error, finished + delay)
+        return retry, verdict
 
     def expired(self, lease: Lease, now: float, error: str | None = None) -> Outcome:
         age_days = (now - lease.created_at) / 86400
@@ -200,15 +184,16 @@ class Flusher:
             self._publish_pause()
 
     def _resume(self, now: float) -> None:
-        if not self.breaker.is_open:
+        if self.breaker.reason is None:
             return
-        reason, since = self.breaker.reason, self.breaker.since or now
-        self.breaker.close()
-        if reason == "auth":
+        since = self.breaker.since or now
+        ended = self.breaker.close()
+        if ended == "auth":
             logger.warning("delivery resumed: the token was accepted again")
-        else:
+        elif ended == "outage":
             logger.warning("outage ended after %.1fs: CMS service reachable", now - since)
-        self._publish_pause()
+        if ended:
+            self._publish_pause()
 
     def _publish_pause(self) -> None:
         breaker = self.breaker
@@ -306,7 +291,7 @@ class _Pass:
             if self.settings.pacing:
                 per_minute = float(self.settings.pacing)
                 granted = self.store.with_bucket(
-                    lambda bucket: bucket_take(bucket, 1, now, per_minute)
+                    functools.partial(bucket_take, want=1, now=now, per_minute=per_minute)
                 )
                 if granted < 1:
                     return -granted
@@ -377,8 +362,29 @@ class _Pass:
             dead=self.counts["dead"],
             pending=counts.get("pending", 0) + counts.get("in_flight", 0),
             blocked=counts.get("blocked", 0),
-            paused=self.flusher.breaker.reason,
+            paused=self.flusher.breaker.paused,
         )
+
+
+def _outcome(
+    lease: Lease,
+    reply: Reply,
+    state: EventState,
+    label: str,
+    error: str | None = None,
+    next_attempt_at: float | None = None,
+) -> Outcome:
+    return Outcome(
+        seq=lease.seq,
+        state=state,
+        label=label,
+        started_at=reply.started_at,
+        duration=reply.duration,
+        status_code=reply.status_code,
+        error=error,
+        response=reply.body,
+        next_attempt_at=next_attempt_at,
+    )
 
 
 def result_of_row(row: dict[str, Any]) -> TrackResult:

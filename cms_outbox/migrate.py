@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from alembic import command
@@ -11,6 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from .database import READ_ONLY
 from .errors import SchemaError, StorageError
 
 __all__ = ["VERSION_TABLE", "current_revision", "ensure_schema", "head_revision", "upgrade"]
@@ -20,9 +22,9 @@ VERSION_TABLE = "cms_outbox_alembic_version"
 
 
 def _script_location() -> str:
-    from . import migrations  # the repository's migrations/ folder, shipped in the package
-
-    return str(Path(migrations.__file__).parent)
+    # The repository's top-level migrations/ folder, shipped inside the package.
+    migrations = importlib.import_module("cms_outbox.migrations")
+    return str(Path(str(migrations.__file__)).parent)
 
 
 def _config(connection: Connection | None = None) -> Config:
@@ -43,6 +45,7 @@ def current_revision(engine: Engine) -> str | None:
     """The revision the database is at, or None when the outbox was never migrated."""
     try:
         with engine.connect() as connection:
+            connection.execution_options(**{READ_ONLY: True})  # never wait behind a writer
             context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
             return context.get_current_revision()
     except SQLAlchemyError as exc:

@@ -76,7 +76,7 @@ def backoff(
     cap: float = 300.0,
     retry_after: float | None = None,
 ) -> float:
-    """Delay before the next try: full jitter over an exponential ceiling, never under Retry-After."""
+    """Delay before the next try: full jitter under an exponential ceiling, >= Retry-After."""
     ceiling = min(cap, base * 2 ** min(max(attempts - 1, 0), 32))
     delay = rng.uniform(0, ceiling)
     if retry_after is not None:
@@ -134,26 +134,31 @@ def speed_up(bucket: Bucket) -> Bucket:
 # -- circuit breaker ------------------------------------------------------------------
 
 
+PAUSES = ("outage", "auth")
+
+
 @dataclass
 class Breaker:
     """Stops a flusher from hammering a service that does not answer (or refuses the token).
 
-    Closed: send freely. Open: send nothing until ``retry_at``. After that, half-open:
-    one probe request; its success closes the circuit, its failure reopens it with a
-    longer delay (doubled, full jitter, capped).
+    A new flusher starts half-open, so that an outage or a bad token at start-up costs
+    one request rather than one per worker. Closed: send freely. Open: send nothing
+    until ``retry_at``; then half-open: one probe, whose success closes the circuit
+    and whose failure reopens it for longer (doubled, jittered, capped).
     """
 
     base: float = 1.0
     cap: float = 30.0
-    reason: str | None = None
+    reason: str | None = "starting"
     since: float | None = None
     retry_at: float = 0.0
     failures: int = 0
     error: str | None = None
 
     @property
-    def is_open(self) -> bool:
-        return self.reason is not None
+    def paused(self) -> str | None:
+        """``"outage"`` or ``"auth"`` while delivery is paused, else None."""
+        return self.reason if self.reason in PAUSES else None
 
     def allowance(self, now: float) -> int | None:
         """How many requests may start now: None for no limit, 1 for a probe, or 0."""
@@ -164,8 +169,12 @@ class Breaker:
     def trip(self, reason: str, now: float, rng: random.Random, error: str | None) -> bool:
         """Open (or reopen) the circuit; returns True when this starts a new pause.
 
-        An auth pause probes ten times less often: a token is rarely fixed in seconds.
+        Failures of requests already in flight when the circuit opened do not count
+        again. An auth pause probes ten times less often: a token is rarely fixed in
+        seconds.
         """
+        if self.reason == reason and now < self.retry_at:
+            return False
         started = self.reason != reason
         if started:
             self.since = now
@@ -178,9 +187,9 @@ class Breaker:
         self.retry_at = now + rng.uniform(ceiling / 2, ceiling)
         return started
 
-    def close(self) -> bool:
-        """Close after a success; returns True when a pause ended."""
-        ended = self.reason is not None
+    def close(self) -> str | None:
+        """Close after an answer; returns the pause that this ends, if any."""
+        ended = self.paused
         self.reason = None
         self.since = None
         self.failures = 0

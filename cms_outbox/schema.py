@@ -52,7 +52,7 @@ events = Table(
     UniqueConstraint("event_id", name="uq_cms_outbox_events_event_id"),
     # A sale's natural key: the constraint, not a lookup that can race, turns a repeat into a no-op.
     UniqueConstraint("invoice_id", name="uq_cms_outbox_events_invoice_id"),
-    # The lease scan walks one state in enqueue order; FIFO checks look up a customer's earlier rows.
+    # The lease scan walks one state in enqueue order; FIFO looks up a customer's earlier rows.
     Index("ix_cms_outbox_events_state_id", "state", "id"),
     Index("ix_cms_outbox_events_customer_id", "customer_external_id", "id"),
 )

@@ -42,6 +42,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from .database import READ_ONLY
 from .errors import StorageError
 from .events import Event
 from .policy import Bucket
@@ -106,17 +107,26 @@ class Outcome:
 class Store:
     """SQL access to one outbox; every database failure surfaces as ``StorageError``."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, bookkeeping: Engine | None = None) -> None:
+        """:param bookkeeping: engine for leases, results and pacing (default: ``engine``).
+
+        On SQLite it can skip the per-commit fsync: losing the last results to a power
+        cut only means resending, which the Idempotency-Key makes harmless, while an
+        enqueue must survive it.
+        """
         self.engine = engine
+        self.bookkeeping = bookkeeping or engine
         self._fast_insert = engine.dialect.name == "sqlite"
 
     # -- enqueue ---------------------------------------------------------------
 
-    def insert(self, event: Event, connection: AppConnection | None = None) -> str | None:
+    def insert(
+        self, event: Event, connection: AppConnection | None = None
+    ) -> dict[str, Any] | None:
         """Store ``event`` as pending, committed on return (or with ``connection``'s transaction).
 
-        :returns: None when stored, else the ``event_id`` of the sale already stored
-            with the same ``invoice_id`` (nothing was written).
+        :returns: None when stored, else the row of the sale already stored with the
+            same ``invoice_id`` (nothing was written).
         :raises StorageError: the database failed; nothing was written.
         """
         if connection is not None:
@@ -128,7 +138,7 @@ class Store:
         with _storage_errors("storing the event"), self.engine.begin() as conn:
             return self._insert_core(conn, event)
 
-    def _insert_sqlite(self, event: Event) -> str | None:
+    def _insert_sqlite(self, event: Event) -> dict[str, Any] | None:
         params = _insert_params(event)
         try:
             raw = self.engine.raw_connection()
@@ -142,15 +152,18 @@ class Store:
             raise StorageError(f"storing the event failed: {exc}") from exc
         return None if stored else self._existing_sale(event)
 
-    def _insert_core(self, conn: Connection, event: Event) -> str | None:
+    def _insert_core(self, conn: Connection, event: Event) -> dict[str, Any] | None:
         values = dict(zip(_INSERT_COLUMNS, _insert_params(event)))
         dialect = conn.dialect.name
         if dialect in ("sqlite", "postgresql"):
             module = sqlite if dialect == "sqlite" else postgresql
-            statement = module.insert(events).values(values)
-            stored = conn.execute(
-                statement.on_conflict_do_nothing(index_elements=["invoice_id"])
-            ).rowcount
+            statement = (
+                module.insert(events)
+                .values(values)
+                .on_conflict_do_nothing(index_elements=["invoice_id"])
+                .returning(events.c.id)
+            )
+            stored = len(conn.execute(statement).all())
         else:
             savepoint = conn.begin_nested()  # a failed INSERT must not abort the caller's work
             try:
@@ -159,29 +172,24 @@ class Store:
             except SQLAlchemyError:
                 savepoint.rollback()
                 stored = 0
-        if stored == 1:
-            return None
-        existing = conn.execute(
-            select(events.c.event_id).where(events.c.invoice_id == event.invoice_id)
-        ).scalar()
-        if existing is None:
-            raise StorageError(f"storing event {event.event_id} failed: it was not inserted")
-        return str(existing)
+        return None if stored == 1 else self._existing_row(conn, event)
 
-    def _existing_sale(self, event: Event) -> str:
+    def _existing_sale(self, event: Event) -> dict[str, Any]:
         with _storage_errors("reading the stored sale"), self.engine.connect() as conn:
-            existing = conn.execute(
-                select(events.c.event_id).where(events.c.invoice_id == event.invoice_id)
-            ).scalar()
-        if existing is None:
+            return self._existing_row(conn, event)
+
+    def _existing_row(self, conn: Connection, event: Event) -> dict[str, Any]:
+        row = conn.execute(select(events).where(events.c.invoice_id == event.invoice_id)).first()
+        if row is None:
             raise StorageError(f"storing event {event.event_id} failed: it was not inserted")
-        return str(existing)
+        return dict(row._mapping)
 
     # -- reads -------------------------------------------------------------------
 
     def get(self, event_id: str) -> dict[str, Any] | None:
         """The stored row of ``event_id`` as a dict, or None."""
         with _storage_errors("reading an event"), self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})  # never wait behind a writer
             row = conn.execute(select(events).where(events.c.event_id == event_id)).first()
         return None if row is None else dict(row._mapping)
 
@@ -197,7 +205,7 @@ class Store:
         """How many events are in each state (states with none are left out)."""
         with _storage_errors("counting events"), self.engine.connect() as conn:
             rows = conn.execute(select(events.c.state, func.count()).group_by(events.c.state))
-            return dict(rows)
+            return {str(state): int(count) for state, count in rows.all()}
 
     def count_due(self, now: float) -> int:
         """Pending rows whose next attempt is due by ``now`` (FIFO not considered)."""
@@ -218,7 +226,7 @@ class Store:
         Expired leases are reclaimed and follow-ups of dead deferred setups are
         blocked first, in the same transaction. Rows come back in enqueue order.
         """
-        with _storage_errors("leasing events"), self.engine.begin() as conn:
+        with _storage_errors("leasing events"), self.bookkeeping.begin() as conn:
             self._reclaim_expired(conn, now)
             self._block_followups(conn)
             earlier = events.alias("earlier")
@@ -301,7 +309,7 @@ class Store:
         :returns: for each outcome, whether it was applied to the event row.
         """
         applied: list[bool] = []
-        with _storage_errors("recording delivery results"), self.engine.begin() as conn:
+        with _storage_errors("recording delivery results"), self.bookkeeping.begin() as conn:
             for outcome in outcomes:
                 conn.execute(
                     insert(attempts).values(
@@ -352,7 +360,7 @@ class Store:
             if not seqs:
                 return 0
             condition = and_(condition, events.c.id.in_(list(seqs)))
-        with _storage_errors("releasing leases"), self.engine.begin() as conn:
+        with _storage_errors("releasing leases"), self.bookkeeping.begin() as conn:
             return int(
                 conn.execute(
                     update(events)
@@ -461,8 +469,8 @@ class Store:
     # -- shared pacing and pauses -----------------------------------------------------
 
     def with_bucket(self, change: Callable[[Bucket], tuple[Bucket, T]]) -> T:
-        """Read the shared token bucket under lock, store ``change``'s new bucket, return its result."""
-        with _storage_errors("pacing"), self.engine.begin() as conn:
+        """Read the shared token bucket under lock, store ``change``'s bucket, return its result."""
+        with _storage_errors("pacing"), self.bookkeeping.begin() as conn:
             _lock_control(conn)
             row = conn.execute(
                 select(control.c.tokens, control.c.tokens_at, control.c.rate_factor)
@@ -483,7 +491,7 @@ class Store:
         error: str | None,
     ) -> None:  # fmt: skip
         """Publish this outbox's outage or auth pause (or its end) for ``status``."""
-        with _storage_errors("publishing the delivery pause"), self.engine.begin() as conn:
+        with _storage_errors("publishing the delivery pause"), self.bookkeeping.begin() as conn:
             conn.execute(
                 update(control)
                 .where(control.c.name == CONTROL_ROW)

@@ -73,3 +73,15 @@ def make_client(sqlite_url: str) -> Iterator[Callable[..., CMSClient]]:
         pool = client.engine.pool
         checked_out = getattr(pool, "checkedout", lambda: 0)()
         assert checked_out == 0, f"{checked_out} pooled connections left checked out"
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, step: float = 0.01) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes (no fixed sleeps in tests)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
+    return True

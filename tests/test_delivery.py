@@ -1,0 +1,283 @@
+"""Delivery against the sandbox on loopback: order, classification, pauses and outages."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from typing import Any, Callable
+
+from cms_outbox import CMSClient, EventState, TrackResult
+from cms_outbox.sandbox import Sandbox
+from tests.conftest import TOKEN, wait_until
+
+Factory = Callable[..., CMSClient]
+
+
+def connect(make_client: Factory, sandbox: Sandbox, **options: Any) -> CMSClient:
+    options.setdefault("token", TOKEN)
+    options.setdefault("rate_limit", None)
+    return make_client(host=sandbox.url, **options)
+
+
+def enqueue_story(client: CMSClient, customers: int, per_customer: int) -> dict[str, list[str]]:
+    """Standard leads, deferred setups with follow-ups, and sales, interleaved across customers."""
+    rng = random.Random(7)
+    order: dict[str, list[str]] = defaultdict(list)
+    plan = [c for c in range(customers) for _ in range(per_customer)]
+    rng.shuffle(plan)
+    for n, c in enumerate(plan):
+        customer = f"customer-{c}"
+        deferred = c % 2 == 0
+        if not order[customer] and deferred:
+            result = client.track_lead("lead_captured", customer, click_id=f"click-{c}",
+                                       mode="deferred")  # fmt: skip
+        elif n % 5 == 0:
+            click = None if deferred else f"click-{c}"
+            result = client.track_sale("purchase", customer, f"inv-{n}", 100 + n, "usd",
+                                       click_id=click)  # fmt: skip
+        else:
+            result = client.track_lead(
+                "step", customer, click_id=None if deferred else f"click-{c}"
+            )
+        order[customer].append(result.event_id)
+    return order
+
+
+def accepted_in_order(sandbox: Sandbox) -> dict[str, list[str]]:
+    seen: dict[str, list[str]] = defaultdict(list)
+    for accepted in sandbox.accepted:
+        assert accepted.idempotency_key is not None
+        seen[accepted.customer_external_id].append(accepted.idempotency_key)
+    return seen
+
+
+def test_backlog_from_an_outage_is_delivered_once_in_order_by_one_flush(
+    make_client: Factory, sandbox: Sandbox
+) -> None:
+    sandbox.down()
+    client = connect(make_client, sandbox, workers=8)
+    order = enqueue_story(client, customers=50, per_customer=20)
+    outage = client.flush()
+    assert outage.paused == "outage" and outage.delivered == 0 and outage.pending == 1000
+    sandbox.up()
+    report = client.flush()
+    assert (report.delivered, report.dead, report.pending, report.blocked) == (1000, 0, 0, 0)
+    assert accepted_in_order(sandbox) == order
+    keys = [a.idempotency_key for a in sandbox.accepted]
+    assert len(keys) == len(set(keys)) == 1000
+    assert client.store.count_by_state() == {"delivered": 1000}
+
+
+def test_background_flusher_delivers_the_backlog_without_any_call(
+    make_client: Factory, sandbox: Sandbox
+) -> None:
+    sandbox.down()
+    client = connect(make_client, sandbox, flush="background", interval=0.2)
+    order = enqueue_story(client, customers=10, per_customer=10)
+    time.sleep(0.5)
+    assert sandbox.accepted == []
+    sandbox.up()
+    assert sandbox.wait_for(lambda sb: len(sb.accepted) == 100, timeout=30)
+    assert accepted_in_order(sandbox) == order
+
+
+def test_online_event_is_sent_at_once_by_the_background_flusher(
+    make_client: Factory, sandbox: Sandbox
+) -> None:
+    client = connect(make_client, sandbox, flush="background", interval=60)
+    time.sleep(0.2)  # let the first, empty pass finish: from now on only a wake-up can send
+    started = time.perf_counter()
+    result = client.track_lead("signup", "user-1", click_id="c")
+    assert sandbox.wait_for(lambda sb: len(sb.accepted) == 1, timeout=5)
+    assert time.perf_counter() - started < 1.0
+    assert sandbox.accepted[0].idempotency_key == result.event_id
+
+
+def test_wire_request_carries_the_documented_headers(
+    make_client: Factory, sandbox: Sandbox
+) -> None:
+    client = connect(make_client, sandbox)
+    result = client.track_sale("purchase", "user-1", "inv-1", 4999, "USD", click_id="c")
+    client.flush()
+    [accepted] = sandbox.accepted
+    assert accepted.idempotency_key == result.event_id
+    assert accepted.payload == {
+        "clickId": "c", "eventName": "purchase", "customerExternalId": "user-1",
+        "invoiceId": "inv-1", "amount": 4999, "currency": "USD",
+        "timestamp": accepted.payload["timestamp"],
+    }  # fmt: skip
+    delivered = client.result(result.event_id)
+    assert delivered.state is EventState.DELIVERED and delivered.status_code == 200
+    assert delivered.data["success"] is True
+
+
+def test_retry_after_on_429_is_honoured(make_client: Factory, sandbox: Sandbox) -> None:
+    client = connect(make_client, sandbox)
+    event = client.track_lead("signup", "user-1", click_id="c")
+    sandbox.set_faults(force_status=429, force_count=1, retry_after="2")
+    first = client.flush()
+    assert (first.retried, first.pending) == (1, 1)
+    deadline = time.monotonic() + 10
+    while client.result(event.event_id).state is not EventState.DELIVERED:
+        assert time.monotonic() < deadline
+        client.flush()
+        time.sleep(0.05)
+    times = [r.time for r in sandbox.requests if r.idempotency_key == event.event_id]
+    assert len(times) == 2 and times[1] - times[0] >= 2.0
+
+
+def test_server_errors_back_off_with_jitter(make_client: Factory, sandbox: Sandbox) -> None:
+    client = connect(make_client, sandbox)
+    events = [client.track_lead("signup", f"user-{n}", click_id="c").event_id for n in range(20)]
+    sandbox.set_faults(force_status=500)
+    report = client.flush()
+    assert report.retried >= 20 and report.pending == 20 and report.dead == 0
+    rows = [client.store.get(e) for e in events]
+    delays = [row["next_attempt_at"] - row["last_attempt_at"] for row in rows]  # type: ignore[index]
+    ceilings = [2.0 ** (row["attempts"] - 1) for row in rows]  # type: ignore[index]
+    assert all(0 <= d <= c for d, c in zip(delays, ceilings))  # full jitter under 2^(n-1)
+    assert len({round(d, 3) for d in delays}) > 10  # jittered, not in lockstep
+    started = time.monotonic()
+    assert client.flush().pending == 20
+    assert time.monotonic() - started < 1.0  # flush returns when nothing is due: no sleeping
+
+
+def test_422_is_dead_with_the_servers_error_kept(make_client: Factory, sandbox: Sandbox) -> None:
+    dead: list[TrackResult] = []
+    client = connect(make_client, sandbox, on_dead=dead.append)
+    event = client.track_lead("signup", "user-1", click_id="c")
+    sandbox.set_faults(force_status=422, force_count=1)
+    report = client.flush()
+    assert (report.dead, report.pending) == (1, 0)
+    result = client.result(event.event_id)
+    assert result.success is False and result.state is EventState.DEAD
+    assert result.status_code == 422 and result.error is not None and "422" in result.error
+    assert [r.event_id for r in dead] == [event.event_id]
+    [attempt] = client.store.attempts_of(client.store.get(event.event_id)["id"])  # type: ignore[index]
+    assert attempt["status_code"] == 422 and "success" in attempt["response"]
+
+
+def test_409_counts_as_delivered(make_client: Factory, sandbox: Sandbox) -> None:
+    client = connect(make_client, sandbox)
+    event = client.track_lead("signup", "user-1", click_id="c")
+    sandbox.set_faults(force_status=409, force_count=1)
+    assert client.flush().delivered == 1
+    assert client.result(event.event_id).state is EventState.DELIVERED
+
+
+def test_bad_token_pauses_everything_and_a_corrected_token_delivers(
+    make_client: Factory, sandbox: Sandbox
+) -> None:
+    wrong = connect(make_client, sandbox, token="revoked-token")
+    for n in range(10):
+        wrong.track_lead("signup", f"user-{n}", click_id="c")
+    report = wrong.flush()
+    assert report.paused == "auth" and report.pending == 10 and report.dead == 0
+    assert len(sandbox.requests) == 1  # one 401 pauses the rest: the queue is not burnt
+    assert wrong.flush().pending == 10  # an explicit flush probes once more, still paused
+    assert wrong.store.control_row()["auth_paused_since"] is not None
+    fixed = connect(make_client, sandbox)
+    assert fixed.flush().delivered == 10
+    assert len(sandbox.accepted) == 10
+
+
+def test_dead_deferred_setup_blocks_followups_until_retried(
+    make_client: Factory, sandbox: Sandbox
+) -> None:
+    client = connect(make_client, sandbox)
+    setup = client.track_lead("lead_captured", "user-1", click_id="c1", mode="deferred")
+    followups = [
+        client.track_lead("kyc_completed", "user-1"),
+        client.track_sale("purchase", "user-1", "inv-1", 4999, "USD"),
+    ]
+    other = client.track_lead("signup", "user-2", click_id="c2")
+    sandbox.set_faults(force_status=422, force_count=1)
+    report = client.flush()
+    assert (report.dead, report.blocked, report.delivered) == (1, 2, 1)
+    assert [client.result(f.event_id).state for f in followups] == [EventState.BLOCKED] * 2
+    assert [a.idempotency_key for a in sandbox.accepted] == [other.event_id]
+    assert client.store.retry([setup.event_id]) == 3
+    assert client.flush().delivered == 3
+    assert [a.idempotency_key for a in sandbox.accepted][1:] == [
+        setup.event_id,
+        *(f.event_id for f in followups),
+    ]
+
+
+def test_outage_opens_the_circuit_and_probes_sparingly(
+    make_client: Factory, sandbox: Sandbox
+) -> None:
+    sandbox.set_faults(reset=True)  # connections accepted, then dropped without an answer
+    client = connect(make_client, sandbox, flush="background", interval=0.05)
+    for n in range(20):
+        client.track_lead("signup", f"user-{n}", click_id="c")
+    time.sleep(3.0)
+    attempts_during_outage = len(sandbox.requests)
+    assert 1 <= attempts_during_outage <= 6  # 1s, 2s, ... between probes, not 20 per pass
+    assert client.store.control_row()["outage_since"] is not None
+    sandbox.clear_faults()
+    assert wait_until(lambda: client.store.count_by_state() == {"delivered": 20}, timeout=30)
+    assert len(sandbox.accepted) == 20
+
+
+def test_read_timeouts_count_as_outage_and_nothing_is_dead(
+    make_client: Factory, sandbox: Sandbox
+) -> None:
+    client = connect(make_client, sandbox, read_timeout=0.3)
+    event = client.track_lead("signup", "user-1", click_id="c")
+    sandbox.set_faults(stall=2.0, force_count=None)
+    report = client.flush()
+    assert report.paused == "outage" and report.pending == 1
+    sandbox.clear_faults()
+    assert client.flush().delivered == 1
+    assert client.result(event.event_id).state is EventState.DELIVERED
+    assert sandbox.accepted_count(event.event_id) == 1
+
+
+def test_connection_refused_keeps_events_pending(make_client: Factory, sandbox: Sandbox) -> None:
+    client = connect(make_client, sandbox)
+    sandbox.down()
+    event = client.track_lead("signup", "user-1", click_id="c")
+    assert client.flush().paused == "outage"
+    result = client.result(event.event_id)
+    assert result.state is EventState.PENDING and result.success is True
+    assert "ConnectionError" in (result.error or "")
+
+
+def test_max_age_is_the_only_way_retries_dead_letter(
+    make_client: Factory, sandbox: Sandbox
+) -> None:
+    client = connect(make_client, sandbox, max_age=0.5)
+    event = client.track_lead("signup", "user-1", click_id="c")
+    sandbox.set_faults(force_status=503)
+    client.flush()
+    assert client.result(event.event_id).state is EventState.PENDING
+    time.sleep(1.6)  # older than max_age, and past the first backoff (under a second)
+    client.flush()
+    result = client.result(event.event_id)
+    assert result.state is EventState.DEAD and "max_age" in (result.error or "")
+
+
+def test_wait_reports_the_servers_answer(make_client: Factory, sandbox: Sandbox) -> None:
+    client = connect(make_client, sandbox)
+    ok = client.track_lead("signup", "user-1", click_id="c", wait=5)
+    assert ok.state is EventState.DELIVERED and ok.status_code == 200 and ok.success
+    sandbox.set_faults(force_status=422, force_count=1)
+    rejected = client.track_lead("signup", "user-2", click_id="c", wait=5)
+    assert rejected.success is False and rejected.status_code == 422 and rejected.error
+    sandbox.down()
+    started = time.monotonic()
+    offline = client.track_lead("signup", "user-3", click_id="c", wait=1)
+    assert time.monotonic() - started < 3
+    assert offline.success is True and offline.state is EventState.PENDING
+
+
+def test_on_delivered_callback_gets_the_result(make_client: Factory, sandbox: Sandbox) -> None:
+    delivered: list[TrackResult] = []
+    client = connect(make_client, sandbox, on_delivered=delivered.append)
+    event = client.track_lead("signup", "user-1", click_id="c")
+    client.flush()
+    assert [(r.event_id, r.status_code, r.success) for r in delivered] == [
+        (event.event_id, 200, True)
+    ]

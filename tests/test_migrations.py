@@ -1,0 +1,216 @@
+"""Alembic migrations: the outbox tables get to head, keep their rows, and live beside an app.
+
+The schema changes only through the revisions in ``migrations/``; these tests check
+that they build what ``cms_outbox.schema`` describes, under their own version table,
+and that they ship inside the wheel.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, create_engine, inspect, text
+
+from cms_outbox import CMSClient, SchemaError, migrate, schema
+
+REPO = Path(__file__).resolve().parent.parent
+OUTBOX_TABLES = {"cms_outbox_events", "cms_outbox_attempts", "cms_outbox_control"}
+VERSION_TABLE = "cms_outbox_alembic_version"
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A plain engine on an empty database, as an application would create it."""
+    engine = create_engine(database_url)
+    with engine.begin() as conn:  # PostgreSQL is shared between tests: start clean
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    yield engine
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    engine.dispose()
+
+
+def tables(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
+
+
+def stored_version(engine: Engine, table: str = VERSION_TABLE) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(text(f"SELECT version_num FROM {table}")).scalars())
+
+
+def test_empty_database_migrates_to_head(engine: Engine) -> None:
+    migrate.upgrade(engine)
+    assert tables(engine) == OUTBOX_TABLES | {VERSION_TABLE}
+    assert stored_version(engine) == [migrate.head_revision()]
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    inspector = inspect(engine)
+    indexes = {ix["name"] for table in OUTBOX_TABLES for ix in inspector.get_indexes(table)}
+    assert {"ix_cms_outbox_events_state_id", "ix_cms_outbox_events_customer_id",
+            "ix_cms_outbox_attempts_event_seq"} <= indexes  # fmt: skip
+    uniques = {uq["name"] for uq in inspector.get_unique_constraints("cms_outbox_events")}
+    assert uniques == {"uq_cms_outbox_events_event_id", "uq_cms_outbox_events_invoice_id"}
+    assert all(name.startswith(("ix_cms_outbox_", "uq_cms_outbox_")) for name in indexes if name)
+
+
+def test_client_migrates_on_construction(sqlite_url: str) -> None:
+    CMSClient(database_url=sqlite_url, flush="off").close()
+    engine = create_engine(sqlite_url)
+    try:
+        assert tables(engine) == OUTBOX_TABLES | {VERSION_TABLE}
+        assert stored_version(engine) == [migrate.head_revision()]
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_from_the_previous_revision_keeps_rows(engine: Engine, database_url: str) -> None:
+    migrate.upgrade(engine, "0001")
+    assert migrate.current_revision(engine) == "0001"
+    assert "cms_outbox_control" not in tables(engine)
+    row = {
+        "event_id": "e-1", "kind": "lead", "customer_external_id": "user_1",
+        "payload": '{"eventName":"signup","customerExternalId":"user_1"}', "state": "pending",
+        "attempts": 0, "next_attempt_at": 1.0, "created_at": 1.0,
+    }  # fmt: skip
+    with engine.begin() as conn:  # written by 0001's code, before 0002 existed
+        conn.execute(
+            text(
+                f"INSERT INTO cms_outbox_events ({', '.join(row)}) "
+                f"VALUES ({', '.join(':' + column for column in row)})"
+            ),
+            row,
+        )
+    with CMSClient(database_url=database_url, flush="off") as client:  # auto_migrate
+        assert client.result("e-1").state.value == "pending"
+        assert client.store.control_row()["name"] == "default"  # 0002's row is there
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM cms_outbox_events")).scalar_one() == 1
+
+
+def test_migrated_schema_matches_the_metadata(engine: Engine) -> None:
+    """schema.py is what the store queries against: the revisions must build exactly that."""
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        assert compare_metadata(context, schema.metadata) == []
+
+
+def test_application_alembic_history_is_untouched(engine: Engine, database_url: str) -> None:
+    """The app's own alembic_version keeps its row; ours lives in cms_outbox_alembic_version."""
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES ('app_rev_42')"))
+    CMSClient(database_url=database_url, flush="off").close()
+    assert stored_version(engine, "alembic_version") == ["app_rev_42"]
+    assert stored_version(engine) == [migrate.head_revision()]
+    CMSClient(database_url=database_url, flush="off", auto_migrate=False).close()
+
+
+def test_no_auto_migrate_on_empty_database_raises(engine: Engine, database_url: str) -> None:
+    with pytest.raises(SchemaError, match="cms-outbox migrate"):
+        CMSClient(database_url=database_url, flush="off", auto_migrate=False)
+    assert not tables(engine) & OUTBOX_TABLES  # only checked, nothing created
+
+
+def test_no_auto_migrate_behind_head_raises(engine: Engine, database_url: str) -> None:
+    migrate.upgrade(engine, "0001")
+    with pytest.raises(SchemaError, match="cms-outbox migrate"):
+        CMSClient(database_url=database_url, flush="off", auto_migrate=False)
+    assert migrate.current_revision(engine) == "0001"
+
+
+def test_no_auto_migrate_at_head_works(engine: Engine, database_url: str) -> None:
+    migrate.upgrade(engine)
+    with CMSClient(database_url=database_url, flush="off", auto_migrate=False) as client:
+        assert client.track_lead("signup", "user_1").success
+
+
+def test_schema_check_does_not_wait_behind_a_writer(sqlite_url: str) -> None:
+    """A client starting while the application holds a write transaction must not block."""
+    CMSClient(database_url=sqlite_url, flush="off").close()
+    app = create_engine(sqlite_url)
+    try:
+        with app.connect() as conn:
+            conn.execute(text("UPDATE cms_outbox_control SET tokens = 1"))  # holds the write lock
+            started = time.monotonic()
+            CMSClient(database_url=sqlite_url, flush="off", auto_migrate=False).close()
+            CMSClient(database_url=sqlite_url, flush="off").close()
+            assert time.monotonic() - started < 5  # not the 30 s busy timeout
+            conn.rollback()
+    finally:
+        app.dispose()
+
+
+@pytest.mark.parametrize("auto_migrate", [True, False])
+def test_database_from_a_newer_version_raises(
+    engine: Engine, database_url: str, auto_migrate: bool
+) -> None:
+    """Never run, let alone downgrade, against a schema we do not know."""
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '9999_from_the_future'"))
+    with pytest.raises(SchemaError, match="9999_from_the_future"):
+        CMSClient(database_url=database_url, flush="off", auto_migrate=auto_migrate)
+    assert stored_version(engine) == ["9999_from_the_future"]
+
+
+# -- the wheel ----------------------------------------------------------------------------
+
+USE_INSTALLED = """
+import sys
+import cms_outbox
+from cms_outbox import CMSClient, migrate
+
+url, venv = sys.argv[1:3]
+assert cms_outbox.__file__.startswith(venv), cms_outbox.__file__  # not the editable checkout
+with CMSClient(database_url=url, flush="off") as client:
+    print(migrate.current_revision(client.engine))
+"""
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_migrations_inside_the_package(tmp_path: Path) -> None:
+    """Built and installed like a user would, away from the repository's migrations/."""
+    source = tmp_path / "source"  # a copy, so the build never writes into the working tree
+    for name in ("pyproject.toml", "README.md", "cms_outbox", "migrations"):
+        if (REPO / name).is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+            shutil.copytree(REPO / name, source / name, ignore=ignore)
+        elif (REPO / name).exists():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            (source / name).write_bytes((REPO / name).read_bytes())
+    dist = tmp_path / "dist"
+    run(sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-w", str(dist))
+    (wheel,) = dist.glob("cms_outbox-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(
+        n.startswith("cms_outbox/migrations/versions/0001_") and n.endswith(".py") for n in names
+    )
+    assert "cms_outbox/migrations/env.py" in names
+    assert not any(n.startswith("migrations/") for n in names)
+
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--system-site-packages", str(venv))
+    python = venv / "bin" / "python"
+    run(str(python), "-m", "pip", "install", "--no-deps", "--force-reinstall", str(wheel))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    url = f"sqlite:///{elsewhere / 'fresh.db'}"
+    printed = run(str(python), "-c", USE_INSTALLED, url, str(venv), cwd=elsewhere)
+    assert printed.strip() == migrate.head_revision()
+
+
+def run(*command: str, cwd: Path | None = None) -> str:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{command} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout

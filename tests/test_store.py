@@ -1,0 +1,149 @@
+"""The store's lease contract, on every backend: FIFO, leases, fencing, blocking, purge."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+import pytest
+
+from cms_outbox import database, migrate
+from cms_outbox.events import build_lead, build_sale
+from cms_outbox.results import EventState
+from cms_outbox.store import Outcome, Store
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = NOW.timestamp()
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    engine = database.create(database_url)
+    migrate.upgrade(engine)
+    yield Store(engine)
+    engine.dispose()
+
+
+def lead(store: Store, customer: str, **fields: object) -> str:
+    event = build_lead("signup", customer, now=NOW, **fields)  # type: ignore[arg-type]
+    assert store.insert(event) is None
+    return event.event_id
+
+
+def outcome(seq: int, state: EventState, at: float = T0, **fields: object) -> Outcome:
+    return Outcome(seq=seq, state=state, label=state.value, started_at=at, duration=0.01, **fields)  # type: ignore[arg-type]
+
+
+def state_of(store: Store, event_id: str) -> str:
+    row = store.get(event_id)
+    assert row is not None
+    return str(row["state"])
+
+
+def test_lease_takes_one_head_per_customer_in_enqueue_order(store: Store) -> None:
+    a1, b1, a2, b2 = (lead(store, c, click_id="x") for c in ("a", "b", "a", "b"))
+    leased = store.lease("owner", 10, T0, 30)
+    assert [lease.event_id for lease in leased] == [a1, b1]
+    assert store.lease("other", 10, T0, 30) == []
+    assert {state_of(store, e) for e in (a2, b2)} == {"pending"}
+
+
+def test_next_event_of_a_customer_waits_until_the_head_is_finished(store: Store) -> None:
+    first, second = lead(store, "a", click_id="x"), lead(store, "a", click_id="x")
+    [head] = store.lease("owner", 10, T0, 30)
+    assert store.record("owner", [outcome(head.seq, EventState.DELIVERED)]) == [True]
+    [following] = store.lease("owner", 10, T0, 30)
+    assert (head.event_id, following.event_id) == (first, second)
+
+
+def test_a_retrying_head_holds_back_its_customer(store: Store) -> None:
+    lead(store, "a", click_id="x")
+    lead(store, "a", click_id="x")
+    [head] = store.lease("owner", 10, T0, 30)
+    retry = outcome(head.seq, EventState.PENDING, next_attempt_at=T0 + 60)
+    assert store.record("owner", [retry]) == [True]
+    assert store.lease("owner", 10, T0 + 1, 30) == []
+    assert [lease.seq for lease in store.lease("owner", 10, T0 + 61, 30)] == [head.seq]
+
+
+def test_expired_lease_is_reclaimed_and_late_result_is_ignored(store: Store) -> None:
+    event_id = lead(store, "a", click_id="x")
+    [first] = store.lease("crashed", 10, T0, 30)
+    assert store.lease("rescuer", 10, T0 + 29, 30) == []
+    [second] = store.lease("rescuer", 10, T0 + 31, 30)
+    assert second.seq == first.seq
+    late = outcome(first.seq, EventState.DEAD, error="late")
+    assert store.record("crashed", [late]) == [False]
+    assert store.record("rescuer", [outcome(second.seq, EventState.DELIVERED)]) == [True]
+    row = store.get(event_id)
+    assert row is not None and row["state"] == "delivered" and row["attempts"] == 1
+    assert [a["outcome"] for a in store.attempts_of(first.seq)] == ["dead", "delivered"]
+
+
+def test_release_returns_unsent_rows(store: Store) -> None:
+    lead(store, "a", click_id="x")
+    lead(store, "b", click_id="x")
+    leased = store.lease("owner", 10, T0, 30)
+    assert store.release("owner", [leased[0].seq]) == 1
+    assert store.release("owner") == 1
+    assert len(store.lease("next", 10, T0, 30)) == 2
+
+
+def test_dead_deferred_setup_blocks_followups_until_retried(store: Store) -> None:
+    setup = lead(store, "a", click_id="c1", mode="deferred")
+    followup = lead(store, "a")
+    standard = lead(store, "a", click_id="c2")
+    other = lead(store, "b")
+    [head, other_head] = store.lease("owner", 10, T0, 30)
+    assert (head.event_id, other_head.event_id) == (setup, other)
+    store.record("owner", [outcome(head.seq, EventState.DEAD, error="HTTP 422")])
+    assert state_of(store, followup) == "blocked"
+    assert state_of(store, standard) == "pending"  # held by FIFO, not itself a follow-up
+    assert store.lease("owner", 10, T0, 30) == []
+    assert store.retry([setup], now=T0) == 2
+    assert state_of(store, followup) == "pending"
+    [again] = store.lease("owner", 10, T0, 30)
+    assert again.event_id == setup
+
+
+def test_retry_by_state_keeps_attempt_history(store: Store) -> None:
+    event_id = lead(store, "a", click_id="x")
+    [head] = store.lease("owner", 10, T0, 30)
+    store.record("owner", [outcome(head.seq, EventState.DEAD, error="HTTP 400")])
+    assert store.retry(states=[EventState.DEAD], now=T0) == 1
+    assert state_of(store, event_id) == "pending"
+    assert len(store.attempts_of(head.seq)) == 1
+
+
+def test_duplicate_invoice_returns_the_stored_sale(store: Store) -> None:
+    first = build_sale("buy", "a", "inv-1", 100, "EUR", now=NOW)
+    again = build_sale("buy", "a", "inv-1", 999, "USD", now=NOW)
+    assert store.insert(first) is None
+    assert store.insert(again)["event_id"] == first.event_id  # type: ignore[index]
+    assert store.count_by_state() == {"pending": 1}
+
+
+def test_purge_removes_exactly_what_dry_run_listed(store: Store) -> None:
+    old, new = lead(store, "a", click_id="x"), lead(store, "b", click_id="x")
+    leases = store.lease("owner", 10, T0, 30)
+    store.record(
+        "owner",
+        [
+            outcome(leases[0].seq, EventState.DELIVERED, at=T0),
+            outcome(leases[1].seq, EventState.DELIVERED, at=T0 + 100),
+        ],
+    )
+    listed = store.purge(delivered_before=T0 + 50, dry_run=True)
+    assert listed == [old]
+    assert store.count_by_state() == {"delivered": 2}
+    assert store.purge(delivered_before=T0 + 50, batch_size=1) == listed
+    assert store.get(old) is None and store.get(new) is not None
+    assert store.attempts_of(leases[0].seq) == []
+
+
+def test_shared_bucket_is_read_and_written_atomically(store: Store) -> None:
+    from cms_outbox.policy import Bucket
+
+    seen = store.with_bucket(lambda b: (Bucket(5.0, T0, 0.5), b))
+    assert seen.rate_factor == 1.0
+    assert store.with_bucket(lambda b: (b, b)) == Bucket(5.0, T0, 0.5)
