@@ -251,15 +251,17 @@ class _Pass:
         return self._report()
 
     def _loop(self) -> None:
-        wait_for_token: float | None = None
+        finished: list[tuple[Outcome, str]] = []
         while True:
-            if self._stopping():
-                return
             now = self.flusher.clock()
             allowance = self.flusher.breaker.allowance(now)
-            if allowance == 0:
+            stopping = self._stopping() or allowance == 0
+            room = 0 if stopping or self.exhausted else self._room(allowance)
+            if finished or room:
+                self._exchange(finished, room, now)
+                finished = []
+            if stopping:
                 return
-            self._fill_queue(now, allowance)
             wait_for_token = self._start_sends(now)
             if not self.inflight and not self.queue:
                 return
@@ -267,20 +269,31 @@ class _Pass:
                 self._sleep(wait_for_token or 0.05)
                 continue
             done, _ = wait(self.inflight, timeout=wait_for_token, return_when=FIRST_COMPLETED)
-            self._record(done)
+            finished = self._judge(done)
 
-    def _fill_queue(self, now: float, allowance: int | None) -> None:
-        room = self.settings.workers - len(self.inflight) - len(self.queue)
+    def _room(self, allowance: int | None) -> int:
         if allowance == 1:  # half-open: one probe, alone
-            room = 1 if not self.inflight and not self.queue else 0
-        if room <= 0 or self.exhausted:
-            return
-        leases = self.store.lease(self.flusher.owner, room, now, self.settings.lease)
-        self.exhausted = len(leases) < room
+            return 1 if not self.inflight and not self.queue else 0
+        return max(0, self.settings.workers - len(self.inflight) - len(self.queue))
+
+    def _exchange(self, finished: list[tuple[Outcome, str]], room: int, now: float) -> None:
+        """Record what finished and lease what fits, in one transaction."""
+        outcomes = [outcome for outcome, _ in finished]
+        applied, leases = self.store.exchange(
+            self.flusher.owner,
+            outcomes,
+            room,
+            now,
+            self.settings.lease,
+            redact=self.settings.redact_after_delivery,
+        )
+        self._account(finished, applied)
+        if room:
+            self.exhausted = len(leases) < room
         expired = [lease for lease in leases if now - lease.created_at > self.settings.max_age]
         if expired:
-            outcomes = [self.flusher.expired(lease, now) for lease in expired]
-            self._apply(outcomes, {lease.seq: lease.event_id for lease in expired})
+            dead = [(self.flusher.expired(lease, now), lease.event_id) for lease in expired]
+            self._account(dead, self.store.record(self.flusher.owner, [o for o, _ in dead]))
         self.queue.extend(lease for lease in leases if lease not in expired)
 
     def _start_sends(self, now: float) -> float | None:
@@ -301,30 +314,25 @@ class _Pass:
             now = self.flusher.clock()
         return None
 
-    def _record(self, done: set[Future[Reply]]) -> None:
-        outcomes = []
-        event_ids = {}
+    def _judge(self, done: set[Future[Reply]]) -> list[tuple[Outcome, str]]:
+        finished = []
         for future in done:
             lease = self.inflight.pop(future)
             outcome, verdict = self.flusher.judge(lease, future.result(), self.flusher.clock())
-            outcomes.append(outcome)
-            event_ids[lease.seq] = lease.event_id
+            finished.append((outcome, lease.event_id))
             if verdict in (Verdict.AUTH, Verdict.OUTAGE) and self.queue:
                 self.store.release(self.flusher.owner, [queued.seq for queued in self.queue])
                 self.queue.clear()
-        self._apply(outcomes, event_ids)
         self.exhausted = False  # a finished row may have unblocked its customer's next one
+        return finished
 
-    def _apply(self, outcomes: list[Outcome], event_ids: dict[int, str]) -> None:
-        applied = self.store.record(
-            self.flusher.owner, outcomes, redact=self.settings.redact_after_delivery
-        )
-        for outcome, ok in zip(outcomes, applied):
+    def _account(self, finished: list[tuple[Outcome, str]], applied: list[bool]) -> None:
+        for (outcome, event_id), ok in zip(finished, applied):
             if not ok:
                 logger.warning(
                     "lease of event %s expired before its result was recorded; "
                     "the newer outcome stands",
-                    event_ids[outcome.seq],
+                    event_id,
                 )
                 continue
             if outcome.state is EventState.DELIVERED:
@@ -333,16 +341,19 @@ class _Pass:
                 self.counts["dead"] += 1
             else:
                 self.counts["retried"] += 1
-            logger.debug(
-                "event %s: %s (HTTP %s)", event_ids[outcome.seq], outcome.label,
-                outcome.status_code,
-            )  # fmt: skip
-            self.flusher.notify(outcome, event_ids[outcome.seq])
+            logger.debug("event %s: %s (HTTP %s)", event_id, outcome.label, outcome.status_code)
+            self.flusher.notify(outcome, event_id)
 
     def _drain_inflight(self) -> None:
         while self.inflight:
             done, _ = wait(self.inflight, return_when=FIRST_COMPLETED)
-            self._record(done)
+            finished = self._judge(done)
+            applied = self.store.record(
+                self.flusher.owner,
+                [outcome for outcome, _ in finished],
+                redact=self.settings.redact_after_delivery,
+            )
+            self._account(finished, applied)
 
     def _stopping(self) -> bool:
         if self.stop.is_set():

@@ -29,8 +29,12 @@ from typing import Any, Callable, TypeVar, Union
 
 from sqlalchemy import (
     Connection,
+    Double,
     Engine,
+    Integer,
+    Text,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -61,6 +65,8 @@ DEAD = EventState.DEAD.value
 BLOCKED = EventState.BLOCKED.value
 UNFINISHED = (PENDING, IN_FLIGHT, BLOCKED)
 CONTROL_ROW = "default"
+# Seconds between sweeps for expired leases and newly blocked follow-ups while leasing.
+SWEEP_INTERVAL = 1.0
 
 _INSERT_COLUMNS = (
     "event_id", "kind", "customer_external_id", "click_id", "mode", "invoice_id",
@@ -103,6 +109,10 @@ class Outcome:
     response: str | None = None
     next_attempt_at: float | None = None
 
+    @property
+    def finished_at(self) -> float:
+        return self.started_at + self.duration
+
 
 class Store:
     """SQL access to one outbox; every database failure surfaces as ``StorageError``."""
@@ -117,6 +127,7 @@ class Store:
         self.engine = engine
         self.bookkeeping = bookkeeping or engine
         self._fast_insert = engine.dialect.name == "sqlite"
+        self._next_sweep = 0.0
 
     # -- enqueue ---------------------------------------------------------------
 
@@ -220,43 +231,70 @@ class Store:
 
     # -- leasing -------------------------------------------------------------------
 
+    def exchange(
+        self,
+        owner: str,
+        outcomes: Sequence[Outcome],
+        limit: int,
+        now: float,
+        duration: float,
+        *,
+        redact: bool = False,
+    ) -> tuple[list[bool], list[Lease]]:
+        """``record`` the outcomes, then ``lease`` up to ``limit`` rows, in one transaction.
+
+        A busy flusher does this once per round of finished requests, so a customer's
+        next event is leased in the same transaction that finished its predecessor.
+        """
+        with _storage_errors("recording and leasing"), self.bookkeeping.begin() as conn:
+            applied = self._record(conn, owner, outcomes, redact) if outcomes else []
+            leases = self._lease(conn, owner, limit, now, duration) if limit > 0 else []
+        return applied, leases
+
     def lease(self, owner: str, limit: int, now: float, duration: float) -> list[Lease]:
         """Lease up to ``limit`` eligible rows to ``owner`` until ``now + duration``.
 
-        Expired leases are reclaimed and follow-ups of dead deferred setups are
-        blocked first, in the same transaction. Rows come back in enqueue order.
+        First, at most once per ``SWEEP_INTERVAL`` of ``now``, expired leases are
+        reclaimed and follow-ups of dead deferred setups are blocked, in the same
+        transaction. Rows come back in enqueue order.
         """
-        with _storage_errors("leasing events"), self.bookkeeping.begin() as conn:
+        return self.exchange(owner, (), limit, now, duration)[1]
+
+    def _lease(
+        self, conn: Connection, owner: str, limit: int, now: float, duration: float
+    ) -> list[Lease]:
+        if now >= self._next_sweep:  # a busy flusher leases many times a second
             self._reclaim_expired(conn, now)
             self._block_followups(conn)
-            earlier = events.alias("earlier")
-            held_back = exists().where(
-                earlier.c.customer_external_id == events.c.customer_external_id,
-                earlier.c.id < events.c.id,
-                earlier.c.state.in_(UNFINISHED),
-            )
-            candidates = (
-                select(events.c.id)
-                .where(events.c.state == PENDING, events.c.next_attempt_at <= now, ~held_back)
-                .order_by(events.c.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-            leased = update(events).values(
-                state=IN_FLIGHT, lease_owner=owner, lease_expires_at=now + duration
-            )
-            columns = (
-                events.c.id, events.c.event_id, events.c.kind, events.c.customer_external_id,
-                events.c.mode, events.c.payload, events.c.attempts, events.c.created_at,
-            )  # fmt: skip
-            if conn.dialect.name == "mysql":  # no LIMIT in an IN subquery, no RETURNING
-                ids = list(conn.execute(candidates).scalars())
-                conn.execute(leased.where(events.c.id.in_(ids)))
-                rows = conn.execute(select(*columns).where(events.c.id.in_(ids))).all()
-            else:
-                rows = conn.execute(
-                    leased.where(events.c.id.in_(candidates.scalar_subquery())).returning(*columns)
-                ).all()
+            self._next_sweep = now + SWEEP_INTERVAL
+        earlier = events.alias("earlier")
+        held_back = exists().where(
+            earlier.c.customer_external_id == events.c.customer_external_id,
+            earlier.c.id < events.c.id,
+            earlier.c.state.in_(UNFINISHED),
+        )
+        candidates = (
+            select(events.c.id)
+            .where(events.c.state == PENDING, events.c.next_attempt_at <= now, ~held_back)
+            .order_by(events.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        leased = update(events).values(
+            state=IN_FLIGHT, lease_owner=owner, lease_expires_at=now + duration
+        )
+        columns = (
+            events.c.id, events.c.event_id, events.c.kind, events.c.customer_external_id,
+            events.c.mode, events.c.payload, events.c.attempts, events.c.created_at,
+        )  # fmt: skip
+        if conn.dialect.name == "mysql":  # no LIMIT in an IN subquery, no RETURNING
+            ids = list(conn.execute(candidates).scalars())
+            conn.execute(leased.where(events.c.id.in_(ids)))
+            rows = conn.execute(select(*columns).where(events.c.id.in_(ids))).all()
+        else:
+            rows = conn.execute(
+                leased.where(events.c.id.in_(candidates.scalar_subquery())).returning(*columns)
+            ).all()
         return sorted((Lease(*row) for row in rows), key=lambda lease: lease.seq)
 
     def _reclaim_expired(self, conn: Connection, now: float) -> None:
@@ -308,50 +346,30 @@ class Store:
 
         :returns: for each outcome, whether it was applied to the event row.
         """
-        applied: list[bool] = []
-        with _storage_errors("recording delivery results"), self.bookkeeping.begin() as conn:
+        return self.exchange(owner, outcomes, 0, 0.0, 0.0, redact=redact)[0]
+
+    def _record(
+        self, conn: Connection, owner: str, outcomes: Sequence[Outcome], redact: bool
+    ) -> list[bool]:
+        # Statements compiled once and run as executemany: on a busy flusher every
+        # compile and every statement also waits for the GIL the worker threads hold.
+        conn.execute(insert(attempts), [_attempt_row(o) for o in outcomes])
+        seqs = [o.seq for o in outcomes]
+        done = set(conn.execute(_STILL_LEASED, {"seqs": seqs, "owner": owner}).scalars())
+        rows = [_applied_row(o) for o in outcomes if o.seq in done]
+        if rows:
+            conn.execute(_APPLY_OUTCOME, rows)
+        if redact:
             for outcome in outcomes:
-                conn.execute(
-                    insert(attempts).values(
-                        event_seq=outcome.seq,
-                        started_at=outcome.started_at,
-                        duration=outcome.duration,
-                        status_code=outcome.status_code,
-                        outcome=outcome.label,
-                        error=outcome.error,
-                        response=outcome.response,
+                if outcome.seq in done and outcome.state is EventState.DELIVERED:
+                    conn.execute(
+                        update(events)
+                        .where(events.c.id == outcome.seq)
+                        .values(payload=_redacted(conn, outcome.seq))
                     )
-                )
-                finished_at = outcome.started_at + outcome.duration
-                values: dict[str, Any] = {
-                    "state": outcome.state.value,
-                    "attempts": events.c.attempts + 1,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                    "last_attempt_at": finished_at,
-                    "last_status_code": outcome.status_code,
-                    "last_error": outcome.error,
-                    "last_response": outcome.response,
-                }
-                if outcome.next_attempt_at is not None:
-                    values["next_attempt_at"] = outcome.next_attempt_at
-                if outcome.state is EventState.DELIVERED:
-                    values["delivered_at"] = finished_at
-                    if redact:
-                        values["payload"] = _redacted(conn, outcome.seq)
-                done = conn.execute(
-                    update(events)
-                    .where(
-                        events.c.id == outcome.seq,
-                        events.c.state == IN_FLIGHT,
-                        events.c.lease_owner == owner,
-                    )
-                    .values(values)
-                ).rowcount
-                applied.append(done == 1)
-            if any(o.state is EventState.DEAD for o, ok in zip(outcomes, applied) if ok):
-                self._block_followups(conn)
-        return applied
+        if any(o.state is EventState.DEAD and o.seq in done for o in outcomes):
+            self._block_followups(conn)
+        return [outcome.seq in done for outcome in outcomes]
 
     def release(self, owner: str, seqs: Sequence[int] | None = None) -> int:
         """Hand rows leased by ``owner`` back unsent (all of them, or just ``seqs``)."""
@@ -503,6 +521,60 @@ class Store:
         with _storage_errors("reading the control row"), self.engine.connect() as conn:
             row = conn.execute(select(control).where(control.c.name == CONTROL_ROW)).one()
         return dict(row._mapping)
+
+
+# Which rows of a batch are still ours: a result is recorded only under a matching lease.
+_STILL_LEASED = (
+    select(events.c.id)
+    .where(
+        events.c.id.in_(bindparam("seqs", expanding=True)),
+        events.c.state == IN_FLIGHT,
+        events.c.lease_owner == bindparam("owner"),
+    )
+    .with_for_update()
+)
+_APPLY_OUTCOME = (
+    update(events)
+    .where(events.c.id == bindparam("b_seq"))
+    .values(
+        state=bindparam("b_state"),
+        attempts=events.c.attempts + 1,
+        lease_owner=None,
+        lease_expires_at=None,
+        last_attempt_at=bindparam("b_finished", type_=Double),
+        next_attempt_at=func.coalesce(bindparam("b_next", type_=Double), events.c.next_attempt_at),
+        delivered_at=func.coalesce(bindparam("b_delivered", type_=Double), events.c.delivered_at),
+        last_status_code=bindparam("b_status", type_=Integer),
+        last_error=bindparam("b_error", type_=Text),
+        last_response=bindparam("b_response", type_=Text),
+    )
+)
+
+
+def _applied_row(outcome: Outcome) -> dict[str, Any]:
+    delivered = outcome.state is EventState.DELIVERED
+    return {
+        "b_seq": outcome.seq,
+        "b_state": outcome.state.value,
+        "b_finished": outcome.finished_at,
+        "b_next": outcome.next_attempt_at,
+        "b_delivered": outcome.finished_at if delivered else None,
+        "b_status": outcome.status_code,
+        "b_error": outcome.error,
+        "b_response": outcome.response,
+    }
+
+
+def _attempt_row(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "event_seq": outcome.seq,
+        "started_at": outcome.started_at,
+        "duration": outcome.duration,
+        "status_code": outcome.status_code,
+        "outcome": outcome.label,
+        "error": outcome.error,
+        "response": outcome.response,
+    }
 
 
 def _insert_params(event: Event) -> tuple[Any, ...]:
