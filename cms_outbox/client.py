@@ -112,6 +112,7 @@ class CMSClient:
         if self._owns_engine and database.is_sqlite(self.engine):
             self._bookkeeping = database.create(self.settings.database_url, durability="normal")
         self.store = Store(self.engine, bookkeeping=self._bookkeeping)
+        self._activity = ActivityTracker(self.engine, settle=self.settings.lease)
         self.flusher = Flusher(
             self.store, self.settings, on_delivered=on_delivered, on_dead=on_dead
         )
@@ -310,19 +311,14 @@ class CMSClient:
         """Counters and gauges of this client's outbox, for dashboards and metrics.
 
         ``enqueued``, ``delivered``, ``retried`` and ``dead`` count what happened in the
-        outbox (all its writers and flushers) since the first ``stats()`` call; they
+        outbox (all its writers and flushers) since this client started; they
         never decrease, not even across purges. ``pending`` and ``oldest_pending_age``
         describe the outbox now.
 
         :raises StorageError: the database failed.
         """
         self._check_open()
-        with _lifecycle_lock:
-            tracker: ActivityTracker | None = self.__dict__.get("_activity")
-            if tracker is None:
-                tracker = ActivityTracker(self.engine, settle=self.settings.lease)
-                self.__dict__["_activity"] = tracker
-        return tracker.stats()
+        return self._activity.stats()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -390,7 +386,10 @@ def _register_lifecycle(client: CMSClient) -> None:
         if _hooks_installed:
             return
         _hooks_installed = True
-    atexit.register(_close_all)
+    # threading's exit hooks run before concurrent.futures stops accepting work (and
+    # before atexit's), so the final flush can still use the worker pool.
+    register = getattr(threading, "_register_atexit", atexit.register)
+    register(_close_all)
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork_in_child)
 

@@ -14,13 +14,22 @@ import random
 import threading
 import time
 import uuid
-from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 from .config import Settings
 from .errors import ConfigurationError
-from .policy import Breaker, Verdict, backoff, classify, parse_retry_after, slow_down, speed_up
+from .policy import (
+    Breaker,
+    Bucket,
+    Verdict,
+    backoff,
+    classify,
+    parse_retry_after,
+    refund,
+    slow_down,
+    speed_up,
+)
 from .policy import take_tokens as bucket_take
 from .results import EventState, FlushReport, TrackResult
 from .store import Lease, Outcome, Store
@@ -56,6 +65,8 @@ class Flusher:
         self._transport: Transport | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pass_lock = threading.Lock()
+        self._slowed = False
+        self._pause_cleared = False
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -73,6 +84,7 @@ class Flusher:
         self._transport = None
         self._executor = None
         self._pass_lock = threading.Lock()
+        self._pause_cleared = False
 
     @property
     def busy(self) -> bool:
@@ -123,38 +135,37 @@ class Flusher:
 
     # -- verdicts --------------------------------------------------------------------
 
-    def judge(self, lease: Lease, reply: Reply, now: float) -> tuple[Outcome, Verdict]:
+    def judge(self, lease: Lease, reply: Reply, now: float) -> Outcome:
         """Turn one reply into the outcome to record, updating breaker and pacing."""
         verdict = classify(reply.status_code)
         error = reply.error or _server_error(reply)
         if verdict in (Verdict.DELIVERED, Verdict.DUPLICATE):
             self._resume(now)
-            if self.settings.pacing:
-                self.store.with_bucket(lambda bucket: (speed_up(bucket), None))
-            return _outcome(lease, reply, EventState.DELIVERED, verdict.value), verdict
+            if self._slowed:  # recover from a 429 slow-down, one success at a time
+                self._slowed = self.store.with_bucket(_recover)
+            return _outcome(lease, reply, EventState.DELIVERED, verdict.value)
         if verdict is Verdict.DEAD:
             self._resume(now)
-            logger.warning(
-                "event %s dead-lettered: HTTP %s %s", lease.event_id, reply.status_code, error
-            )
-            return _outcome(lease, reply, EventState.DEAD, "dead", error), verdict
+            logger.warning("event %s dead-lettered: %s", lease.event_id, error)
+            return _outcome(lease, reply, EventState.DEAD, "dead", error)
         if verdict in (Verdict.AUTH, Verdict.OUTAGE):
             self._pause(verdict.value, now, error)
-            return _outcome(lease, reply, EventState.PENDING, verdict.value, error), verdict
+            return _outcome(lease, reply, EventState.PENDING, verdict.value, error)
         self._resume(now)
         if now - lease.created_at > self.settings.max_age:
-            return self.expired(lease, now, error), Verdict.DEAD
+            return self.expired(lease, now, error)
         retry_after = parse_retry_after(reply.retry_after, now)
         if reply.status_code == 429 and self.settings.pacing:
             per_minute = float(self.settings.pacing)
             pause = retry_after or 1.0
             self.store.with_bucket(lambda b: (slow_down(b, now, per_minute, pause), None))
+            self._slowed = True
         delay = backoff(
             lease.attempts + 1, self.rng, cap=self.settings.max_backoff, retry_after=retry_after
         )
         finished = reply.started_at + reply.duration
         retry = _outcome(lease, reply, EventState.PENDING, "retry", error, finished + delay)
-        return retry, verdict
+        return retry
 
     def expired(self, lease: Lease, now: float, error: str | None = None) -> Outcome:
         age_days = (now - lease.created_at) / 86400
@@ -184,6 +195,11 @@ class Flusher:
             self._publish_pause()
 
     def _resume(self, now: float) -> None:
+        if not self._pause_cleared:
+            # A pause published by an earlier (crashed) flusher ends with our first answer.
+            self._pause_cleared = True
+            if not self.breaker.paused:
+                self._publish_pause()
         if self.breaker.reason is None:
             return
         since = self.breaker.since or now
@@ -235,7 +251,6 @@ class _Pass:
         self.store = flusher.store
         self.deadline = deadline
         self.stop = stop or threading.Event()
-        self.queue: deque[Lease] = deque()
         self.inflight: dict[Future[Reply], Lease] = {}
         self.exhausted = False
         self.counts = {"delivered": 0, "retried": 0, "dead": 0}
@@ -245,9 +260,6 @@ class _Pass:
             self._loop()
         finally:
             self._drain_inflight()
-            if self.queue:
-                self.store.release(self.flusher.owner, [lease.seq for lease in self.queue])
-                self.queue.clear()
         return self._report()
 
     def _loop(self) -> None:
@@ -257,27 +269,43 @@ class _Pass:
             allowance = self.flusher.breaker.allowance(now)
             stopping = self._stopping() or allowance == 0
             room = 0 if stopping or self.exhausted else self._room(allowance)
+            wait_for_token = None
+            if room and self.settings.pacing:
+                # Pay before leasing: a leased row never waits for a token (and its lease).
+                room, wait_for_token = self._take_tokens(room, now)
             if finished or room:
-                self._exchange(finished, room, now)
+                leased = self._exchange(finished, room, now)
                 finished = []
+                if room > leased and self.settings.pacing:
+                    self._refund_tokens(room - leased)
             if stopping:
                 return
-            wait_for_token = self._start_sends(now)
-            if not self.inflight and not self.queue:
-                return
             if not self.inflight:
-                self._sleep(wait_for_token or 0.05)
+                if wait_for_token is None:
+                    return  # nothing more is due
+                self._sleep(wait_for_token)
                 continue
             done, _ = wait(self.inflight, timeout=wait_for_token, return_when=FIRST_COMPLETED)
             finished = self._judge(done)
 
     def _room(self, allowance: int | None) -> int:
         if allowance == 1:  # half-open: one probe, alone
-            return 1 if not self.inflight and not self.queue else 0
-        return max(0, self.settings.workers - len(self.inflight) - len(self.queue))
+            return 0 if self.inflight else 1
+        return max(0, self.settings.workers - len(self.inflight))
 
-    def _exchange(self, finished: list[tuple[Outcome, str]], room: int, now: float) -> None:
-        """Record what finished and lease what fits, in one transaction."""
+    def _take_tokens(self, want: int, now: float) -> tuple[int, float | None]:
+        per_minute = float(self.settings.pacing or 0)
+        granted = self.store.with_bucket(
+            functools.partial(bucket_take, want=want, now=now, per_minute=per_minute)
+        )
+        return (int(granted), None) if granted >= 1 else (0, -granted)
+
+    def _refund_tokens(self, count: int) -> None:
+        per_minute = float(self.settings.pacing or 0)
+        self.store.with_bucket(lambda bucket: (refund(bucket, count, per_minute), None))
+
+    def _exchange(self, finished: list[tuple[Outcome, str]], room: int, now: float) -> int:
+        """Record what finished, lease what fits and send it; returns how many were leased."""
         outcomes = [outcome for outcome, _ in finished]
         applied, leases = self.store.exchange(
             self.flusher.owner,
@@ -294,35 +322,20 @@ class _Pass:
         if expired:
             dead = [(self.flusher.expired(lease, now), lease.event_id) for lease in expired]
             self._account(dead, self.store.record(self.flusher.owner, [o for o, _ in dead]))
-        self.queue.extend(lease for lease in leases if lease not in expired)
-
-    def _start_sends(self, now: float) -> float | None:
-        """Start as many queued sends as workers and pacing allow; returns a wait hint."""
         executor = self.flusher.executor()
         transport = self.flusher.transport()
-        while self.queue and len(self.inflight) < self.settings.workers:
-            if self.settings.pacing:
-                per_minute = float(self.settings.pacing)
-                granted = self.store.with_bucket(
-                    functools.partial(bucket_take, want=1, now=now, per_minute=per_minute)
-                )
-                if granted < 1:
-                    return -granted
-            lease = self.queue.popleft()
-            future = executor.submit(transport.send, lease.kind, lease.event_id, lease.payload)
-            self.inflight[future] = lease
-            now = self.flusher.clock()
-        return None
+        for lease in leases:
+            if lease not in expired:
+                future = executor.submit(transport.send, lease.kind, lease.event_id, lease.payload)
+                self.inflight[future] = lease
+        return len(leases)
 
     def _judge(self, done: set[Future[Reply]]) -> list[tuple[Outcome, str]]:
         finished = []
         for future in done:
             lease = self.inflight.pop(future)
-            outcome, verdict = self.flusher.judge(lease, future.result(), self.flusher.clock())
+            outcome = self.flusher.judge(lease, future.result(), self.flusher.clock())
             finished.append((outcome, lease.event_id))
-            if verdict in (Verdict.AUTH, Verdict.OUTAGE) and self.queue:
-                self.store.release(self.flusher.owner, [queued.seq for queued in self.queue])
-                self.queue.clear()
         self.exhausted = False  # a finished row may have unblocked its customer's next one
         return finished
 
@@ -375,6 +388,11 @@ class _Pass:
             blocked=counts.get("blocked", 0),
             paused=self.flusher.breaker.paused,
         )
+
+
+def _recover(bucket: Bucket) -> tuple[Bucket, bool]:
+    faster = speed_up(bucket)
+    return faster, faster.rate_factor < 1.0
 
 
 def _outcome(

@@ -18,6 +18,7 @@ __all__ = [
     "backoff",
     "classify",
     "parse_retry_after",
+    "refund",
     "slow_down",
     "speed_up",
     "take_tokens",
@@ -96,8 +97,9 @@ class Bucket:
     rate_factor: float
 
 
-BURST = 1.0  # no bursts: a sliding-window limiter upstream must never see more than the rate
-SAFETY = 0.98  # stay just under the allowed rate so clock skew never costs a 429
+# Stay under the allowed rate, with a burst just big enough to absorb wake-up jitter: in
+# any 60 s window a sliding-window limiter sees at most 0.97 * limit + burst <= limit.
+SAFETY = 0.97
 MIN_FACTOR = 1 / 16
 
 
@@ -109,11 +111,21 @@ def take_tokens(bucket: Bucket, want: int, now: float, per_minute: float) -> tup
     """
     rate = per_minute * SAFETY * bucket.rate_factor / 60.0
     elapsed = max(0.0, now - bucket.tokens_at)
-    tokens = min(BURST, bucket.tokens + elapsed * rate)
+    tokens = min(burst(per_minute), bucket.tokens + elapsed * rate)
     granted = min(want, math.floor(tokens))
     if granted >= 1:
         return Bucket(tokens - granted, now, bucket.rate_factor), float(granted)
     return Bucket(tokens, now, bucket.rate_factor), -((1.0 - tokens) / rate)
+
+
+def burst(per_minute: float) -> float:
+    """Tokens the bucket holds at most."""
+    return max(1.5, per_minute * 0.01)
+
+
+def refund(bucket: Bucket, count: int, per_minute: float) -> Bucket:
+    """Give back tokens taken for rows that turned out not to be due."""
+    return replace(bucket, tokens=min(burst(per_minute), bucket.tokens + count))
 
 
 def slow_down(bucket: Bucket, now: float, per_minute: float, pause: float) -> Bucket:

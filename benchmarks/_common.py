@@ -1,0 +1,195 @@
+"""Shared helpers of the benchmark scripts: arguments, a sandbox in its own process, output.
+
+Every script measures ``cms_outbox`` beside its alternatives in the same run, prints a
+readable table, then one final line of JSON (what CI and the README read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from typing import Any
+
+TOKEN = "bench-token-0123456789"
+HEADERS = {
+    "Authorization": f"Bearer {TOKEN}",
+    "Content-Type": "application/json",
+    "Accept": "application/json",
+}
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for CI")
+    return parser.parse_args()
+
+
+def lead(i: int, customers: int = 1000) -> dict[str, str]:
+    """Keyword arguments of a typical lead (its outbox row is about 400 bytes)."""
+    return {
+        "event_name": "signup_completed",
+        "customer_external_id": f"customer_{i % customers:06d}",
+        "click_id": f"click_{i:09d}_0123456789abcdef",
+        "customer_name": f"Customer Number {i}",
+        "customer_email": f"customer.{i}@example.com",
+    }
+
+
+def wire(i: int, customers: int = 1000) -> bytes:
+    """The JSON body our client would send for ``lead(i)``, for the raw-HTTP baselines."""
+    kwargs = lead(i, customers)
+    body = {
+        "clickId": kwargs["click_id"],
+        "eventName": kwargs["event_name"],
+        "customerExternalId": kwargs["customer_external_id"],
+        "timestamp": "2025-01-01T00:00:00.000000Z",
+        "customerName": kwargs["customer_name"],
+        "customerEmail": kwargs["customer_email"],
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (``pct`` in 0..100)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, round(pct / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return round(numerator / denominator, 3) if denominator else float("nan")
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [max(len(str(h)), *(len(row[i]) for row in cells)) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  ".join(str(h).ljust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(value.rjust(w) if i else value.ljust(w)
+                        for i, (value, w) in enumerate(zip(row, widths))))  # fmt: skip
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+
+
+def target(name: str, value: float, op: str, limit: float) -> dict[str, Any]:
+    """One target of the JSON (value, limit, met), also printed as a line."""
+    met = OPERATORS[op](value, limit)
+    print(f"target {name}: {value:.3f} (want {op} {limit}): {'met' if met else 'MISSED'}")
+    return {"value": round(value, 3), "want": f"{op} {limit}", "met": met}
+
+
+def emit(result: dict[str, Any]) -> None:
+    """The last stdout line: the whole result as JSON."""
+    print(json.dumps(result, sort_keys=True), flush=True)
+
+
+# -- a sandbox in its own process ----------------------------------------------------
+# The real service runs elsewhere: a sandbox in the benchmark's process would compete
+# with the client for the GIL and distort every ratio.
+
+
+class RemoteSandbox:
+    """A ``cms_outbox.sandbox.Sandbox`` served by a child process on 127.0.0.1.
+
+    ``call(name, ...)`` runs a ``Sandbox`` method (or reads an attribute) over a pipe.
+    """
+
+    def __init__(self, pipe: Connection, url: str) -> None:
+        self._pipe = pipe
+        self.url = url
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        self._pipe.send((name, args, kwargs))
+        ok, value = self._pipe.recv()
+        if not ok:
+            raise RuntimeError(f"sandbox {name} failed: {value}")
+        return value
+
+    def summary(self) -> dict[str, Any]:
+        """Counts only (cheap to send): accepted, requests, distinct keys, statuses."""
+        return self.call("_summary")  # type: ignore[no-any-return]
+
+
+@contextmanager
+def remote_sandbox(**options: Any) -> Iterator[RemoteSandbox]:
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=_serve, args=(child, options), daemon=True)
+    process.start()
+    url = parent.recv()
+    try:
+        yield RemoteSandbox(parent, url)
+    finally:
+        parent.send(None)
+        process.join(10)
+        if process.is_alive():
+            process.terminate()
+
+
+def _serve(pipe: Connection, options: dict[str, Any]) -> None:
+    from collections import Counter
+
+    from cms_outbox.sandbox import Sandbox
+
+    options.setdefault("token", TOKEN)
+    with Sandbox(host="127.0.0.1", **options) as sandbox:
+        pipe.send(sandbox.url)
+        while True:
+            message = pipe.recv()
+            if message is None:
+                return
+            name, args, kwargs = message
+            try:
+                if name == "_summary":
+                    accepted, requests = sandbox.accepted, sandbox.requests
+                    value: Any = {
+                        "accepted": len(accepted),
+                        "requests": len(requests),
+                        "keys": len({a.idempotency_key for a in accepted}),
+                        "customers": len({a.customer_external_id for a in accepted}),
+                        "statuses": dict(Counter(str(r.status) for r in requests)),
+                    }
+                else:
+                    value = getattr(sandbox, name)
+                    if callable(value):
+                        value = value(*args, **kwargs)
+                pipe.send((True, value))
+            except Exception as exc:  # reported to the caller, which raises
+                pipe.send((False, repr(exc)))
+
+
+def wait_until(predicate: Any, timeout: float, step: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
+    return True

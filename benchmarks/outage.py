@@ -1,0 +1,209 @@
+"""What does an outage cost the caller, and what is lost or doubled?
+
+100 calls spread over an outage (the sandbox refuses connections for 10 s, 3 s with
+``--quick``, then comes back by itself), from concurrent request threads as in a web
+app: the official SDK (``cutmeshort.CMSClient``, its urllib3 retries) beside
+``cms_outbox`` (background flusher). Then a lost response, the sandbox reading a
+request and stalling beyond the client's read timeout (it still accepts the event) or
+dropping the connection: how often each client made the service receive and accept
+the same event.
+
+    python benchmarks/outage.py [--quick]
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    TOKEN,
+    RemoteSandbox,
+    emit,
+    lead,
+    median,
+    parse_args,
+    remote_sandbox,
+    table,
+    target,
+    wait_until,
+)
+from cutmeshort import CMSClient as SdkClient
+
+from cms_outbox import CMSClient
+
+CALLS = 100
+READ_TIMEOUT = 1.0  # both clients, so that a stall "beyond the timeout" stays short
+STALL = 1.5
+
+
+def sdk_client(url: str) -> SdkClient:
+    client = SdkClient(token=TOKEN, host=url)
+    # Its default read timeout is 30 s; shortened only for the lost-response runs.
+    client.api_client.configuration.request_timeout = (3.05, READ_TIMEOUT)
+    return client
+
+
+def during_outage(
+    sandbox: RemoteSandbox, outage: float, call: Callable[[int], object], first: int
+) -> list[tuple[float, str]]:
+    """Take the sandbox down for ``outage`` s; spread the calls over it; (seconds, outcome)."""
+    sandbox.call("down", seconds=outage)
+    began = time.monotonic()
+
+    def one(n: int) -> tuple[float, str]:
+        time.sleep(max(0.0, began + n * outage / CALLS - time.monotonic()))
+        start = time.perf_counter()
+        try:
+            call(first + n)
+            outcome = "returned"
+        except Exception as exc:  # the SDK raises urllib3/SDK errors after its retries
+            outcome = type(exc).__name__
+        return time.perf_counter() - start, outcome
+
+    with ThreadPoolExecutor(CALLS) as pool:
+        results = list(pool.map(one, range(CALLS)))
+    wait_until(lambda: not sandbox.call("is_down"), outage + 5)
+    return results
+
+
+def tally(sandbox: RemoteSandbox, first: int) -> tuple[int, int]:
+    """(events lost, duplicate acceptances) among customers ``first .. first + CALLS``."""
+    wanted = {lead(i, 10**9)["customer_external_id"] for i in range(first, first + CALLS)}
+    counts = Counter(
+        a.customer_external_id for a in sandbox.call("accepted") if a.customer_external_id in wanted
+    )
+    return CALLS - len(counts), sum(n - 1 for n in counts.values())
+
+
+def outage_runs(sandbox: RemoteSandbox, path: Path, outage: float) -> dict[str, dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    sdk = SdkClient(token=TOKEN, host=sandbox.url)
+    results = during_outage(sandbox, outage, lambda i: sdk.track_lead(**lead(i, 10**9)), 0)
+    lost, duplicates = tally(sandbox, 0)
+    rows["sdk"] = _row(results, lost, duplicates, None)
+
+    client = CMSClient(
+        token=TOKEN, host=sandbox.url, database_url=f"sqlite:///{path}", rate_limit=None
+    )
+    results = during_outage(sandbox, outage, lambda i: client.track_lead(**lead(i, 10**9)), CALLS)
+    recovered = time.monotonic()
+    wait_until(lambda: tally(sandbox, CALLS)[0] == 0, 120, step=0.1)
+    catch_up = time.monotonic() - recovered
+    client.close()
+    lost, duplicates = tally(sandbox, CALLS)
+    rows["cms_outbox"] = _row(results, lost, duplicates, round(catch_up, 2))
+    return rows
+
+
+def _row(
+    results: list[tuple[float, str]], lost: int, duplicates: int, catch_up: float | None
+) -> dict[str, Any]:
+    seconds = [s for s, _ in results]
+    return {
+        "calls": len(results),
+        "median_call_ms": round(median(seconds) * 1000, 3),
+        "max_call_ms": round(max(seconds) * 1000, 3),
+        "outcomes": dict(Counter(outcome for _, outcome in results)),
+        "lost": lost,
+        "duplicates": duplicates,
+        "delivered_s_after_recovery": catch_up,
+    }
+
+
+def lost_response(sandbox: RemoteSandbox, path: Path, fault: dict[str, Any]) -> dict[str, Any]:
+    """One event while ``fault`` is on: the SDK's call, then ours over the same window."""
+    sandbox.call("reset")
+    sandbox.call("set_faults", **fault)
+    began = time.monotonic()
+    try:
+        sdk_client(sandbox.url).track_lead(**lead(1, 10**9))
+        sdk_outcome = "returned"
+    except Exception as exc:
+        sdk_outcome = type(exc).__name__
+    window = time.monotonic() - began
+    if fault.get("stall"):
+        time.sleep(STALL)  # let the last stalled request finish (and be accepted)
+    sdk = _seen(sandbox, key=None)
+
+    sandbox.call("reset")
+    sandbox.call("set_faults", **fault)
+    client = CMSClient(
+        token=TOKEN, host=sandbox.url, database_url=f"sqlite:///{path}",
+        rate_limit=None, read_timeout=READ_TIMEOUT,
+    )  # fmt: skip
+    event_id = client.track_lead(**lead(2, 10**9)).event_id
+    time.sleep(window)  # the same time with the fault on as the SDK's call took
+    sandbox.call("clear_faults")
+    client.flush(timeout=30)  # deliver now rather than at the breaker's next probe
+    client.close()
+    ours = _seen(sandbox, key=event_id)
+    return {
+        "sdk": {**sdk, "caller_s": round(window, 2), "caller_outcome": sdk_outcome},
+        "cms_outbox": {**ours, "caller_s": 0.0, "caller_outcome": "returned"},
+    }
+
+
+def _seen(sandbox: RemoteSandbox, key: str | None) -> dict[str, int]:
+    received = [r for r in sandbox.call("requests") if key is None or r.idempotency_key == key]
+    accepted = [a for a in sandbox.call("accepted") if key is None or a.idempotency_key == key]
+    return {"received": len(received), "accepted": len(accepted)}
+
+
+def main() -> None:
+    args = parse_args(__doc__ or "")
+    outage = 3.0 if args.quick else 10.0
+    with tempfile.TemporaryDirectory() as tmp, remote_sandbox() as sandbox:
+        directory = Path(tmp)
+        rows = outage_runs(sandbox, directory / "outage.db", outage)
+        stall = lost_response(sandbox, directory / "stall.db", {"stall": STALL})
+        reset = lost_response(sandbox, directory / "reset.db", {"reset": True})
+    table(
+        f"{CALLS} calls spread over a {outage:.0f} s outage (concurrent callers)",
+        ["client", "median ms/call", "max ms/call", "call outcomes", "lost", "duplicates",
+         "all delivered s after recovery"],
+        [(name, r["median_call_ms"], r["max_call_ms"],
+          ", ".join(f"{k} {v}" for k, v in r["outcomes"].items()), r["lost"], r["duplicates"],
+          "-" if r["delivered_s_after_recovery"] is None else r["delivered_s_after_recovery"])
+         for name, r in rows.items()],
+    )  # fmt: skip
+    table(
+        f"one event, response lost (read timeout {READ_TIMEOUT:.0f} s on both clients)",
+        ["fault", "client", "caller s", "caller saw", "received", "accepted"],
+        [(fault, name, r["caller_s"], r["caller_outcome"], r["received"], r["accepted"])
+         for fault, runs in ((f"stall {STALL} s", stall), ("reset", reset))
+         for name, r in runs.items()],
+    )  # fmt: skip
+    print()
+    ours, sdk = rows["cms_outbox"], rows["sdk"]
+    targets = {
+        "lost": target("cms_outbox events lost", ours["lost"], "<=", 0),
+        "duplicates": target("cms_outbox duplicates", ours["duplicates"], "<=", 0),
+        "lost_response_accepted_once": target(
+            "cms_outbox acceptances of a stalled event", stall["cms_outbox"]["accepted"], "<=", 1
+        ),
+    }
+    emit(
+        {
+            "benchmark": "outage",
+            "quick": args.quick,
+            "outage_s": outage,
+            "outage": rows,
+            "lost_response": {"stall": stall, "reset": reset},
+            "ratios": {
+                "sdk_vs_cms_outbox_call_time": round(
+                    sdk["median_call_ms"] / ours["median_call_ms"], 1
+                )
+            },
+            "targets": targets,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

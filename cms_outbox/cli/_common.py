@@ -1,0 +1,290 @@
+"""What every command shares: exit codes, options, settings, opening the outbox, output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any, Callable
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .. import config
+from ..client import CMSClient
+from ..config import Settings
+from ..errors import ConfigurationError, SchemaError
+from ..status import format_age, isoformat
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_STORAGE",
+    "EXIT_USAGE",
+    "Handler",
+    "HelpFormatter",
+    "add_command",
+    "duration",
+    "echo",
+    "echo_json",
+    "format_time",
+    "mask_url",
+    "open_client",
+    "optional_duration",
+    "positive_int",
+    "resolve_settings",
+    "table",
+]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # unhealthy, work left, a retry that could not be done, a failed demo
+EXIT_USAGE = 2  # bad arguments or configuration (argparse uses 2 as well)
+EXIT_STORAGE = 3  # the database failed, is not migrated, or is newer than this code
+EXIT_NOT_FOUND = 4  # an event id that is not in the outbox
+EXIT_INTERRUPTED = 130  # Ctrl-C during a command that is not a daemon
+
+Handler = Callable[[argparse.Namespace], int]
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(s|m|h|d|w)?")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+# -- argument types --------------------------------------------------------------------
+
+
+def duration(text: str) -> float:
+    """``30s``, ``10m``, ``2h``, ``7d``, ``1w`` or plain seconds, as seconds."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: use a number with s, m, h, d or w (e.g. 30s, 10m, 7d)"
+        )
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def optional_duration(text: str) -> float | None:
+    """A ``duration``, or ``never`` for no limit."""
+    return None if text.strip().lower() == "never" else duration(text)
+
+
+def positive_int(text: str) -> int:
+    return _int(text, minimum=1)
+
+
+def non_negative_int(text: str) -> int:
+    return _int(text, minimum=0)
+
+
+def _int(text: str, *, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps one-paragraph descriptions; keeps the line breaks of examples and notes."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def add_command(
+    subparsers: Any,
+    name: str,
+    handler: Handler,
+    *,
+    summary: str,
+    description: str,
+    examples: Sequence[str],
+    notes: str = "",
+) -> argparse.ArgumentParser:
+    """A subcommand whose help ends with examples (a test checks that every one has them)."""
+    epilog = "examples:\n" + "\n".join(f"  {example}" for example in examples)
+    if notes:
+        epilog += "\n\n" + notes.strip("\n")
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=epilog,
+        formatter_class=HelpFormatter,
+    )
+    add_common_options(parser, suppress=True)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """``--database-url`` and ``--verbose``, on the top level and on every subcommand.
+
+    On subcommands the defaults are suppressed, so ``cms-outbox --verbose status`` and
+    ``cms-outbox status --verbose`` both work (a subparser default would win otherwise).
+    """
+    default: Any = argparse.SUPPRESS if suppress else None
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        default=default,
+        help="outbox database (default: env CMS_OUTBOX_URL, else sqlite:///cms_outbox.db)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="debug logging, and a traceback with errors",
+    )
+
+
+def add_delivery_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the commands that send (``run``, ``flush``)."""
+    parser.add_argument(
+        "--host",
+        metavar="URL",
+        help="CMS API base (default: env CMS_HOST, else https://api.cme.sh)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        metavar="N",
+        type=non_negative_int,
+        help="requests per minute for all flushers of this outbox together; 0 = unlimited "
+        "(default: 60)",
+    )
+    parser.add_argument(
+        "--workers", metavar="N", type=positive_int, help="concurrent requests (default: 8)"
+    )
+
+
+# -- settings and the outbox -------------------------------------------------------------
+
+
+def resolve_settings(args: argparse.Namespace, *, deliver: bool = False) -> Settings:
+    """Flags, then the environment, then defaults, through ``config.resolve``.
+
+    :param deliver: the command sends events: it needs the token (from the environment
+        only, never a flag: flags show in process lists) and takes the delivery options.
+    :raises ConfigurationError: a setting that cannot work, or no token to send with.
+    """
+    explicit: dict[str, Any] = {"database_url": args.database_url, "flush": "off"}
+    if deliver:
+        explicit["host"] = args.host
+        explicit["workers"] = args.workers
+        explicit["interval"] = getattr(args, "interval", None)
+        if args.rate_limit is not None:  # None would mean "unpaced" to resolve()
+            explicit["rate_limit"] = args.rate_limit
+    settings = config.resolve(**explicit)
+    if deliver and not settings.token:
+        raise ConfigurationError(
+            "no token: set the CMS_BEARER_TOKEN environment variable "
+            "(the token is never taken as a flag, flags show in process lists)"
+        )
+    return settings
+
+
+def open_client(settings: Settings, *, migrate: bool, **options: Any) -> CMSClient:
+    """A ``CMSClient`` without a background flusher on ``settings``' outbox.
+
+    :param migrate: bring the tables to the current schema; without it, a database
+        that is missing or not migrated is an error and nothing is created.
+    :raises SchemaError: not migrated (and ``migrate`` is off), or newer than this code.
+    """
+    if not migrate:
+        _require_existing_file(settings.database_url)
+    return CMSClient(
+        token=settings.token,
+        host=settings.host,
+        database_url=settings.database_url,
+        flush="off",
+        rate_limit=settings.rate_limit,
+        workers=settings.workers,
+        interval=settings.interval,
+        auto_migrate=migrate,
+        **options,
+    )
+
+
+def _require_existing_file(url: str) -> None:
+    # Without this, SQLite would create an empty file just to report it unmigrated.
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return  # CMSClient reports a malformed URL
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return
+    if not path.startswith("file:") and not os.path.exists(path):
+        raise SchemaError(
+            f"no outbox database at {path!r}: check --database-url or CMS_OUTBOX_URL, "
+            "or create it with `cms-outbox migrate`"
+        )
+
+
+def mask_url(url: str) -> str:
+    """The database URL with its password masked, for logs and output."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid database URL>"
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def echo(text: str = "") -> None:
+    """One line on stdout (the library never prints; only the CLI does)."""
+    sys.stdout.write(text + "\n")
+
+
+def echo_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain left-aligned text table."""
+    cells = [[str(header) for header in headers]] + [
+        ["" if cell is None else str(cell) for cell in row] for row in rows
+    ]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(headers))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def format_time(moment: float | None, now: float) -> str:
+    """``2026-11-28 10:30:51Z (3m12s ago)``, or ``-``."""
+    if moment is None:
+        return "-"
+    text = (isoformat(moment) or "").replace("T", " ")[:19] + "Z"
+    delta = now - moment
+    relative = f"{format_age(delta)} ago" if delta >= 0 else f"in {format_age(-delta)}"
+    return f"{text} ({relative})"
+
+
+def shorten(text: str | None, limit: int = 60) -> str:
+    if not text:
+        return ""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

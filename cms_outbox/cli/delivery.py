@@ -1,0 +1,310 @@
+"""``flush`` (drain now) and ``run`` (the daemon): the commands that send."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any, TextIO
+
+from .. import status as reports
+from ..client import CMSClient
+from ..results import FlushReport, TrackResult
+from ..scheduling import FlushScheduler
+from ._common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    add_command,
+    add_delivery_options,
+    echo,
+    echo_json,
+    mask_url,
+    open_client,
+    positive_float,
+    positive_int,
+    resolve_settings,
+)
+
+__all__ = ["Progress", "register"]
+
+logger = logging.getLogger("cms_outbox.cli")
+
+TOKEN_NOTE = (
+    "The bearer token comes from the CMS_BEARER_TOKEN environment variable only\n"
+    "(never a flag: flags show in process lists)."
+)
+
+
+def register(subparsers: Any) -> None:
+    parser = add_command(
+        subparsers,
+        "run",
+        cmd_run,
+        summary="the delivery daemon: send events as they come, until SIGTERM",
+        description="Deliver events continuously: a pass whenever work is due, at least every "
+        "--interval seconds, plus hourly purges of expired events. SIGTERM or Ctrl-C stops "
+        "leasing, lets requests in flight finish, hands unsent leases back and exits 0. "
+        "Migrates the outbox tables if needed.",
+        examples=[
+            "CMS_BEARER_TOKEN=... cms-outbox run --database-url sqlite:////var/lib/app/outbox.db",
+            "CMS_BEARER_TOKEN=... cms-outbox run --workers 4 --interval 2 --metrics-port 9464",
+        ],
+        notes=TOKEN_NOTE + "\n--metrics-port needs the `metrics` extra: "
+        "pip install 'cms-outbox[metrics]'.",
+    )
+    add_delivery_options(parser)
+    parser.add_argument(
+        "--interval",
+        type=positive_float,
+        metavar="S",
+        help="seconds between passes when idle (default: 1)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=positive_int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (default: off)",
+    )
+    parser.add_argument(
+        "--metrics-address",
+        default="0.0.0.0",
+        metavar="ADDR",
+        help="interface for --metrics-port (default: 0.0.0.0)",
+    )
+
+    parser = add_command(
+        subparsers,
+        "flush",
+        cmd_flush,
+        summary="deliver everything due now, with progress; exit 1 if work is left",
+        description="Deliver every event that is due now and print what happened. Does not "
+        "sit out backoff or an outage: it stops when nothing more is due, delivery is paused "
+        "or the timeout passes. Exit 0 when nothing is left due, 1 otherwise. Migrates the "
+        "outbox tables if needed.",
+        examples=[
+            "CMS_BEARER_TOKEN=... cms-outbox flush",
+            "CMS_BEARER_TOKEN=... cms-outbox flush --timeout 60 --rate-limit 0 --json",
+        ],
+        notes=TOKEN_NOTE + "\nJSON: {delivered, retried, dead, pending, due, blocked, paused, "
+        'elapsed_seconds};\npaused is null, "outage" or "auth" as this flush found the service.',
+    )
+    add_delivery_options(parser)
+    parser.add_argument(
+        "--timeout", type=positive_float, metavar="S", help="stop after S seconds (default: none)"
+    )
+    parser.add_argument("--json", action="store_true", help="the final report as JSON")
+
+
+# -- flush -------------------------------------------------------------------------------
+
+
+class Progress:
+    """Delivered, remaining, rate and ETA: a live line on a terminal, log lines otherwise."""
+
+    def __init__(self, stream: TextIO, *, live: bool, every: float | None = None) -> None:
+        self.stream = stream
+        self.live = live
+        self.every = every if every is not None else (0.25 if live else 10.0)
+        self.total = 0
+        self.delivered = 0
+        self.dead = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = time.monotonic()
+        self._width = 0
+
+    def on_delivered(self, result: TrackResult) -> None:
+        with self._lock:
+            self.delivered += 1
+
+    def on_dead(self, result: TrackResult) -> None:
+        with self._lock:
+            self.dead += 1
+
+    def start(self, total: int) -> None:
+        self.total = total
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, name="cms-outbox-progress", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.live:
+            self._render()
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def line(self) -> str:
+        with self._lock:
+            delivered, dead = self.delivered, self.dead
+        done = delivered + dead
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        rate = done / elapsed
+        remaining = max(0, self.total - done)
+        if remaining == 0:
+            eta = "done"
+        elif rate > 0:
+            eta = reports.format_age(remaining / rate)
+        else:
+            eta = "?"
+        return (
+            f"flush: {delivered} delivered, {dead} dead, {remaining} remaining, "
+            f"{rate:.1f}/s, ETA {eta}"
+        )
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._render()
+
+    def _render(self) -> None:
+        text = self.line()
+        if self.live:
+            self.stream.write("\r" + text.ljust(self._width))
+            self.stream.flush()
+            self._width = len(text)
+        else:
+            logger.info("%s", text)
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    settings = resolve_settings(args, deliver=True)
+    progress = Progress(sys.stderr, live=sys.stderr.isatty())
+    started = time.monotonic()
+    total = FlushReport()
+    with open_client(
+        settings, migrate=True, on_delivered=progress.on_delivered, on_dead=progress.on_dead
+    ) as client:
+        progress.start(reports.outbox_status(client.engine).to_send)
+        try:
+            total = _drain(client, args.timeout)
+        finally:
+            progress.stop()
+        after = reports.outbox_status(client.engine)
+    elapsed = time.monotonic() - started
+    if args.json:
+        echo_json(
+            {
+                "delivered": total.delivered,
+                "retried": total.retried,
+                "dead": total.dead,
+                "pending": after.to_send,
+                "due": after.pending_due,
+                "blocked": after.counts["blocked"],
+                "paused": total.paused,
+                "elapsed_seconds": round(elapsed, 3),
+            }
+        )
+    else:
+        echo(
+            f"delivered {total.delivered}, retried {total.retried}, dead {total.dead} "
+            f"in {reports.format_age(elapsed)}"
+        )
+        waiting = ""
+        if after.next_attempt_at is not None and after.pending_due == 0:
+            waiting = f", next attempt in {reports.format_age(after.next_attempt_at - after.now)}"
+        echo(
+            f"left: {after.to_send} to send ({after.pending_due} due now{waiting}), "
+            f"{after.counts['blocked']} blocked, {after.counts['dead']} dead"
+        )
+        if total.paused is not None and after.pause is not None:
+            echo(f"delivery paused ({after.pause.reason}): {after.pause.error}")
+        elif total.paused is not None:
+            echo(f"delivery paused ({total.paused})")
+    return EXIT_OK if after.pending_due == 0 else EXIT_FAILURE
+
+
+def _drain(client: CMSClient, timeout: float | None) -> FlushReport:
+    """Passes while work is due, progress is made and the timeout allows."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    total = FlushReport()
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return total
+        report = client.flush(remaining)
+        total = total + report
+        if report.paused or not (report.delivered or report.retried or report.dead):
+            return total
+        if reports.count_due(client.engine) == 0:
+            return total
+
+
+# -- run -----------------------------------------------------------------------------------
+
+
+class _Totals:
+    """What this daemon's passes did; written by the pass thread only."""
+
+    def __init__(self, client: CMSClient) -> None:
+        self.client = client
+        self.report = FlushReport()
+
+    def run_pass(self, stop: threading.Event) -> FlushReport:
+        report = self.client.flusher.run_pass(stop=stop)
+        self.report = self.report + report
+        return report
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = resolve_settings(args, deliver=True)
+    client = open_client(settings, migrate=True)
+    metrics_server: Any = None
+    try:
+        if args.metrics_port is not None:
+            from .. import metrics  # the optional extra: ConfigurationError when missing
+
+            tracker = reports.ActivityTracker(client.engine, settle=settings.lease)
+            metrics_server = metrics.serve(tracker, args.metrics_port, args.metrics_address)
+        totals = _Totals(client)
+        scheduler = FlushScheduler(
+            totals.run_pass, interval=settings.interval, maintenance=client.purge_expired
+        )
+        previous = _stop_on_signals(scheduler.stop_event)
+        rate = f"{settings.pacing}/min" if settings.pacing else "unlimited"
+        logger.info(
+            "cms-outbox run: delivering from %s to %s (rate limit %s, %d workers, interval %gs%s)",
+            mask_url(settings.database_url),
+            settings.host,
+            rate,
+            settings.workers,
+            settings.interval,
+            "" if metrics_server is None else f", metrics on port {args.metrics_port}",
+        )
+        started = time.monotonic()
+        try:
+            scheduler.run_forever(grace=settings.attempt_timeout + 1.0)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        done = totals.report
+        logger.info(
+            "cms-outbox run: stopped after %s (delivered %d, retried %d, dead %d)",
+            reports.format_age(time.monotonic() - started),
+            done.delivered,
+            done.retried,
+            done.dead,
+        )
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
+        client.close()
+    return EXIT_OK
+
+
+def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
+    """SIGTERM and SIGINT only set ``stop``; the scheduler's loop does the work (huey)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, handler)
+    return previous

@@ -1,0 +1,302 @@
+"""``status``, ``events``, ``show`` and ``health``: read-only, they never migrate or write."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from .. import status as reports
+from ..results import EventState
+from ._common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    add_command,
+    duration,
+    echo,
+    echo_json,
+    format_time,
+    mask_url,
+    non_negative_int,
+    open_client,
+    positive_int,
+    resolve_settings,
+    shorten,
+    table,
+)
+
+__all__ = ["register"]
+
+STATUS_KEYS = """\
+JSON keys (stable; keys are only ever added):
+  database                    the outbox database URL, password masked
+  now                         when the status was taken (ISO 8601 UTC)
+  counts                      {pending, in_flight, delivered, dead, blocked}: events per state
+  pending_first_try           pending events never attempted (attempts = 0)
+  pending_retrying            pending events that failed before and wait for a retry
+  pending_due                 pending events a flusher could send right now
+  oldest_pending_at           enqueue time of the oldest pending or in-flight event, or null
+  oldest_pending_age_seconds  its age in seconds, or null
+  next_attempt_at             earliest next attempt of a pending event, or null
+  last_delivery_at            time of the last delivery, or null
+  last_error                  {at, event_id, status_code, outcome, message} of the last
+                              attempt that did not deliver, or null
+  pause                       {reason: "outage"|"auth", since, error} while delivery is
+                              paused, else null
+  delivered_last_minute       events delivered in the last 60 seconds
+  delivered_last_hour         events delivered in the last 3600 seconds"""
+
+
+def register(subparsers: Any) -> None:
+    parser = add_command(
+        subparsers,
+        "status",
+        cmd_status,
+        summary="counts by state, oldest pending event, last delivery and error, pauses",
+        description="Show the outbox: events per state, the oldest pending event, the last "
+        "delivery and the last error, and any outage or auth pause in effect.",
+        examples=[
+            "cms-outbox status",
+            "cms-outbox status --json | jq .counts.pending",
+            "CMS_OUTBOX_URL=postgresql://outbox@db/app cms-outbox status",
+        ],
+        notes=STATUS_KEYS,
+    )
+    parser.add_argument("--json", action="store_true", help="stable JSON for scripts")
+
+    states = [state.value for state in EventState]
+    parser = add_command(
+        subparsers,
+        "events",
+        cmd_events,
+        summary="list stored events, newest first",
+        description="List stored events, newest first, optionally filtered.",
+        examples=[
+            "cms-outbox events --state dead",
+            "cms-outbox events --customer user_42 --kind sale --limit 10 --json",
+        ],
+        notes="JSON: a list of objects with the keys seq, event_id, kind, event_name,\n"
+        "customer_external_id, click_id, mode, invoice_id, state, attempts, created_at,\n"
+        "next_attempt_at, last_attempt_at, delivered_at, last_status_code, last_error.",
+    )
+    parser.add_argument("--state", choices=states, help="only events in this state")
+    parser.add_argument("--customer", metavar="ID", help="only this customer_external_id")
+    parser.add_argument("--kind", choices=["lead", "sale"], help="only leads or only sales")
+    parser.add_argument(
+        "--limit", type=positive_int, default=50, metavar="N", help="at most N (default: 50)"
+    )
+    parser.add_argument("--oldest-first", action="store_true", help="in enqueue order")
+    parser.add_argument("--json", action="store_true", help="JSON for scripts")
+
+    parser = add_command(
+        subparsers,
+        "show",
+        cmd_show,
+        summary="one event: its wire payload and full attempt history",
+        description="Show one event: its state, the wire payload and every attempt.",
+        examples=["cms-outbox show 0f8fad5b-d9cb-469f-a165-70867728950e --json"],
+        notes="JSON: the keys of `events --json`, plus payload (the wire JSON), last_response\n"
+        "and attempt_history: a list of {started_at, duration_seconds, status_code,\n"
+        "outcome, error, response}, oldest first. Exit 4 if the event is not in the outbox.",
+    )
+    parser.add_argument("event_id", metavar="EVENT_ID")
+    parser.add_argument("--json", action="store_true", help="JSON for scripts")
+
+    parser = add_command(
+        subparsers,
+        "health",
+        cmd_health,
+        summary="exit 0 when healthy, 1 otherwise, with a one-line reason",
+        description="Liveness and cron check. Unhealthy (exit 1) when the oldest pending "
+        "event is older than --max-pending-age, when there are more than --max-dead dead "
+        "events, or while the service rejects the token (auth pause).",
+        examples=[
+            "cms-outbox health --max-pending-age 10m",
+            "cms-outbox health --max-pending-age 1h --max-dead 0 || alert",
+        ],
+    )
+    parser.add_argument(
+        "--max-pending-age",
+        type=duration,
+        default=600.0,
+        metavar="AGE",
+        help="oldest pending event allowed, e.g. 90s, 10m, 2h (default: 10m)",
+    )
+    parser.add_argument(
+        "--max-dead",
+        type=non_negative_int,
+        metavar="N",
+        help="dead events allowed (default: not checked)",
+    )
+    parser.add_argument("--json", action="store_true", help="{healthy, reasons, summary}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = resolve_settings(args)
+    with open_client(settings, migrate=False) as client:
+        status = reports.outbox_status(client.engine)
+    database = mask_url(settings.database_url)
+    if args.json:
+        echo_json({"database": database, **status.to_json()})
+        return EXIT_OK
+    now, counts = status.now, status.counts
+    details = {
+        "pending": f"{status.pending_first_try} first try, {status.pending_retrying} retrying; "
+        f"{status.pending_due} due now",
+        "delivered": f"{status.delivered_last_minute} in the last minute, "
+        f"{status.delivered_last_hour} in the last hour",
+    }
+    echo(f"outbox: {database}")
+    echo()
+    echo(
+        table(
+            ["STATE", "EVENTS", ""],
+            [[state, counts[state], details.get(state, "")] for state in counts],
+        )
+    )
+    echo()
+    error = status.last_error
+    lines = [
+        ("oldest pending", format_time(status.oldest_pending_at, now)),
+        ("next attempt", _next_attempt(status)),
+        ("last delivery", format_time(status.last_delivery_at, now)),
+        (
+            "last error",
+            "-"
+            if error is None
+            else f"{format_time(error.at, now)} {error.outcome}: {shorten(error.message, 80)}",
+        ),
+    ]
+    pause = status.pause
+    if pause is None:
+        lines.append(("delivery", "running (no pause in effect)"))
+    else:
+        what = "OUTAGE, probing" if pause.reason == "outage" else "PAUSED: token rejected"
+        lines.append(
+            ("delivery", f"{what} since {format_time(pause.since, now)}: {shorten(pause.error)}")
+        )
+    for label, value in lines:
+        echo(f"{label:<15} {value}")
+    return EXIT_OK
+
+
+def _next_attempt(status: reports.OutboxStatus) -> str:
+    if status.next_attempt_at is None:
+        return "-"
+    if status.pending_due:
+        return f"now ({status.pending_due} due)"
+    return format_time(status.next_attempt_at, status.now)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    settings = resolve_settings(args)
+    with open_client(settings, migrate=False) as client:
+        found = reports.list_events(
+            client.engine,
+            state=args.state,
+            customer=args.customer,
+            kind=args.kind,
+            limit=args.limit,
+            oldest_first=args.oldest_first,
+        )
+    if args.json:
+        echo_json([event.to_json() for event in found])
+        return EXIT_OK
+    if not found:
+        echo("no events")
+        return EXIT_OK
+    rows = [
+        [
+            event.event_id,
+            event.kind,
+            event.event_name,
+            event.customer_external_id,
+            event.state,
+            event.attempts,
+            (reports.isoformat(event.created_at) or "")[:19].replace("T", " "),
+            _last_answer(event),
+        ]
+        for event in found
+    ]
+    echo(
+        table(
+            ["EVENT_ID", "KIND", "NAME", "CUSTOMER", "STATE", "TRIES", "CREATED (UTC)", "LAST"],
+            rows,
+        )
+    )
+    return EXIT_OK
+
+
+def _last_answer(event: reports.EventSummary) -> str:
+    if event.last_error:
+        return shorten(event.last_error, 50)
+    if event.last_status_code is not None:
+        return f"HTTP {event.last_status_code}"
+    return ""
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    settings = resolve_settings(args)
+    with open_client(settings, migrate=False) as client:
+        detail = reports.event_detail(client.engine, args.event_id)
+    if args.json:
+        echo_json(detail.to_json())
+        return EXIT_OK
+    event = detail.summary
+    fields = [
+        ("event", event.event_id),
+        ("sequence", event.seq),
+        ("kind", f"{event.kind} {event.event_name or ''}".rstrip()),
+        ("customer", event.customer_external_id),
+        ("click id", event.click_id or "-"),
+        ("mode", event.mode or "-"),
+        ("invoice", event.invoice_id or "-"),
+        ("state", event.state),
+        ("attempts", event.attempts),
+        ("created", reports.isoformat(event.created_at)),
+        ("next attempt", reports.isoformat(event.next_attempt_at) if event.state == "pending"
+         else "-"),
+        ("delivered", reports.isoformat(event.delivered_at) or "-"),
+        ("last status", event.last_status_code or "-"),
+        ("last error", event.last_error or "-"),
+    ]  # fmt: skip
+    for label, value in fields:
+        echo(f"{label:<13} {value}")
+    echo()
+    echo("payload (as sent on the wire):")
+    for line in json.dumps(detail.payload, indent=2, ensure_ascii=False).splitlines():
+        echo(f"  {line}")
+    echo()
+    if not detail.attempts:
+        echo("attempts: none yet")
+        return EXIT_OK
+    echo("attempts:")
+    rows = [
+        [
+            number,
+            (reports.isoformat(attempt.started_at) or "").replace("T", " "),
+            f"{attempt.duration * 1000:.0f} ms",
+            attempt.status_code or "-",
+            attempt.outcome,
+            shorten(attempt.error or attempt.response, 70),
+        ]
+        for number, attempt in enumerate(detail.attempts, 1)
+    ]
+    headers = ["#", "STARTED (UTC)", "TOOK", "HTTP", "OUTCOME", "ERROR/RESPONSE"]
+    for line in table(headers, rows).splitlines():
+        echo(f"  {line}")
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    settings = resolve_settings(args)
+    with open_client(settings, migrate=False) as client:
+        status = reports.outbox_status(client.engine)
+    health = reports.check_health(
+        status, max_pending_age=args.max_pending_age, max_dead=args.max_dead
+    )
+    if args.json:
+        echo_json(health.to_json())
+    else:
+        echo(health.summary)
+    return EXIT_OK if health.healthy else EXIT_FAILURE

@@ -1,0 +1,93 @@
+"""``sandbox`` (a local CMS-compatible API) and ``demo`` (the whole story, offline)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ._common import EXIT_OK, add_command, echo, non_negative_int
+
+__all__ = ["register"]
+
+SANDBOX_TOKEN = "sandbox-token"
+
+
+def register(subparsers: Any) -> None:
+    parser = add_command(
+        subparsers,
+        "sandbox",
+        cmd_sandbox,
+        summary="serve a local CMS-compatible API with fault injection",
+        description="Serve POST /track/lead and /track/sale as the CMS service does, plus "
+        "/_admin/ endpoints (health, accepted, requests, faults, reset, down) for fault "
+        "injection, until Ctrl-C or SIGTERM. Prints its URL on stdout once it listens. "
+        "--database-url is accepted for symmetry and not used.",
+        examples=[
+            "cms-outbox sandbox --port 8765 --token sandbox-token",
+            "cms-outbox sandbox --port 0 --rate-limit 60 --latency 50",
+            "curl -X POST localhost:8765/_admin/faults -d '{\"force_status\": 503}'",
+        ],
+        notes="The sandbox token is a throwaway, so unlike `run` it may be a flag.",
+    )
+    parser.add_argument(
+        "--bind", default="127.0.0.1", metavar="ADDR", help="interface (default: 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port", type=non_negative_int, default=8765, help="0 picks a free port (default: 8765)"
+    )
+    parser.add_argument(
+        "--token", default=SANDBOX_TOKEN, help=f"bearer token to accept (default: {SANDBOX_TOKEN})"
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=non_negative_int,
+        metavar="N",
+        help="answer 429 beyond N requests per minute (default: off)",
+    )
+    parser.add_argument(
+        "--latency",
+        type=non_negative_int,
+        default=0,
+        metavar="MS",
+        help="milliseconds added to every answer (default: 0)",
+    )
+
+    add_command(
+        subparsers,
+        "demo",
+        cmd_demo,
+        summary="the whole story in a few seconds: outage, deferred follow-ups, recovery",
+        description="Start a local sandbox and take it down, track a lead, a deferred setup "
+        "with two follow-ups and a sale while it is down, bring it back and watch the "
+        "background flusher deliver every event exactly once, in per-customer order. "
+        "Offline; uses a fresh SQLite file in a temporary directory unless --database-url "
+        "is given (CMS_OUTBOX_URL is ignored so that a demo never writes to a real outbox). "
+        "Exit 0 when every event was accepted exactly once and in order.",
+        examples=["cms-outbox demo", "cms-outbox demo --database-url sqlite:///demo.db"],
+    )
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from ..sandbox import Sandbox, run
+
+    def ready(sandbox: Sandbox) -> None:
+        echo(f"CMS sandbox listening on {sandbox.url} (token: {sandbox.token})")
+        echo(f"  export CMS_HOST={sandbox.url} CMS_BEARER_TOKEN={sandbox.token}")
+        sys.stdout.flush()
+
+    run(
+        host=args.bind,
+        port=args.port,
+        token=args.token,
+        rate_limit=args.rate_limit or None,
+        latency=args.latency / 1000.0,
+        ready=ready,
+    )
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .. import demo
+
+    return demo.run(args.database_url)

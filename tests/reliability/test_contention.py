@@ -1,0 +1,74 @@
+"""Contention: eight writer processes and a delivering daemon on one SQLite file.
+
+WRITERS processes start at the same moment on a file that does not exist yet (so they
+also race to create the schema) and each enqueues PER_WRITER leads and sales with the
+default ``durability="full"``, while ``python -m cms_outbox run`` delivers. No error may
+reach a caller: every writer exits 0 having stored all its events, and the sandbox
+accepts each of the WRITERS * PER_WRITER events exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from cms_outbox.sandbox import Sandbox
+
+from .conftest import Processes, integrity, states, wait_for
+
+WRITERS = 8
+PER_WRITER = 1_000
+EVENTS = WRITERS * PER_WRITER
+
+
+@pytest.mark.slow
+def test_eight_writers_and_a_daemon_share_one_file_without_an_error_or_a_loss(
+    processes: Processes, workdir: Path, make_sandbox: Callable[..., Sandbox]
+) -> None:
+    began = time.monotonic()
+    sandbox = make_sandbox(latency=0.002)
+    path = workdir / "outbox.db"
+    url = f"sqlite:///{path}"
+    writers = [
+        processes.program(
+            "contention_writer", f"writer-{n}", database_url=url, writer=n, events=PER_WRITER
+        )
+        for n in range(WRITERS)
+    ]
+    daemon, daemon_log = processes.spawn(
+        [sys.executable, "-m", "cms_outbox", "run", "--database-url", url, "--host",
+         sandbox.url, "--rate-limit", "0", "--workers", "8", "--interval", "0.2"],
+        "daemon",
+    )  # fmt: skip
+
+    ids: list[str] = []
+    for process, output in writers:
+        assert process.wait(timeout=240) == 0, output.read_text()
+        lines = output.read_text().splitlines()
+        assert lines[-1] == f"stored {PER_WRITER}", lines[-5:]
+        assert lines[-2].startswith("ids ")
+        ids += json.loads(lines[-2][4:])
+    enqueued_in = time.monotonic() - began
+    assert len(set(ids)) == EVENTS
+
+    wait_for(lambda: states(path) == {"delivered": EVENTS}, 240, f"{EVENTS} events delivered")
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=60) == 0, daemon_log.read_text()[-2000:]
+    log = daemon_log.read_text()
+    assert "Traceback" not in log and "locked" not in log, log[-2000:]
+
+    assert len(sandbox.accepted) == EVENTS
+    assert {event.idempotency_key for event in sandbox.accepted} == set(ids)
+    assert [key for key in ids if sandbox.accepted_count(key) != 1] == []
+    assert integrity(path) == "ok"
+    print(
+        f"\ncontention: {WRITERS} writers x {PER_WRITER} events enqueued in {enqueued_in:.0f}s "
+        f"(all exited 0), {len(sandbox.requests)} requests, {EVENTS} accepted once each, "
+        f"lost 0, doubled 0; {time.monotonic() - began:.0f}s"
+    )

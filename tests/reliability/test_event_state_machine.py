@@ -1,0 +1,290 @@
+"""The event state machine, driven step by step against a plain Python model.
+
+``cms_outbox.store.Store`` on a real SQLite file, with explicit ``now`` values: insert
+setups, follow-ups and standard events for a few customers; lease as one of two owners;
+let time pass so that leases expire; record outcomes (also late ones, from an owner whose
+lease was taken over); release; retry dead and blocked events. After every step each
+event's state, owner, due time and attempt count must match the model, and each lease
+must have taken exactly the model's eligible rows: per-customer FIFO, blocking of the
+follow-ups of a dead deferred setup, fencing by owner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from sqlalchemy import Engine, delete, select
+
+from cms_outbox import database, migrate
+from cms_outbox.events import build_lead
+from cms_outbox.results import EventState
+from cms_outbox.schema import attempts, events
+from cms_outbox.store import Outcome, Store
+
+import collections
+STATS = collections.Counter()
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+PENDING, IN_FLIGHT, DELIVERED, DEAD, BLOCKED = (state.value for state in EventState)
+UNFINISHED = (PENDING, IN_FLIGHT, BLOCKED)
+OWNERS = st.sampled_from(["owner-a", "owner-b"])
+FINAL = st.sampled_from([EventState.DELIVERED, EventState.DEAD, EventState.PENDING])
+
+
+@dataclass
+class Row:
+    """The model of one stored event."""
+
+    seq: int
+    event_id: str
+    customer: str
+    setup: bool  # a deferred setup (mode="deferred")
+    followup: bool  # no click_id: resolved through the customer's deferred association
+    next_at: float
+    state: str = PENDING
+    owner: str | None = None
+    expires: float | None = None
+    attempts: int = 0
+
+
+class Model:
+    """What the store's documented lease rules say must happen."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []  # in sequence (enqueue) order
+
+    def by_seq(self, seq: int) -> Row | None:
+        return next((row for row in self.rows if row.seq == seq), None)
+
+    def held_back(self, row: Row) -> bool:
+        return any(
+            other.customer == row.customer and other.seq < row.seq and other.state in UNFINISHED
+            for other in self.rows
+        )
+
+    def block_followups(self) -> None:
+        for customer in {row.customer for row in self.rows}:
+            mine = [row for row in self.rows if row.customer == customer]
+            dead = [row.seq for row in mine if row.setup and row.state == DEAD]
+            if not dead:
+                continue
+            setup = min(dead)
+            if any(row.setup and row.state == DELIVERED and row.seq < setup for row in mine):
+                continue  # an earlier association exists: the follow-ups can resolve
+            for row in mine:
+                if row.seq > setup and row.state == PENDING and row.followup:
+                    row.state = BLOCKED
+
+    def lease(self, owner: str, limit: int, now: float, duration: float) -> list[int]:
+        for row in self.rows:
+            if row.state == IN_FLIGHT and row.expires is not None and row.expires <= now:
+                row.state, row.owner, row.expires = PENDING, None, None
+        self.block_followups()
+        eligible = [
+            row
+            for row in self.rows
+            if row.state == PENDING and row.next_at <= now and not self.held_back(row)
+        ][:limit]
+        for row in eligible:
+            row.state, row.owner, row.expires = IN_FLIGHT, owner, now + duration
+        return [row.seq for row in eligible]
+
+    def record(self, owner: str, outcomes: Sequence[Outcome]) -> list[bool]:
+        applied = []
+        for outcome in outcomes:
+            row = self.by_seq(outcome.seq)
+            ok = row is not None and row.state == IN_FLIGHT and row.owner == owner
+            if row is not None and ok:
+                row.state, row.owner, row.expires = outcome.state.value, None, None
+                row.attempts += 1
+                if outcome.next_attempt_at is not None:
+                    row.next_at = outcome.next_attempt_at
+            applied.append(ok)
+        if any(ok and o.state is EventState.DEAD for o, ok in zip(outcomes, applied)):
+            self.block_followups()
+        return applied
+
+    def release(self, owner: str, seqs: Sequence[int] | None) -> int:
+        count = 0
+        for row in self.rows:
+            if row.state == IN_FLIGHT and row.owner == owner and (seqs is None or row.seq in seqs):
+                row.state, row.owner, row.expires = PENDING, None, None
+                count += 1
+        return count
+
+    def retry(self, event_ids: Sequence[str], states: Sequence[str], now: float) -> int:
+        wanted = [state for state in states if state in (DEAD, BLOCKED)]
+        if not event_ids and not wanted:
+            return 0
+        chosen = [
+            row
+            for row in self.rows
+            if row.state in (DEAD, BLOCKED) and (row.event_id in event_ids or row.state in wanted)
+        ]
+        customers = {row.customer for row in chosen if row.state == DEAD and row.setup}
+        for row in chosen:
+            row.state, row.next_at, row.owner, row.expires = PENDING, now, None, None
+        released = [row for row in self.rows if row.state == BLOCKED and row.customer in customers]
+        for row in released:
+            row.state, row.next_at = PENDING, now
+        return len(chosen) + len(released)
+
+
+class EventStateMachine(RuleBasedStateMachine):
+    engine: Engine  # set by the test: one migrated SQLite file, emptied for every run
+
+    def __init__(self) -> None:
+        super().__init__()
+        with self.engine.begin() as conn:
+            conn.execute(delete(attempts))
+            conn.execute(delete(events))
+        self.store = Store(self.engine)
+        self.model = Model()
+        self.now = T0
+        self.leased: list[int] = []  # every seq ever leased, to record late outcomes too
+
+    @initialize(customers=st.lists(st.sampled_from(["alice", "bob", "carol"]), min_size=1))
+    def first_events(self, customers: list[str]) -> None:
+        for customer in customers:
+            self.insert(customer, "standard")
+
+    @rule(
+        customer=st.sampled_from(["alice", "bob", "carol"]),
+        kind=st.sampled_from(["setup", "followup", "standard"]),
+    )
+    def insert(self, customer: str, kind: str) -> None:
+        click = None if kind == "followup" else "click"
+        mode = "deferred" if kind == "setup" else None
+        moment = datetime.fromtimestamp(self.now, timezone.utc)
+        event = build_lead(kind, customer, click, mode=mode, now=moment)
+        assert self.store.insert(event) is None
+        row = self.store.get(event.event_id)
+        assert row is not None
+        self.model.rows.append(
+            Row(int(row["id"]), event.event_id, customer, kind == "setup", click is None,
+                event.created_at)
+        )  # fmt: skip
+
+    @rule(seconds=st.sampled_from([0.0, 0.5, 1.0, 4.0, 10.0, 29.0, 31.0]))
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    @rule(owner=OWNERS, limit=st.integers(1, 4), duration=st.sampled_from([5.0, 30.0]))
+    def lease(self, owner: str, limit: int, duration: float) -> None:
+        leases = self.store.lease(owner, limit, self.now, duration)
+        expected = self.model.lease(owner, limit, self.now, duration)
+        assert [lease.seq for lease in leases] == expected
+        for lease in leases:
+            row = self.model.by_seq(lease.seq)
+            assert row is not None
+            assert (lease.event_id, lease.customer_external_id) == (row.event_id, row.customer)
+            assert lease.attempts == row.attempts
+        self.leased.extend(expected)
+
+    @precondition(lambda self: self.leased)
+    @rule(
+        owner=OWNERS,
+        data=st.data(),
+        delay=st.sampled_from([0.0, 3.0, 40.0]),
+    )
+    def record(self, owner: str, data: st.DataObject, delay: float) -> None:
+        seqs = data.draw(st.lists(st.sampled_from(self.leased), min_size=1, max_size=3,
+                                  unique=True))  # fmt: skip
+        outcomes = []
+        for seq in seqs:
+            state = data.draw(FINAL)
+            retry_at = self.now + delay if state is EventState.PENDING else None
+            outcomes.append(
+                Outcome(seq=seq, state=state, label=state.value, started_at=self.now,
+                        duration=0.01, next_attempt_at=retry_at)
+            )  # fmt: skip
+        got = self.store.record(owner, outcomes)
+        STATS["late"] += got.count(False)
+        STATS["applied"] += got.count(True)
+        assert got == self.model.record(owner, outcomes)
+
+    @rule(owner=OWNERS, data=st.data(), everything=st.booleans())
+    def release(self, owner: str, data: st.DataObject, everything: bool) -> None:
+        seqs = None
+        if not everything and self.leased:
+            seqs = data.draw(st.lists(st.sampled_from(self.leased), max_size=3, unique=True))
+        assert self.store.release(owner, seqs) == self.model.release(owner, seqs)
+
+    @rule(data=st.data(), states=st.lists(st.sampled_from(list(EventState)), max_size=2))
+    def retry(self, data: st.DataObject, states: list[EventState]) -> None:
+        ids = [row.event_id for row in self.model.rows]
+        chosen = data.draw(st.lists(st.sampled_from(ids), max_size=3, unique=True)) if ids else []
+        expected = self.model.retry(chosen, [state.value for state in states], self.now)
+        STATS["retried"] += expected
+        assert self.store.retry(chosen, states=states, now=self.now) == expected
+
+    @invariant()
+    def store_matches_model(self) -> None:
+        with self.engine.connect() as conn:
+            stored = conn.execute(
+                select(events.c.id, events.c.state, events.c.lease_owner,
+                       events.c.lease_expires_at, events.c.next_attempt_at, events.c.attempts)
+                .order_by(events.c.id)
+            ).all()  # fmt: skip
+        expected = [
+            (row.seq, row.state, row.owner, row.expires, row.next_at, row.attempts)
+            for row in self.model.rows
+        ]
+        assert [tuple(row) for row in stored] == expected
+
+    @invariant()
+    def stats(self) -> None:
+        import collections
+        C = STATS
+        for row in self.model.rows:
+            C[row.state] += 1
+        C["steps"] += 1
+
+    @invariant()
+    def blocked_rows_wait_for_a_dead_setup(self) -> None:
+        for row in self.model.rows:
+            if row.state == BLOCKED:
+                assert row.followup, row
+                assert any(
+                    other.customer == row.customer
+                    and other.setup
+                    and other.state == DEAD
+                    and other.seq < row.seq
+                    for other in self.model.rows
+                ), row
+            if row.state == IN_FLIGHT:
+                assert row.owner is not None and row.expires is not None
+            else:
+                assert row.owner is None and row.expires is None
+
+
+def test_event_states_follow_the_model(tmp_path: Path) -> None:
+    engine = database.create(f"sqlite:///{tmp_path / 'outbox.db'}", durability="normal")
+    try:
+        migrate.upgrade(engine)
+        EventStateMachine.engine = engine
+        run_state_machine_as_test(
+            EventStateMachine,
+            settings=settings(
+                max_examples=80,
+                stateful_step_count=40,
+                deadline=None,
+                derandomize=True,  # the same runs on every machine
+                database=None,
+            ),
+        )
+    finally:
+        engine.dispose()
+        print(STATS)

@@ -1,0 +1,147 @@
+"""``CMSClient.stats()``, the activity counters behind metrics, and the CLI's small helpers."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from typing import Callable
+
+import pytest
+
+from cms_outbox import CMSClient
+from cms_outbox.cli._common import duration, mask_url, optional_duration, table
+from cms_outbox.cli.delivery import Progress
+from cms_outbox.results import EventState, TrackResult
+from cms_outbox.sandbox import Sandbox
+from cms_outbox.status import ActivityTracker, Stats, check_health, outbox_status
+from tests.conftest import TOKEN
+
+
+def test_stats_counts_since_start(make_client: Callable[..., CMSClient], sandbox: Sandbox) -> None:
+    earlier = make_client()
+    earlier.track_lead("signup", "before", click_id="k0")  # before this client started
+    time.sleep(0.01)
+    client = make_client(token=TOKEN, host=sandbox.url, rate_limit=None)
+    start = client.stats()
+    assert isinstance(start, Stats)
+    assert (start.enqueued, start.delivered, start.retried, start.dead) == (0, 0, 0, 0)
+    assert start.pending == 1 and start.oldest_pending_age is not None
+    ids = [client.track_lead("signup", f"c{i}", click_id=f"k{i}").event_id for i in range(3)]
+    sandbox.set_faults(force_status=503, force_count=1)
+    client.flush(5)
+    sandbox.set_faults(force_status=422, force_count=1)
+    client.track_sale("buy", "d", "inv-1", 100, "USD", click_id="k")
+    client.flush(5)
+    stats = client.stats()
+    assert stats.enqueued == 4
+    assert stats.retried == 1
+    assert stats.dead == 1
+    # Four leads: the one that met the 503 may or may not be due again by the last flush.
+    assert stats.delivered + stats.pending == 4 and stats.delivered >= 3
+    assert len(ids) == 3
+    assert stats.to_json()["since"].endswith("Z")
+
+
+def test_activity_counters_never_go_down_after_a_purge(
+    make_client: Callable[..., CMSClient], sandbox: Sandbox
+) -> None:
+    client = make_client(token=TOKEN, host=sandbox.url, rate_limit=None)
+    tracker = ActivityTracker(client.engine, settle=0.05, since=time.time() - 1)
+    for i in range(3):
+        client.track_lead("signup", f"c{i}", click_id=f"k{i}")
+    client.flush(5)
+    first = tracker.snapshot()
+    assert (first.enqueued, first.delivered, first.requests) == (3, 3, 3)
+    assert first.duration_buckets[-1] <= 3 and first.duration_sum > 0
+    time.sleep(0.1)
+    tracker.snapshot()  # folds the settled window into the fixed totals
+    assert len(client.purge(delivered_older_than=0)) == 3
+    after = tracker.snapshot()
+    assert (after.enqueued, after.delivered, after.requests) == (3, 3, 3)
+    assert after.counts["delivered"] == 0
+
+
+def test_prometheus_families(make_client: Callable[..., CMSClient], sandbox: Sandbox) -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from cms_outbox.metrics import OutboxCollector
+
+    client = make_client(token=TOKEN, host=sandbox.url, rate_limit=None)
+    tracker = ActivityTracker(client.engine, since=time.time() - 1)
+    client.track_lead("signup", "c", click_id="k")
+    client.flush(5)
+    client.track_lead("signup", "waiting", click_id="k2")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(OutboxCollector(tracker))
+    text = generate_latest(registry).decode()
+    for line in (
+        "cms_outbox_enqueued_total 2.0",
+        "cms_outbox_delivered_total 1.0",
+        "cms_outbox_retried_total 0.0",
+        "cms_outbox_dead_total 0.0",
+        "cms_outbox_pending 1.0",
+        'cms_outbox_events{state="delivered"} 1.0',
+        'cms_outbox_request_duration_seconds_bucket{le="+Inf"} 1.0',
+        "cms_outbox_request_duration_seconds_count 1.0",
+    ):
+        assert line in text, text
+    assert "cms_outbox_oldest_pending_age_seconds" in text
+
+
+def test_health_verdicts(make_client: Callable[..., CMSClient]) -> None:
+    client = make_client()
+    status = outbox_status(client.engine)
+    assert check_health(status, max_pending_age=1, max_dead=0).healthy
+    client.track_lead("signup", "c", click_id="k")
+    later = outbox_status(client.engine, now=time.time() + 3600)
+    verdict = check_health(later, max_pending_age=600, max_dead=None)
+    assert not verdict.healthy
+    assert verdict.summary.startswith("unhealthy: the oldest pending event is 1h00m old")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("10m", 600), ("2h", 7200), ("7d", 604800), ("1w", 604800), ("1.5", 1.5)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert duration(text) == seconds
+
+
+def test_bad_durations_and_never() -> None:
+    for text in ("", "soon", "-5s", "10 minutes", "1y"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            duration(text)
+    assert optional_duration("never") is None
+
+
+def test_mask_url_hides_the_password() -> None:
+    masked = mask_url("postgresql+psycopg://outbox:s3cret@db.example:5432/app")
+    assert "s3cret" not in masked and "outbox:***@db.example" in masked
+    assert mask_url("sqlite:///outbox.db") == "sqlite:///outbox.db"
+
+
+def test_table_aligns_columns() -> None:
+    assert table(["A", "BB"], [["xyz", 1], [None, "two"]]).splitlines() == [
+        "A    BB",
+        "xyz  1",
+        "     two",
+    ]
+
+
+def test_progress_line_on_a_terminal() -> None:
+    stream = io.StringIO()
+    progress = Progress(stream, live=True, every=0.01)
+    progress.start(total=4)
+    done = TrackResult(success=True, event_id="e", state=EventState.DELIVERED)
+    for _ in range(3):
+        progress.on_delivered(done)
+    progress.on_dead(TrackResult(success=False, event_id="d", state=EventState.DEAD))
+    time.sleep(0.05)
+    progress.stop()
+    output = stream.getvalue()
+    assert output.startswith("\r") and output.endswith("\n")
+    final = output.rstrip("\n").split("\r")[-1]
+    assert final.startswith("flush: 3 delivered, 1 dead, 0 remaining")
+    assert "ETA done" in final
