@@ -14,7 +14,7 @@ from typing import Callable
 
 from sqlalchemy import Engine
 
-from . import config, database, migrate
+from . import config, database, migrate, notify
 from .errors import ClientClosed, EventNotFound
 from .events import Event, build_lead, build_sale
 from .flusher import Callback, Flusher, result_of_row
@@ -122,6 +122,7 @@ class CMSClient:
                 lambda stop: self.flusher.run_pass(stop=stop),
                 interval=self.settings.interval,
                 maintenance=self.purge_expired,
+                listen=notify.listener(self.engine),
             )
             self._scheduler.start()
         _register_lifecycle(self)

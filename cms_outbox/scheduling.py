@@ -26,6 +26,7 @@ __all__ = ["FlushScheduler"]
 
 logger = logging.getLogger(__name__)
 ERROR_LOG_EVERY = 60.0  # seconds between repeats of the same failing-pass log line
+MAX_RETRY_DELAY = 30.0  # seconds between passes while they keep failing
 
 
 class FlushScheduler:
@@ -38,8 +39,12 @@ class FlushScheduler:
         interval: float,
         maintenance: Callable[[], Any] | None = None,
         maintenance_interval: float = 3600.0,
+        listen: Callable[[Callable[[], None], threading.Event], None] | None = None,
     ) -> None:
+        """:param listen: blocks calling its first argument on every outside wake-up
+        signal (PostgreSQL NOTIFY) until its second is set; run in a thread."""
         self._run_pass = run_pass
+        self._listen = listen
         self._interval = interval
         self._maintenance = maintenance
         self._maintenance_interval = maintenance_interval
@@ -56,6 +61,7 @@ class FlushScheduler:
         self._dirty = False
         self._woken = False
         self._last_error: tuple[str, float] = ("", 0.0)
+        self._failures = 0
 
     @property
     def started(self) -> bool:
@@ -66,6 +72,7 @@ class FlushScheduler:
         self._scheduler = BackgroundScheduler(timezone=timezone.utc)
         self._add_jobs(self._scheduler)
         self._scheduler.start()
+        self._start_listening()
 
     def run_forever(self, grace: float) -> None:
         """Run a ``BlockingScheduler`` until ``stop_event`` is set, then end within ``grace``.
@@ -82,6 +89,7 @@ class FlushScheduler:
                 scheduler.shutdown(wait=False)
 
         scheduler.add_job(watch, "interval", seconds=0.2, max_instances=1, coalesce=True)
+        self._start_listening()
         scheduler.start()
         if not self._idle.wait(grace):
             logger.warning("the last pass did not end within %.0fs; its leases will expire", grace)
@@ -117,6 +125,15 @@ class FlushScheduler:
         if was_started:
             self.start()
 
+    def _start_listening(self) -> None:
+        if self._listen is not None:
+            listen = self._listen
+            thread = threading.Thread(
+                target=listen, args=(self.wake, self.stop_event), name="cms-outbox-listen",
+                daemon=True,
+            )  # fmt: skip
+            thread.start()
+
     def _add_jobs(self, scheduler: BaseScheduler) -> None:
         self._next = scheduler.add_job(self._job, "date", run_date=_now(), misfire_grace_time=None)
         if self._maintenance is not None:
@@ -148,10 +165,12 @@ class FlushScheduler:
                 self._running = False
                 scheduler = self._scheduler
                 if scheduler is not None and not self.stop_event.is_set():
+                    # After failed passes (database down), retry less and less often.
+                    delay = min(self._interval * 2 ** min(self._failures, 10), MAX_RETRY_DELAY)
                     self._next = scheduler.add_job(
                         self._job,
                         "date",
-                        run_date=_now() + timedelta(seconds=self._interval),
+                        run_date=_now() + timedelta(seconds=max(delay, self._interval)),
                         misfire_grace_time=None,
                     )
                 self._idle.set()
@@ -161,9 +180,15 @@ class FlushScheduler:
             try:
                 work()
             except OutboxError as exc:
+                self._failures += 1
                 self._log_failure(exc)
             except Exception:
+                self._failures += 1
                 logger.exception("flusher pass failed unexpectedly")
+            else:
+                if self._failures:
+                    logger.warning("flusher passes succeed again after %d failures", self._failures)
+                    self._failures = 0
 
         return run
 

@@ -20,9 +20,12 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["attempts", "control", "events", "metadata"]
+__all__ = ["NOTIFY_CHANNEL", "attempts", "control", "events", "metadata"]
 
 metadata = MetaData()
+
+# PostgreSQL: every enqueue notifies this channel in its transaction; idle flushers LISTEN.
+NOTIFY_CHANNEL = "cms_outbox_events"
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias), not BIGINT.
 SequenceId = BigInteger().with_variant(Integer(), "sqlite")

@@ -40,6 +40,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -51,7 +52,7 @@ from .errors import StorageError
 from .events import Event
 from .policy import Bucket
 from .results import EventState
-from .schema import attempts, control, events
+from .schema import NOTIFY_CHANNEL, attempts, control, events
 
 __all__ = ["Lease", "Outcome", "Store"]
 
@@ -175,6 +176,8 @@ class Store:
                 .returning(events.c.id)
             )
             stored = len(conn.execute(statement).all())
+            if stored and dialect == "postgresql":  # delivered to listeners at commit
+                conn.execute(_NOTIFY)
         else:
             savepoint = conn.begin_nested()  # a failed INSERT must not abort the caller's work
             try:
@@ -523,6 +526,7 @@ class Store:
         return dict(row._mapping)
 
 
+_NOTIFY = text(f"NOTIFY {NOTIFY_CHANNEL}")
 # Which rows of a batch are still ours: a result is recorded only under a matching lease.
 _STILL_LEASED = (
     select(events.c.id)

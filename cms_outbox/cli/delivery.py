@@ -11,6 +11,7 @@ import time
 from types import FrameType
 from typing import Any, TextIO
 
+from .. import notify
 from .. import status as reports
 from ..client import CMSClient
 from ..results import FlushReport, TrackResult
@@ -264,7 +265,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             metrics_server = metrics.serve(tracker, args.metrics_port, args.metrics_address)
         totals = _Totals(client)
         scheduler = FlushScheduler(
-            totals.run_pass, interval=settings.interval, maintenance=client.purge_expired
+            totals.run_pass,
+            interval=settings.interval,
+            maintenance=client.purge_expired,
+            listen=notify.listener(client.engine),
         )
         previous = _stop_on_signals(scheduler.stop_event)
         rate = f"{settings.pacing}/min" if settings.pacing else "unlimited"

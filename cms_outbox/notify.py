@@ -1,0 +1,57 @@
+"""PostgreSQL LISTEN/NOTIFY: wake an idle flusher the moment any process commits an event.
+
+Polling stays the fallback: while the listening connection is down, the periodic
+pass still finds every row.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from sqlalchemy import Engine
+
+from .schema import NOTIFY_CHANNEL
+
+__all__ = ["Listen", "listener"]
+
+logger = logging.getLogger(__name__)
+Listen = Callable[[Callable[[], None], threading.Event], None]
+MAX_RECONNECT_DELAY = 30.0
+
+
+def listener(engine: Engine) -> Listen | None:
+    """A blocking ``listen(wake, stop)`` for a PostgreSQL outbox, or None for other backends."""
+    if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
+        return None
+    conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def listen(wake: Callable[[], None], stop: threading.Event) -> None:
+        import psycopg
+
+        delay, lost = 1.0, False
+        while not stop.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    if lost:
+                        logger.warning("LISTEN connection to PostgreSQL restored")
+                        lost = False
+                    delay = 1.0
+                    wake()  # whatever was committed while we were not listening
+                    while not stop.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            wake()
+            except psycopg.Error as exc:
+                if not lost:
+                    reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+                    logger.warning(
+                        "LISTEN connection to PostgreSQL lost (%s); polling until it is back",
+                        reason,
+                    )
+                    lost = True
+                stop.wait(delay)
+                delay = min(delay * 2, MAX_RECONNECT_DELAY)
+
+    return listen
