@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections import defaultdict
@@ -281,3 +282,18 @@ def test_on_delivered_callback_gets_the_result(make_client: Factory, sandbox: Sa
     assert [(r.event_id, r.status_code, r.success) for r in delivered] == [
         (event.event_id, 200, True)
     ]
+
+
+def test_redact_after_delivery_drops_personal_data(make_client: Factory, sandbox: Sandbox) -> None:
+    client = connect(make_client, sandbox, redact_after_delivery=True)
+    event = client.track_lead("signup", "user-1", click_id="c", customer_name="Jane Doe",
+                              customer_email="jane@example.com",
+                              customer_avatar="https://example.com/j.png")  # fmt: skip
+    pending_payload = client.store.get(event.event_id)["payload"]  # type: ignore[index]
+    assert "jane@example.com" in pending_payload  # kept until delivered
+    client.flush()
+    [accepted] = sandbox.accepted
+    assert accepted.payload["customerEmail"] == "jane@example.com"
+    stored = json.loads(client.store.get(event.event_id)["payload"])  # type: ignore[index]
+    personal = ("customerName", "customerEmail", "customerAvatar")
+    assert stored == {key: value for key, value in accepted.payload.items() if key not in personal}
