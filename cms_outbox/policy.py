@@ -112,10 +112,10 @@ def take_tokens(bucket: Bucket, want: int, now: float, per_minute: float) -> tup
     rate = per_minute * SAFETY * bucket.rate_factor / 60.0
     elapsed = max(0.0, now - bucket.tokens_at)
     tokens = min(burst(per_minute), bucket.tokens + elapsed * rate)
-    granted = min(want, math.floor(tokens))
+    granted = min(want, math.floor(tokens + 1e-9))  # 0.9999999 tokens is one token
     if granted >= 1:
-        return Bucket(tokens - granted, now, bucket.rate_factor), float(granted)
-    return Bucket(tokens, now, bucket.rate_factor), -((1.0 - tokens) / rate)
+        return Bucket(max(0.0, tokens - granted), now, bucket.rate_factor), float(granted)
+    return Bucket(tokens, now, bucket.rate_factor), -max(0.001, (1.0 - tokens) / rate)
 
 
 def burst(per_minute: float) -> float:
