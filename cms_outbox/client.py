@@ -339,6 +339,7 @@ class CMSClient:
                     self._final_flush()
         finally:
             self.flusher.close()
+            self.store.close()
             self._dispose()
 
     def _final_flush(self) -> None:
@@ -369,6 +370,7 @@ class CMSClient:
             self.engine.dispose(close=False)  # the parent's connections are not ours to use
         if self._bookkeeping is not None:
             self._bookkeeping.dispose(close=False)
+        self.store.after_fork()
         self.flusher.after_fork()
         if self._scheduler is not None:
             self._scheduler.after_fork()

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -129,6 +131,8 @@ class Store:
         self.bookkeeping = bookkeeping or engine
         self._fast_insert = engine.dialect.name == "sqlite"
         self._next_sweep = 0.0
+        self._enqueue_local = threading.local()
+        self._enqueue_holders: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
 
     # -- enqueue ---------------------------------------------------------------
 
@@ -153,16 +157,40 @@ class Store:
     def _insert_sqlite(self, event: Event) -> dict[str, Any] | None:
         params = _insert_params(event)
         try:
-            raw = self.engine.raw_connection()
-            try:
-                cursor = raw.driver_connection.execute(_SQLITE_INSERT, params)  # type: ignore[union-attr]
-                stored = cursor.rowcount == 1
-                raw.commit()  # a no-op in our autocommit mode; commits under a legacy-mode engine
-            finally:
-                raw.close()
+            conn = self._enqueue_connection()
+            stored = conn.execute(_SQLITE_INSERT, params).rowcount == 1
+            conn.commit()  # a no-op in our autocommit mode; commits under a legacy-mode engine
         except (sqlite3.Error, SQLAlchemyError) as exc:
             raise StorageError(f"storing the event failed: {exc}") from exc
         return None if stored else self._existing_sale(event)
+
+    def _enqueue_connection(self) -> sqlite3.Connection:
+        # One DB-API connection per thread, detached from the pool: a pool checkout and
+        # its reset-on-return would cost more than the insert itself. It closes when its
+        # thread ends (garbage collection) or with ``close()``.
+        holder: _ThreadConnection | None = getattr(self._enqueue_local, "holder", None)
+        if holder is None or holder.conn is None:
+            raw = self.engine.raw_connection()  # configured by the engine's connect hooks
+            conn = raw.dbapi_connection
+            raw.detach()
+            assert isinstance(conn, sqlite3.Connection)
+            holder = self._enqueue_local.holder = _ThreadConnection(conn)
+            self._enqueue_holders.add(holder)
+        assert holder.conn is not None
+        return holder.conn
+
+    def close(self) -> None:
+        """Close the per-thread enqueue connections (the engines are the caller's)."""
+        for holder in list(self._enqueue_holders):
+            holder.close()
+        self._enqueue_holders.clear()
+
+    def after_fork(self) -> None:
+        """Forget the parent's connections without closing them (they are not ours)."""
+        for holder in list(self._enqueue_holders):
+            holder.conn = None
+        self._enqueue_holders = weakref.WeakSet()
+        self._enqueue_local = threading.local()
 
     def _insert_core(self, conn: Connection, event: Event) -> dict[str, Any] | None:
         values = dict(zip(_INSERT_COLUMNS, _insert_params(event)))
@@ -567,6 +595,23 @@ def _applied_row(outcome: Outcome) -> dict[str, Any]:
         "b_error": outcome.error,
         "b_response": outcome.response,
     }
+
+
+class _ThreadConnection:
+    """Owns one thread's enqueue connection; closes it when the thread's locals go."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn: sqlite3.Connection | None = conn
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _attempt_row(outcome: Outcome) -> dict[str, Any]:
