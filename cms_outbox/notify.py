@@ -19,13 +19,21 @@ __all__ = ["Listen", "listener"]
 logger = logging.getLogger(__name__)
 Listen = Callable[[Callable[[], None], threading.Event], None]
 MAX_RECONNECT_DELAY = 30.0
+# An idle LISTEN connection is what NAT gateways and cloud load balancers drop silently
+# after a few minutes, while the OS starts keepalive probes only after two hours: the
+# daemon would wait on a dead connection forever. Probing after 30 s of silence keeps
+# the path open and notices a dead peer within about a minute (libpq options; the
+# URL's own settings win).
+KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
+              "keepalives_count": "3"}  # fmt: skip
 
 
 def listener(engine: Engine) -> Listen | None:
     """A blocking ``listen(wake, stop)`` for a PostgreSQL outbox, or None for other backends."""
     if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
         return None
-    conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    url = engine.url.set(drivername="postgresql")
+    conninfo = url.set(query={**KEEPALIVES, **url.query}).render_as_string(hide_password=False)
 
     def listen(wake: Callable[[], None], stop: threading.Event) -> None:
         import psycopg
@@ -44,6 +52,8 @@ def listener(engine: Engine) -> Listen | None:
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
                             wake()
             except psycopg.Error as exc:
+                if stop.is_set():
+                    return  # closed while the connection went away: nothing to report
                 if not lost:
                     reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
                     logger.warning(
