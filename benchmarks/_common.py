@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -107,8 +108,11 @@ def target(name: str, value: float, op: str, limit: float) -> dict[str, Any]:
 
 
 def emit(result: dict[str, Any]) -> None:
-    """The last stdout line: the whole result as JSON."""
-    print(json.dumps(result, sort_keys=True), flush=True)
+    """The last stdout line: the whole result as JSON, with the machine's load average
+    (other work on the machine moves every absolute figure; ratios suffer less)."""
+    load = [round(value, 2) for value in os.getloadavg()]
+    print(f"load average (1, 5, 15 min): {load}")
+    print(json.dumps({**result, "loadavg": load}, sort_keys=True), flush=True)
 
 
 # -- a sandbox in its own process ----------------------------------------------------

@@ -103,10 +103,10 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
-def persist_queue(directory: Path, calls: int) -> Contender:
-    queue = persistqueue.SQLiteAckQueue(str(directory / "persist-queue"), multithreading=True)
-    mode = queue._putter.execute("PRAGMA synchronous").fetchone()[0]
-    synchronous = {0: "off", 1: "normal", 2: "full", 3: "extra"}.get(mode, str(mode))
+def persist_queue(directory: Path, synchronous: str, calls: int) -> Contender:
+    """``put`` of the same lead; ``full`` is persist-queue's default (SQLite's, in WAL mode)."""
+    queue = persistqueue.SQLiteAckQueue(str(directory / f"pq-{synchronous}"), multithreading=True)
+    queue._putter.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     return Contender(
         f"persist-queue SQLiteAckQueue.put ({synchronous})",
         lambda i: queue.put(lead(i)),
@@ -135,40 +135,62 @@ def timed_calls(contender: Contender, start: int) -> list[float]:
 
 
 # -- several writers at once -----------------------------------------------------------
+# Durability full on one database file; the same with raw sqlite3 shows what SQLite's
+# own locking costs (a waiting writer polls under the busy timeout).
 
 
-def _enqueue(client: CMSClient, first: int, count: int) -> tuple[int, int, int]:
-    """``count`` calls: (stored, "database is locked" errors, other storage errors)."""
-    done = locked = other = 0
-    for i in range(first, first + count):
-        try:
-            client.track_lead(**lead(i))
-            done += 1
-        except StorageError as exc:
-            if "database is locked" in str(exc):
-                locked += 1
-            else:
-                other += 1
-    return done, locked, other
+class Writer:
+    """Enqueues leads into ``path``: through ``CMSClient`` (``kind="outbox"``) or raw sqlite3."""
+
+    def __init__(self, kind: str, path: Path) -> None:
+        self.kind = kind
+        if kind == "outbox":
+            self.client = CMSClient(database_url=f"sqlite:///{path}", flush="off")
+        else:
+            self.conn = _connect(path, "FULL")
+
+    def write(self, i: int) -> None:
+        if self.kind == "outbox":
+            self.client.track_lead(**lead(i))
+        else:
+            self.conn.execute("INSERT INTO events (payload) VALUES (?)", (PAYLOAD,))
+
+    def run(self, first: int, count: int) -> tuple[int, int, int]:
+        """``count`` writes: (stored, "database is locked" errors, other storage errors)."""
+        done = locked = other = 0
+        for i in range(first, first + count):
+            try:
+                self.write(i)
+                done += 1
+            except (StorageError, sqlite3.Error) as exc:
+                if "database is locked" in str(exc):
+                    locked += 1
+                else:
+                    other += 1
+        return done, locked, other
+
+    def close(self) -> None:
+        (self.client if self.kind == "outbox" else self.conn).close()
 
 
-def _process_worker(url: str, first: int, count: int, ready: Any, go: Any, out: Any) -> None:
-    client = CMSClient(database_url=url, flush="off")
-    ready.put(None)
-    go.wait()
-    began = time.monotonic()
-    tally = _enqueue(client, first, count)
-    out.put((began, time.monotonic(), *tally))
-    client.close()
+def prepare(kind: str, path: Path) -> None:
+    if kind == "outbox":
+        Writer(kind, path).close()  # migrated before any writer starts
+    else:
+        with _connect(path, "FULL") as conn:
+            conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)")
 
 
-def in_threads(url: str, workers: int, count: int) -> dict[str, Any]:
-    """``workers`` threads sharing one client, as a web app's request threads would."""
-    client = CMSClient(database_url=url, flush="off")
+def in_threads(kind: str, path: Path, workers: int, count: int) -> dict[str, Any]:
+    """Threads of one process: sharing one client (as a web app's request threads would),
+    or with a raw connection each."""
+    prepare(kind, path)
+    shared = Writer(kind, path) if kind == "outbox" else None
+    writers = [shared or Writer(kind, path) for _ in range(workers)]
     tallies = [(0, 0, 0)] * workers
 
     def work(n: int) -> None:
-        tallies[n] = _enqueue(client, n * count, count)
+        tallies[n] = writers[n].run(n * count, count)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(workers)]
     began = time.monotonic()
@@ -177,17 +199,30 @@ def in_threads(url: str, workers: int, count: int) -> dict[str, Any]:
     for thread in threads:
         thread.join()
     elapsed = time.monotonic() - began
-    client.close()
+    for writer in set(writers):
+        writer.close()
     return _summarise(tallies, elapsed)
 
 
-def in_processes(url: str, workers: int, count: int) -> dict[str, Any]:
-    """``workers`` processes with a client each; the clock starts once all are ready."""
-    CMSClient(database_url=url, flush="off").close()  # the tables exist before they start
+def _process_worker(
+    kind: str, path: Path, first: int, count: int, ready: Any, go: Any, out: Any
+) -> None:
+    writer = Writer(kind, path)
+    ready.put(None)
+    go.wait()
+    began = time.monotonic()
+    tally = writer.run(first, count)
+    out.put((began, time.monotonic(), *tally))
+    writer.close()
+
+
+def in_processes(kind: str, path: Path, workers: int, count: int) -> dict[str, Any]:
+    """Processes with a writer each; the clock starts once all are ready."""
+    prepare(kind, path)
     context = multiprocessing.get_context("spawn")
     ready, out, go = context.Queue(), context.Queue(), context.Event()
     processes = [
-        context.Process(target=_process_worker, args=(url, n * count, count, ready, go, out))
+        context.Process(target=_process_worker, args=(kind, path, n * count, count, ready, go, out))
         for n in range(workers)
     ]
     for process in processes:
@@ -212,22 +247,50 @@ def _summarise(tallies: list[tuple[int, int, int]], elapsed: float) -> dict[str,
     }
 
 
+def concurrency(directory: Path, per_worker: int, repeats: int) -> dict[str, dict[str, Any]]:
+    """Each setting ``repeats`` times, in rotation (the disk's fsync time drifts); medians."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for n in range(repeats):
+        for kind in ("outbox", "raw"):
+            for label, run, workers, count in (
+                ("1_thread", in_threads, 1, 4 * per_worker),
+                ("4_threads", in_threads, 4, per_worker),
+                ("4_processes", in_processes, 4, per_worker),
+            ):
+                path = directory / f"{kind}-{label}-{n}.db"
+                runs.setdefault(f"{kind}_{label}", []).append(run(kind, path, workers, count))
+    results = {}
+    for key, results_of_key in runs.items():
+        rates = [r["per_s"] for r in results_of_key]
+        results[key] = {
+            "events": sum(r["events"] for r in results_of_key),
+            "per_s": median(rates),
+            "locked_errors": sum(r["locked_errors"] for r in results_of_key),
+            "other_errors": sum(r["other_errors"] for r in results_of_key),
+        }
+    for key, result in results.items():
+        one = results[key.split("_")[0] + "_1_thread"]["per_s"]
+        result["vs_1_thread"] = ratio(result["per_s"], one)
+    return results
+
+
 def main() -> None:
     args = parse_args(__doc__ or "")
-    rounds, calls, sdk_calls = (3, 100, 50) if args.quick else (10, 1000, 300)
-    per_worker = 100 if args.quick else 1000
+    # Many short rounds: the machine's (and the disk's) speed drifts within seconds.
+    rounds, calls, sdk_calls = (12, 25, 10) if args.quick else (80, 25, 5)
+    per_worker, repeats = (50, 1) if args.quick else (500, 3)
     with tempfile.TemporaryDirectory() as tmp, remote_sandbox() as sandbox:
         directory = Path(tmp)
         contenders = {
             "track_lead_full": outbox(directory, "full", calls),
             "raw_sqlite3_full": raw_sqlite(directory, "FULL", calls),
-            "raw_sqlite3_outbox_schema_full": raw_sqlite_outbox_schema(directory, "FULL", calls),
             "track_lead_normal": outbox(directory, "normal", calls),
             "raw_sqlite3_normal": raw_sqlite(directory, "NORMAL", calls),
             "raw_sqlite3_outbox_schema_normal": raw_sqlite_outbox_schema(
                 directory, "NORMAL", calls
             ),
-            "persist_queue_put": persist_queue(directory, calls),
+            "persist_queue_put": persist_queue(directory, "full", calls),
+            "persist_queue_put_normal": persist_queue(directory, "normal", calls),
             "sdk_track_lead": official_sdk(sandbox.url, sdk_calls),
         }
         samples: dict[str, list[float]] = {key: [] for key in contenders}
@@ -250,18 +313,12 @@ def main() -> None:
                 for key, c in contenders.items()
             ],
         )  # fmt: skip
-        one = in_threads(f"sqlite:///{directory / 'one.db'}", 1, 4 * per_worker)
-        threads = in_threads(f"sqlite:///{directory / 'threads.db'}", 4, per_worker)
-        processes = in_processes(f"sqlite:///{directory / 'processes.db'}", 4, per_worker)
-    concurrency = {"one_thread": one, "threads_4": threads, "processes_4": processes}
+        writers = concurrency(directory, per_worker, repeats)
     table(
-        "concurrent enqueue (durability full, one outbox file per row)",
-        ["writers", "events", "events/s", "x one thread", "database is locked", "other errors"],
-        [
-            (key, r["events"], r["per_s"], ratio(r["per_s"], one["per_s"]),
-             r["locked_errors"], r["other_errors"])
-            for key, r in concurrency.items()
-        ],
+        f"concurrent enqueue, durability full, median of {repeats} run(s) each",
+        ["writers", "events", "events/s", "x 1 thread", "database is locked", "other errors"],
+        [(key, r["events"], r["per_s"], r["vs_1_thread"], r["locked_errors"], r["other_errors"])
+         for key, r in writers.items()],
     )  # fmt: skip
     print()
     ratios = {
@@ -271,11 +328,16 @@ def main() -> None:
             us["track_lead_normal"], us["raw_sqlite3_outbox_schema_normal"]
         ),
         "track_lead_full_vs_persist_queue": ratio(us["track_lead_full"], us["persist_queue_put"]),
+        "track_lead_normal_vs_persist_queue_normal": ratio(
+            us["track_lead_normal"], us["persist_queue_put_normal"]
+        ),
         "sdk_vs_track_lead_full": ratio(us["sdk_track_lead"], us["track_lead_full"]),
-        "threads_vs_one": ratio(threads["per_s"], one["per_s"]),
-        "processes_vs_one": ratio(processes["per_s"], one["per_s"]),
+        "threads_vs_one": writers["outbox_4_threads"]["vs_1_thread"],
+        "processes_vs_one": writers["outbox_4_processes"]["vs_1_thread"],
+        "raw_threads_vs_one": writers["raw_4_threads"]["vs_1_thread"],
+        "raw_processes_vs_one": writers["raw_4_processes"]["vs_1_thread"],
     }
-    locked = threads["locked_errors"] + processes["locked_errors"]
+    locked = sum(r["locked_errors"] for key, r in writers.items() if key.startswith("outbox"))
     targets = {
         "full_vs_raw": target("track_lead / raw sqlite3 (full)",
                               ratios["track_lead_full_vs_raw_full"], "<=", 1.5),
@@ -293,7 +355,7 @@ def main() -> None:
             "quick": args.quick,
             "median_us": {key: round(value, 1) for key, value in us.items()},
             "ratios": ratios,
-            "concurrency": concurrency,
+            "concurrency": writers,
             "targets": targets,
         }
     )

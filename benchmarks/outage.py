@@ -129,7 +129,7 @@ def lost_response(sandbox: RemoteSandbox, path: Path, fault: dict[str, Any]) -> 
     window = time.monotonic() - began
     if fault.get("stall"):
         time.sleep(STALL)  # let the last stalled request finish (and be accepted)
-    sdk = _seen(sandbox, key=None)
+    sdk = _seen(sandbox, customer=lead(1, 10**9)["customer_external_id"])
 
     sandbox.call("reset")
     sandbox.call("set_faults", **fault)
@@ -137,21 +137,24 @@ def lost_response(sandbox: RemoteSandbox, path: Path, fault: dict[str, Any]) -> 
         token=TOKEN, host=sandbox.url, database_url=f"sqlite:///{path}",
         rate_limit=None, read_timeout=READ_TIMEOUT,
     )  # fmt: skip
-    event_id = client.track_lead(**lead(2, 10**9)).event_id
+    client.track_lead(**lead(2, 10**9))
     time.sleep(window)  # the same time with the fault on as the SDK's call took
     sandbox.call("clear_faults")
     client.flush(timeout=30)  # deliver now rather than at the breaker's next probe
     client.close()
-    ours = _seen(sandbox, key=event_id)
+    if fault.get("stall"):
+        time.sleep(STALL)  # a stalled attempt still in the sandbox is counted too
+    ours = _seen(sandbox, customer=lead(2, 10**9)["customer_external_id"])
     return {
         "sdk": {**sdk, "caller_s": round(window, 2), "caller_outcome": sdk_outcome},
         "cms_outbox": {**ours, "caller_s": 0.0, "caller_outcome": "returned"},
     }
 
 
-def _seen(sandbox: RemoteSandbox, key: str | None) -> dict[str, int]:
-    received = [r for r in sandbox.call("requests") if key is None or r.idempotency_key == key]
-    accepted = [a for a in sandbox.call("accepted") if key is None or a.idempotency_key == key]
+def _seen(sandbox: RemoteSandbox, customer: str) -> dict[str, int]:
+    """How often the sandbox received and accepted this customer's (single) event."""
+    received = [r for r in sandbox.call("requests") if r.customer_external_id == customer]
+    accepted = [a for a in sandbox.call("accepted") if a.customer_external_id == customer]
     return {"received": len(received), "accepted": len(accepted)}
 
 

@@ -363,7 +363,20 @@ class CMSClient:
         if self._closed:
             raise ClientClosed("this CMSClient is closed")
 
+    def _before_fork(self) -> None:
+        # A child forked in the middle of a pass would inherit an open SQLite transaction
+        # (and SQLite's own locks) that it can never finish: fork between passes.
+        self._held_for_fork = not self._closed and self.flusher.hold(
+            self.settings.attempt_timeout + 1
+        )
+
+    def _after_fork_in_parent(self) -> None:
+        if getattr(self, "_held_for_fork", False):
+            self._held_for_fork = False
+            self.flusher.release_hold()
+
     def _after_fork(self) -> None:
+        self._held_for_fork = False
         if self._closed:
             return
         if self._owns_engine:
@@ -394,7 +407,11 @@ def _register_lifecycle(client: CMSClient) -> None:
     register = getattr(threading, "_register_atexit", atexit.register)
     register(_close_all)
     if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        os.register_at_fork(
+            before=_before_fork,
+            after_in_parent=_after_fork_in_parent,
+            after_in_child=_after_fork_in_child,
+        )
 
 
 def _close_all() -> None:
@@ -403,6 +420,16 @@ def _close_all() -> None:
             client.close()
         except Exception:
             logger.exception("closing %r at exit failed", client)
+
+
+def _before_fork() -> None:
+    for client in list(_clients):
+        client._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for client in list(_clients):
+        client._after_fork_in_parent()
 
 
 def _after_fork_in_child() -> None:

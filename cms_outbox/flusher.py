@@ -86,6 +86,13 @@ class Flusher:
         self._pass_lock = threading.Lock()
         self._pause_cleared = False
 
+    def hold(self, timeout: float) -> bool:
+        """Wait for the running pass and keep new ones from starting (around ``fork()``)."""
+        return self._pass_lock.acquire(timeout=timeout)
+
+    def release_hold(self) -> None:
+        self._pass_lock.release()
+
     @property
     def busy(self) -> bool:
         return self._pass_lock.locked()

@@ -34,8 +34,12 @@ def postgres_url() -> Iterator[str]:
         pytest.skip("CMS_OUTBOX_TEST_POSTGRES_URL is not set")
     engine = create_engine(POSTGRES_URL)
     with engine.begin() as conn:
-        for table in ("cms_outbox_attempts", "cms_outbox_events", "cms_outbox_control",
-                      "cms_outbox_alembic_version"):
+        for table in (
+            "cms_outbox_attempts",
+            "cms_outbox_events",
+            "cms_outbox_control",
+            "cms_outbox_alembic_version",
+        ):
             conn.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
     engine.dispose()
     yield POSTGRES_URL

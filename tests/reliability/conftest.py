@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -170,7 +171,13 @@ class Processes:
         self.workdir = workdir
         self.started: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
 
-    def spawn(self, argv: list[str], name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    def spawn(
+        self, argv: list[str], name: str, lifetime: float = 600.0
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        """Start ``argv``; coreutils' ``timeout`` ends it after ``lifetime`` seconds even if
+        this test run dies without its teardown (a daemon must not outlive CI)."""
+        if shutil.which("timeout"):
+            argv = ["timeout", "--kill-after=10", str(lifetime), *argv]
         output = self.workdir / f"{name}.out"
         stream = output.open("wb")
         process = subprocess.Popen(
@@ -207,6 +214,8 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def launcher_process() -> Iterator[LauncherProcess]:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the launcher forks and watches its children through /proc: Linux only")
     process = LauncherProcess()
     try:
         yield process

@@ -171,6 +171,9 @@ def launcher() -> None:
         if pid == 0:
             _child(command)  # never returns
         say(pid)
+    # stdin closed: the test run is over (or was killed). Take our children with us: the
+    # launcher runs in a session of its own, so its process group is exactly them and us.
+    os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 def _child(command: dict[str, Any]) -> None:

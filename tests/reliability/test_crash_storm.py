@@ -1,11 +1,13 @@
 """Crash storm: a flusher SIGKILLed at random moments, again and again, loses nothing and
 doubles nothing.
 
-A writer process enqueues EVENTS events for 200 customers (deferred setups with their
-follow-ups without ``click_id``, standard leads, sales) while flusher processes deliver
-them and are SIGKILLed KILLS times at random moments, each restarted at once. Leases are
-short (2 s) and the sandbox answers after a few milliseconds, so kills land with
-requests in flight and rows leased. A last flusher then runs to completion.
+A writer process enqueues 10,000 events (EVENTS) for 200 customers: deferred setups with
+their follow-ups without ``click_id``, standard leads, sales. Meanwhile flusher processes
+deliver them and are SIGKILLed 32 times (KILLS) at seeded random moments, each restarted at
+once. Leases are short (2 s) and the sandbox answers after 4 ms, so kills land with
+requests in flight and rows leased. A last flusher then runs to completion: every event
+must be accepted exactly once, each customer's in enqueue order, none dead. (The whole
+test takes 80-100 s on a busy 2-core machine.)
 """
 
 from __future__ import annotations

@@ -11,12 +11,13 @@ follow-ups of a dead deferred setup, fencing by owner.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hypothesis import settings
+import pytest
+from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -29,17 +30,21 @@ from hypothesis.stateful import (
 from sqlalchemy import Engine, delete, select
 
 from cms_outbox import database, migrate
+from cms_outbox import store as store_module
 from cms_outbox.events import build_lead
 from cms_outbox.results import EventState
 from cms_outbox.schema import attempts, events
 from cms_outbox.store import Outcome, Store
 
-import collections
-STATS = collections.Counter()
+# Store.lease reclaims expired leases at most once per SWEEP_INTERVAL seconds of ``now``.
+SWEEP_INTERVAL = float(getattr(store_module, "SWEEP_INTERVAL", 0.0))
+
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
 PENDING, IN_FLIGHT, DELIVERED, DEAD, BLOCKED = (state.value for state in EventState)
 UNFINISHED = (PENDING, IN_FLIGHT, BLOCKED)
 OWNERS = st.sampled_from(["owner-a", "owner-b"])
+CUSTOMERS = st.sampled_from(["alice", "bob"])
+LATE = st.sampled_from([False, False, False, True])  # mostly the lease holder reports
 FINAL = st.sampled_from([EventState.DELIVERED, EventState.DEAD, EventState.PENDING])
 
 
@@ -64,6 +69,7 @@ class Model:
 
     def __init__(self) -> None:
         self.rows: list[Row] = []  # in sequence (enqueue) order
+        self.next_sweep = 0.0
 
     def by_seq(self, seq: int) -> Row | None:
         return next((row for row in self.rows if row.seq == seq), None)
@@ -88,9 +94,12 @@ class Model:
                     row.state = BLOCKED
 
     def lease(self, owner: str, limit: int, now: float, duration: float) -> list[int]:
-        for row in self.rows:
-            if row.state == IN_FLIGHT and row.expires is not None and row.expires <= now:
-                row.state, row.owner, row.expires = PENDING, None, None
+        if now >= self.next_sweep:  # expired leases are reclaimed once per SWEEP_INTERVAL
+            for row in self.rows:
+                if row.state == IN_FLIGHT and row.expires is not None and row.expires <= now:
+                    row.state, row.owner, row.expires = PENDING, None, None
+            self.next_sweep = now + SWEEP_INTERVAL
+        # Blocking is not deferred to a sweep: a follow-up of a dead setup is never sent.
         self.block_followups()
         eligible = [
             row
@@ -155,14 +164,15 @@ class EventStateMachine(RuleBasedStateMachine):
         self.now = T0
         self.leased: list[int] = []  # every seq ever leased, to record late outcomes too
 
-    @initialize(customers=st.lists(st.sampled_from(["alice", "bob", "carol"]), min_size=1))
+    @initialize(customers=st.lists(CUSTOMERS, min_size=1, max_size=2))
     def first_events(self, customers: list[str]) -> None:
         for customer in customers:
             self.insert(customer, "standard")
 
+    @precondition(lambda self: sum(row.state in UNFINISHED for row in self.model.rows) < 6)
     @rule(
-        customer=st.sampled_from(["alice", "bob", "carol"]),
-        kind=st.sampled_from(["setup", "followup", "standard"]),
+        customer=CUSTOMERS,
+        kind=st.sampled_from(["setup", "setup", "followup", "followup", "standard"]),
     )
     def insert(self, customer: str, kind: str) -> None:
         click = None if kind == "followup" else "click"
@@ -177,7 +187,22 @@ class EventStateMachine(RuleBasedStateMachine):
                 event.created_at)
         )  # fmt: skip
 
-    @rule(seconds=st.sampled_from([0.0, 0.5, 1.0, 4.0, 10.0, 29.0, 31.0]))
+    @precondition(lambda self: any(row.setup and row.state == DEAD for row in self.model.rows))
+    @rule(data=st.data())
+    def track_after_a_rejected_setup(self, data: st.DataObject) -> None:
+        """The application keeps tracking a customer whose deferred setup was rejected."""
+        dead = [row.customer for row in self.model.rows if row.setup and row.state == DEAD]
+        self.insert(data.draw(st.sampled_from(sorted(set(dead)))), "followup")
+
+    @precondition(lambda self: any(row.state == BLOCKED for row in self.model.rows))
+    @rule(data=st.data())
+    def retry_a_blocked_followup(self, data: st.DataObject) -> None:
+        """An operator retries a blocked follow-up alone, its setup still dead."""
+        row = data.draw(st.sampled_from([r for r in self.model.rows if r.state == BLOCKED]))
+        expected = self.model.retry([row.event_id], [], self.now)
+        assert self.store.retry([row.event_id], now=self.now) == expected == 1
+
+    @rule(seconds=st.sampled_from([0.0, 0.0, 0.5, 1.0, 4.0, 29.0, 31.0]))
     def advance(self, seconds: float) -> None:
         self.now += seconds
 
@@ -193,27 +218,49 @@ class EventStateMachine(RuleBasedStateMachine):
             assert lease.attempts == row.attempts
         self.leased.extend(expected)
 
+    def results(self, data: st.DataObject, late: bool) -> tuple[str, list[int]]:
+        """An owner and some of its leased rows; when ``late``, any owner and any rows ever
+        leased (an owner whose lease expired or was taken over, reporting anyway)."""
+        current = [row for row in self.model.rows if row.state == IN_FLIGHT]
+        if current and not late:
+            owner = data.draw(st.sampled_from(sorted({str(row.owner) for row in current})))
+            mine = [row.seq for row in current if row.owner == owner]
+            return owner, data.draw(st.lists(st.sampled_from(mine), min_size=1, unique=True))
+        seqs = st.lists(st.sampled_from(self.leased), min_size=1, max_size=3, unique=True)
+        return data.draw(OWNERS), data.draw(seqs)
+
     @precondition(lambda self: self.leased)
-    @rule(
-        owner=OWNERS,
-        data=st.data(),
-        delay=st.sampled_from([0.0, 3.0, 40.0]),
-    )
-    def record(self, owner: str, data: st.DataObject, delay: float) -> None:
-        seqs = data.draw(st.lists(st.sampled_from(self.leased), min_size=1, max_size=3,
-                                  unique=True))  # fmt: skip
-        outcomes = []
-        for seq in seqs:
-            state = data.draw(FINAL)
-            retry_at = self.now + delay if state is EventState.PENDING else None
-            outcomes.append(
-                Outcome(seq=seq, state=state, label=state.value, started_at=self.now,
-                        duration=0.01, next_attempt_at=retry_at)
-            )  # fmt: skip
-        got = self.store.record(owner, outcomes)
-        STATS["late"] += got.count(False)
-        STATS["applied"] += got.count(True)
-        assert got == self.model.record(owner, outcomes)
+    @rule(data=st.data(), late=LATE, delay=st.sampled_from([0.0, 1.0, 3.0]))
+    def record(self, data: st.DataObject, late: bool, delay: float) -> None:
+        owner, seqs = self.results(data, late)
+        outcomes = [self.outcome(seq, data.draw(FINAL), delay) for seq in seqs]
+        assert self.store.record(owner, outcomes) == self.model.record(owner, outcomes)
+
+    @precondition(lambda self: any(r.setup and r.state == IN_FLIGHT for r in self.model.rows))
+    @rule(data=st.data())
+    def reject_a_setup(self, data: st.DataObject) -> None:
+        """The service refuses a deferred setup (a 422): its follow-ups must now wait."""
+        setups = [row for row in self.model.rows if row.setup and row.state == IN_FLIGHT]
+        row = data.draw(st.sampled_from(setups))
+        owner, outcomes = str(row.owner), [self.outcome(row.seq, EventState.DEAD, 0.0)]
+        assert self.store.record(owner, outcomes) == self.model.record(owner, outcomes) == [True]
+
+    @precondition(lambda self: self.leased)
+    @rule(data=st.data(), late=LATE, limit=st.integers(0, 3))
+    def exchange(self, data: st.DataObject, late: bool, limit: int) -> None:
+        """What a busy flusher does: record a round of outcomes and lease, in one go."""
+        owner, seqs = self.results(data, late)
+        outcomes = [self.outcome(seq, data.draw(FINAL), 1.0) for seq in seqs]
+        applied, leases = self.store.exchange(owner, outcomes, limit, self.now, 30.0)
+        assert applied == self.model.record(owner, outcomes)
+        expected = self.model.lease(owner, limit, self.now, 30.0) if limit > 0 else []
+        assert [lease.seq for lease in leases] == expected
+        self.leased.extend(expected)
+
+    def outcome(self, seq: int, state: EventState, delay: float) -> Outcome:
+        retry_at = self.now + delay if state is EventState.PENDING else None
+        return Outcome(seq=seq, state=state, label=state.value, started_at=self.now,
+                       duration=0.01, next_attempt_at=retry_at)  # fmt: skip
 
     @rule(owner=OWNERS, data=st.data(), everything=st.booleans())
     def release(self, owner: str, data: st.DataObject, everything: bool) -> None:
@@ -227,7 +274,6 @@ class EventStateMachine(RuleBasedStateMachine):
         ids = [row.event_id for row in self.model.rows]
         chosen = data.draw(st.lists(st.sampled_from(ids), max_size=3, unique=True)) if ids else []
         expected = self.model.retry(chosen, [state.value for state in states], self.now)
-        STATS["retried"] += expected
         assert self.store.retry(chosen, states=states, now=self.now) == expected
 
     @invariant()
@@ -243,14 +289,6 @@ class EventStateMachine(RuleBasedStateMachine):
             for row in self.model.rows
         ]
         assert [tuple(row) for row in stored] == expected
-
-    @invariant()
-    def stats(self) -> None:
-        import collections
-        C = STATS
-        for row in self.model.rows:
-            C[row.state] += 1
-        C["steps"] += 1
 
     @invariant()
     def blocked_rows_wait_for_a_dead_setup(self) -> None:
@@ -270,6 +308,23 @@ class EventStateMachine(RuleBasedStateMachine):
                 assert row.owner is None and row.expires is None
 
 
+SWEEP_BUG = (
+    "Store.lease blocks the follow-ups of a dead deferred setup only in its sweep, at most "
+    "once per SWEEP_INTERVAL (1 s) of `now`: a follow-up that becomes pending after the "
+    "setup died (tracked later, or retried alone) is leased and sent without its "
+    "association in that window, and the service rejects it (404: dead instead of blocked)"
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    engine = database.create(f"sqlite:///{tmp_path / 'outbox.db'}", durability="normal")
+    migrate.upgrade(engine)
+    yield Store(engine)
+    engine.dispose()
+
+
+@pytest.mark.xfail(strict=True, reason=SWEEP_BUG)
 def test_event_states_follow_the_model(tmp_path: Path) -> None:
     engine = database.create(f"sqlite:///{tmp_path / 'outbox.db'}", durability="normal")
     try:
@@ -278,13 +333,55 @@ def test_event_states_follow_the_model(tmp_path: Path) -> None:
         run_state_machine_as_test(
             EventStateMachine,
             settings=settings(
-                max_examples=80,
-                stateful_step_count=40,
+                max_examples=50,
+                stateful_step_count=50,
                 deadline=None,
                 derandomize=True,  # the same runs on every machine
                 database=None,
+                # Shrinking a 50-step run takes minutes on a 2-core CI machine: a failure is
+                # reported as found (add Phase.shrink locally for a minimal example).
+                phases=[Phase.explicit, Phase.reuse, Phase.generate],
+                report_multiple_bugs=False,
             ),
         )
     finally:
         engine.dispose()
-        print(STATS)
+
+
+def dead_setup(store: Store, customer: str) -> None:
+    """Store a deferred setup for ``customer``; lease it and record the service's 422."""
+    at = datetime.fromtimestamp(T0, timezone.utc)
+    setup = build_lead("lead_captured", customer, "click", mode="deferred", now=at)
+    assert store.insert(setup) is None
+    [lease] = store.lease("flusher", 10, T0, 30.0)
+    assert lease.event_id == setup.event_id
+    rejected = Outcome(seq=lease.seq, state=EventState.DEAD, label="dead", started_at=T0,
+                       duration=0.01, status_code=422)  # fmt: skip
+    assert store.record("flusher", [rejected]) == [True]
+
+
+@pytest.mark.xfail(strict=True, reason=SWEEP_BUG)
+def test_a_followup_tracked_after_its_setup_died_is_blocked_not_leased(store: Store) -> None:
+    dead_setup(store, "alice")
+    at = datetime.fromtimestamp(T0 + 0.5, timezone.utc)
+    followup = build_lead("kyc_completed", "alice", now=at)  # no click_id: needs the setup
+    assert store.insert(followup) is None
+    assert store.lease("flusher", 10, T0 + 0.5, 30.0) == []
+    assert store.count_by_state() == {"dead": 1, "blocked": 1}
+
+
+@pytest.mark.xfail(strict=True, reason=SWEEP_BUG)
+def test_a_blocked_followup_retried_alone_is_blocked_again_not_leased(store: Store) -> None:
+    at = datetime.fromtimestamp(T0, timezone.utc)
+    followup = build_lead("kyc_completed", "alice", now=at)
+    setup_first = build_lead("lead_captured", "alice", "click", mode="deferred", now=at)
+    assert store.insert(setup_first) is None and store.insert(followup) is None
+    [lease] = store.lease("flusher", 10, T0, 30.0)
+    rejected = Outcome(seq=lease.seq, state=EventState.DEAD, label="dead", started_at=T0,
+                       duration=0.01, status_code=422)  # fmt: skip
+    assert store.record("flusher", [rejected]) == [True]
+    assert store.count_by_state() == {"dead": 1, "blocked": 1}
+    # e.g. `cms-outbox retry --blocked`: the setup is still dead, so it must stay held.
+    assert store.retry(states=[EventState.BLOCKED], now=T0 + 0.5) == 1
+    assert store.lease("flusher", 10, T0 + 0.5, 30.0) == []
+    assert store.count_by_state() == {"dead": 1, "blocked": 1}

@@ -26,7 +26,7 @@ from tests.conftest import TOKEN
 from .conftest import integrity, query, wait_for
 
 SEED = 9091
-SHORT_LEASE = {"lease_seconds": 2.0, "connect_timeout": 0.5, "read_timeout": 1.0}
+SHORT_LEASE: dict[str, Any] = {"lease_seconds": 2.0, "connect_timeout": 0.5, "read_timeout": 1.0}
 Build = Callable[[Path], None]
 
 

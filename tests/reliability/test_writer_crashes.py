@@ -42,7 +42,7 @@ def test_writers_killed_mid_call_keep_every_returned_event(
     url = f"sqlite:///{path}"
     writers: dict[str, Child] = {}
     for round_ in range(ROUNDS):
-        pair = {f"writer-{round_}-{side}": None for side in "ab"}
+        pair = [f"writer-{round_}-{side}" for side in "ab"]
         children = [
             launcher.start("lead_loop", customer, database_url=url, customer=customer)
             for customer in pair

@@ -1,0 +1,415 @@
+"""The examples and deployment files, run for real: servers on loopback, driven over HTTP.
+
+Each test starts the real server (Flask's, uvicorn, gunicorn, the ``cms-outbox run``
+daemon) as a subprocess on a free loopback port, talks to it over HTTP and asserts
+what the sandbox received. Every process is stopped in teardown, even on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import pytest
+import requests
+from sqlalchemy import create_engine, text
+
+from cms_outbox import CMSClient
+from cms_outbox.sandbox import Sandbox
+from tests.conftest import TOKEN, wait_until
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+DEPLOY = ROOT / "deploy"
+SCRIPTS = Path(sysconfig.get_path("scripts"))  # where pip put the cms-outbox command
+STARTUP = 60.0  # seconds a server may take to accept connections (a loaded 2-core CI)
+REQUEST_TIMEOUT = 60.0
+DELIVERY = 60.0  # seconds for the sandbox to receive what was tracked
+
+
+class Server:
+    """A server process with its output in a log file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log: TextIO = log_path.open("w")
+        self.process = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True,  # its own group: see close()
+        )  # fmt: skip
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, url: str, timeout: float = STARTUP) -> None:
+        """Until ``url`` answers (any status); fails at once if the process died."""
+
+        def answers() -> bool:
+            assert self.process.poll() is None, f"server exited early:\n{self.log()}"
+            try:
+                requests.get(url, timeout=5)
+            except requests.RequestException:
+                return False
+            return True
+
+        assert wait_until(answers, timeout=timeout, step=0.1), f"not ready:\n{self.log()}"
+
+    def stop(self, timeout: float = 40.0) -> int | None:
+        """SIGTERM, then wait; SIGKILL (and None) when it does not stop in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+                return None
+        return self.process.returncode
+
+    def close(self) -> None:
+        """Stop it, then kill what is left of its process group (e.g. a pre-fork server's
+        workers when the master was killed)."""
+        self.stop(timeout=10)
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._log.close()
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start servers; every one is killed (if still running) after the test."""
+    servers: list[Server] = []
+
+    def start(name: str, args: list[str], env: dict[str, str]) -> Server:
+        server = Server(args, env, tmp_path / f"{name}-{len(servers)}.log")
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def app_env(database_url: str, sandbox: Sandbox | None = None) -> dict[str, str]:
+    """The environment the examples read; no token when there is no sandbox."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CMS_")}
+    env.update(CMS_OUTBOX_URL=database_url, CMS_RATE_LIMIT="0", PYTHONUNBUFFERED="1")
+    env["PATH"] = f"{SCRIPTS}{os.pathsep}{env.get('PATH', '')}"
+    if sandbox is not None:
+        env.update(CMS_BEARER_TOKEN=TOKEN, CMS_HOST=sandbox.url)
+    return env
+
+
+def post_all(calls: list[tuple[str, dict[str, Any]]], threads: int) -> list[requests.Response]:
+    """POST concurrently, one connection per request (so a pre-fork server spreads them)."""
+
+    def post(call: tuple[str, dict[str, Any]]) -> requests.Response:
+        url, body = call
+        return requests.post(
+            url, json=body, headers={"Connection": "close"}, timeout=REQUEST_TIMEOUT
+        )
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(post, calls))
+
+
+def count(database_url: str, sql: str) -> int:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(sql)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def drop_users(database_url: str) -> None:
+    """Forget a previous run's users (PostgreSQL); a SQLite file is new for every test."""
+    if database_url.startswith("sqlite"):
+        return  # and creating the file here would bypass the outbox's mode 0600
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS users"))
+    finally:
+        engine.dispose()
+
+
+# -- Flask + SQLAlchemy: the transactional outbox -------------------------------------------
+
+
+def test_flask_signup_stores_user_and_lead_together_or_neither(
+    database_url: str, sandbox: Sandbox, launch: Callable[..., Server]
+) -> None:
+    drop_users(database_url)
+    port = free_port()
+    server = launch(
+        "flask",
+        [sys.executable, "-m", "flask", "--app", str(EXAMPLES / "flask_app.py"), "run",
+         "--host", "127.0.0.1", "--port", str(port)],
+        app_env(database_url, sandbox),
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    server.wait_ready(base)
+    try:
+        signups = [
+            {"email": f"user{n}@example.com", "name": f"User {n}", "click_id": f"clk_{n}"}
+            for n in range(6)
+        ]
+        created = post_all([(f"{base}/signup", body) for body in signups], threads=3)
+        assert [r.status_code for r in created] == [201] * 6, server.log()
+        duplicate = requests.post(
+            f"{base}/signup",
+            json={"email": "user0@example.com", "name": "Again"},
+            timeout=REQUEST_TIMEOUT,
+        )
+        assert duplicate.status_code == 409
+        invalid = requests.post(  # the lead fails validation: the user is not created either
+            f"{base}/signup",
+            json={"email": "bad@example.com", "click_id": 123},
+            timeout=REQUEST_TIMEOUT,
+        )
+        assert invalid.status_code == 422 and invalid.json()["field"] == "click_id"
+
+        users = {r.json()["event_id"]: r.json()["user_id"] for r in created}
+        assert sandbox.wait_for(lambda sb: len(sb.accepted) >= 6, timeout=DELIVERY), server.log()
+        assert all(sandbox.accepted_count(event_id) == 1 for event_id in users)
+        assert len(sandbox.accepted) == 6
+        assert sorted(a.customer_external_id for a in sandbox.accepted) == sorted(users.values())
+        emails = sorted(a.payload["customerEmail"] for a in sandbox.accepted)
+        assert emails == sorted(body["email"] for body in signups)
+
+        assert count(database_url, "SELECT count(*) FROM users") == 6
+        assert count(database_url, "SELECT count(*) FROM users WHERE name = 'Again'") == 0
+        assert count(database_url, "SELECT count(*) FROM cms_outbox_events") == 6
+    finally:
+        server.stop()
+        drop_users(database_url)
+
+
+# -- FastAPI under uvicorn -------------------------------------------------------------------
+
+
+def test_fastapi_concurrent_requests_each_delivered_once(
+    sqlite_url: str, sandbox: Sandbox, launch: Callable[..., Server]
+) -> None:
+    port = free_port()
+    server = launch(
+        "uvicorn",
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(EXAMPLES), "fastapi_app:app",
+         "--host", "127.0.0.1", "--port", str(port)],
+        app_env(sqlite_url, sandbox),
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    server.wait_ready(base)
+    calls: list[tuple[str, dict[str, Any]]] = []
+    for n in range(60):
+        customer = {"customer_id": f"user_{n}", "click_id": f"clk_{n}"}
+        calls.append((f"{base}/signups", {**customer, "email": f"user{n}@example.com"}))
+        purchase = {**customer, "invoice_id": f"inv_{n}", "amount": 4999, "currency": "USD"}
+        calls.append((f"{base}/purchases", purchase))
+    responses = post_all(calls, threads=16)
+    assert [r.status_code for r in responses] == [200] * 120, server.log()
+    event_ids = [r.json()["event_id"] for r in responses]
+    assert len(set(event_ids)) == 120
+
+    invalid = requests.post(
+        f"{base}/purchases",
+        json={"customer_id": "u", "click_id": "c", "invoice_id": "inv_x", "amount": 1,
+              "currency": "dollars"},
+        timeout=REQUEST_TIMEOUT,
+    )  # fmt: skip
+    assert invalid.status_code == 422 and invalid.json()["field"] == "currency"
+
+    assert sandbox.wait_for(lambda sb: len(sb.accepted) >= 120, timeout=DELIVERY), server.log()
+    assert all(sandbox.accepted_count(event_id) == 1 for event_id in event_ids)
+    assert len(sandbox.accepted) == 120
+    assert Counter(a.kind for a in sandbox.accepted) == {"lead": 60, "sale": 60}
+    # uvicorn shuts down gracefully (the lifespan closes the client), then re-raises SIGTERM.
+    assert server.stop() in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in server.log(), server.log()
+
+
+# -- gunicorn: 4 workers, a background flusher in each -----------------------------------------
+
+
+# Forking while the master's flusher has a SQLite transaction open copies SQLite's lock
+# state into the child, whose writes then fail with "database is locked" for good.
+FORK_DURING_PASS = pytest.mark.xfail(
+    reason="the library does not quiesce its flusher and close its SQLite connections "
+    "before fork: workers forked during the master's first pass cannot write",
+    strict=False,
+)
+
+
+@pytest.mark.parametrize(
+    "preload",
+    [False, pytest.param(True, marks=FORK_DURING_PASS)],
+    ids=["fork-then-import", "preload"],
+)
+def test_gunicorn_workers_each_deliver_and_nothing_is_sent_twice(
+    sqlite_url: str,
+    sandbox: Sandbox,
+    launch: Callable[..., Server],
+    preload: bool,
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    server = launch(
+        "gunicorn",
+        [sys.executable, "-m", "gunicorn", "-c", str(EXAMPLES / "gunicorn.conf.py"),
+         "--chdir", str(EXAMPLES), "--bind", f"127.0.0.1:{port}", "-w", "4",
+         # Preloaded workers import nothing at boot: a short timeout ends a stuck one early.
+         *(["--preload", "--timeout", "10"] if preload else []), "gunicorn_app:app"],
+        {**app_env(sqlite_url, sandbox), "HOME": str(tmp_path)},  # its control socket
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    server.wait_ready(f"{base}/health")
+    booted = re.compile(r"Booting worker with pid: (\d+)")
+    assert wait_until(lambda: len(booted.findall(server.log())) >= 4, timeout=STARTUP)
+
+    calls = [(f"{base}/signup/user_{n % 50}?click_id=clk_{n}", {}) for n in range(200)]
+    responses = post_all(calls, threads=8)
+    assert [r.status_code for r in responses] == [200] * 200, server.log()
+    enqueued_by = {r.json()["event_id"]: r.json()["pid"] for r in responses}
+    assert len(enqueued_by) == 200
+    served = Counter(enqueued_by.values())
+    assert len(served) >= 2, f"one worker served every request: {served}"
+
+    # Never flush(): only the flushers running in the processes deliver.
+    assert sandbox.wait_for(lambda sb: len(sb.accepted) >= 200, timeout=DELIVERY), server.log()
+    assert all(sandbox.accepted_count(event_id) == 1 for event_id in enqueued_by)
+    assert len(sandbox.accepted) == 200
+
+    delivered = re.compile(r"\[(\d+)\] gunicorn_app: delivered (\S+)")
+    # on_delivered runs once the answer is recorded, just after the sandbox counted it.
+    assert wait_until(lambda: len(delivered.findall(server.log())) >= 200, timeout=DELIVERY)
+    log = server.log()
+    delivered_by = {event_id: int(pid) for pid, event_id in delivered.findall(log)}
+    assert set(delivered_by) == set(enqueued_by)
+    # Every worker that served a fair share woke its own flusher: none died after fork.
+    silent = [pid for pid, n in served.items() if n >= 5 and pid not in delivered_by.values()]
+    assert not silent, f"workers {silent} delivered nothing:\n{log}"
+    assert "Traceback" not in log and "flusher pass failed" not in log, log
+    assert server.stop() == 0, server.log()
+
+
+# -- a worker that only enqueues, beside one daemon --------------------------------------------
+
+
+def test_worker_enqueues_without_token_and_the_daemon_delivers(
+    sqlite_url: str, sandbox: Sandbox, launch: Callable[..., Server]
+) -> None:
+    daemon = launch(
+        "daemon",
+        [str(SCRIPTS / "cms-outbox"), "run", "--rate-limit", "0", "--interval", "0.2"],
+        app_env(sqlite_url, sandbox),
+    )
+    orders = [
+        {"customer_id": f"user_{n % 10}", "click_id": f"clk_{n}", "invoice_id": f"inv_{n}",
+         "amount": 100 + n, "currency": "EUR"}
+        for n in range(40)
+    ]  # fmt: skip
+    orders.append({"customer_id": "user_x", "invoice_id": "inv_bad", "amount": 9.99,
+                   "currency": "EUR"})  # fmt: skip
+    worker_env = app_env(sqlite_url)  # no token, no host: it only enqueues
+    assert "CMS_BEARER_TOKEN" not in worker_env
+    worker = subprocess.run(
+        [sys.executable, str(EXAMPLES / "worker.py")],
+        input="".join(json.dumps(order) + "\n" for order in orders),
+        env=worker_env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert worker.returncode == 0, worker.stderr
+    assert "stored 40 sales for delivery, rejected 1" in worker.stderr
+    assert "inv_bad rejected" in worker.stderr
+
+    assert sandbox.wait_for(lambda sb: len(sb.accepted) >= 40, timeout=DELIVERY), daemon.log()
+    assert len(sandbox.accepted) == 40
+    invoices = Counter(a.payload["invoiceId"] for a in sandbox.accepted)
+    assert invoices == Counter(f"inv_{n}" for n in range(40))
+    assert daemon.stop(timeout=30) == 0, daemon.log()
+    assert "cms-outbox run: stopped" in daemon.log()
+
+
+# -- deployment files -------------------------------------------------------------------------
+
+
+def test_docker_entrypoint_migrates_runs_the_daemon_and_stops_on_sigterm(
+    sqlite_url: str, sandbox: Sandbox, launch: Callable[..., Server]
+) -> None:
+    env = app_env(sqlite_url, sandbox)
+    entrypoint = str(DEPLOY / "docker-entrypoint.sh")
+    daemon = launch(
+        "entrypoint", ["bash", entrypoint, "--rate-limit", "0", "--interval", "0.2"], env
+    )
+    assert wait_until(lambda: "cms-outbox run: delivering" in daemon.log(), timeout=STARTUP), (
+        daemon.log()
+    )
+    assert daemon.process.poll() is None
+    with CMSClient(database_url=sqlite_url, flush="off") as app:
+        ids = [app.track_lead("signup", f"user_{n}", click_id="clk").event_id for n in range(20)]
+    assert sandbox.wait_for(lambda sb: len(sb.accepted) >= 20, timeout=DELIVERY), daemon.log()
+    assert all(sandbox.accepted_count(event_id) == 1 for event_id in ids)
+
+    # The HEALTHCHECK command in the comment, run through the entrypoint (not `run`).
+    script = (DEPLOY / "docker-entrypoint.sh").read_text()
+    healthcheck = re.search(r"HEALTHCHECK .*\n#\s+CMD cms-outbox (.+)", script)
+    assert healthcheck is not None and healthcheck.group(1) == "health --max-pending-age 10m"
+    health = subprocess.run(
+        ["bash", entrypoint, *healthcheck.group(1).split(), "--json"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert health.returncode == 0, health.stdout + health.stderr
+    assert json.loads(health.stdout)["healthy"] is True
+
+    assert daemon.stop(timeout=30) == 0, daemon.log()  # exec: the daemon itself got SIGTERM
+    assert "cms-outbox run: stopped" in daemon.log()
+
+
+def test_systemd_units_are_valid_and_stop_with_sigterm(tmp_path: Path) -> None:
+    unit = (DEPLOY / "cms-outbox.service").read_text()
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and line[:1].isalpha()
+    )
+    assert settings["ExecStart"] == "cms-outbox run"
+    assert settings["KillSignal"] == "SIGTERM"
+    assert settings["Restart"] == "on-failure"
+    assert int(settings["TimeoutStopSec"]) >= 20  # longer than one HTTP attempt plus margin
+    assert settings["EnvironmentFile"] == "/etc/cms-outbox/env"
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed: the units were not verified")
+    # verify insists that the command exists: point it at the installed one.
+    units = []
+    for source in sorted(DEPLOY.glob("cms-outbox*.*")):
+        target = tmp_path / source.name
+        target.write_text(
+            re.sub(r"^(Exec\w*=)cms-outbox", rf"\g<1>{SCRIPTS / 'cms-outbox'}",
+                   source.read_text(), flags=re.M)
+        )  # fmt: skip
+        units.append(str(target))
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=60
+    )
+    # Unknown keys and bad values are only warnings: any output is a failure.
+    assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
