@@ -115,6 +115,9 @@ class Flusher:
         :raises StorageError: the database failed (leases simply expire).
         """
         with self._pass_lock:
+            # Passes never overlap: a row still leased by us was stranded by a pass that
+            # failed (database error); hand it back rather than wait out its lease.
+            self.store.release(self.owner)
             if probe:
                 self.breaker.probe_now()
             return _Pass(self, deadline, stop).run()

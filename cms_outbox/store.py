@@ -68,7 +68,7 @@ DEAD = EventState.DEAD.value
 BLOCKED = EventState.BLOCKED.value
 UNFINISHED = (PENDING, IN_FLIGHT, BLOCKED)
 CONTROL_ROW = "default"
-# Seconds between sweeps for expired leases and newly blocked follow-ups while leasing.
+# Seconds between sweeps for expired leases while leasing.
 SWEEP_INTERVAL = 1.0
 
 _INSERT_COLUMNS = (
@@ -285,9 +285,9 @@ class Store:
     def lease(self, owner: str, limit: int, now: float, duration: float) -> list[Lease]:
         """Lease up to ``limit`` eligible rows to ``owner`` until ``now + duration``.
 
-        First, at most once per ``SWEEP_INTERVAL`` of ``now``, expired leases are
-        reclaimed and follow-ups of dead deferred setups are blocked, in the same
-        transaction. Rows come back in enqueue order.
+        First, in the same transaction, follow-ups of dead deferred setups are blocked
+        and (at most once per ``SWEEP_INTERVAL`` of ``now``) expired leases are
+        reclaimed. Rows come back in enqueue order.
         """
         return self.exchange(owner, (), limit, now, duration)[1]
 
@@ -296,8 +296,8 @@ class Store:
     ) -> list[Lease]:
         if now >= self._next_sweep:  # a busy flusher leases many times a second
             self._reclaim_expired(conn, now)
-            self._block_followups(conn)
             self._next_sweep = now + SWEEP_INTERVAL
+        self._block_followups(conn)  # never deferred: a follow-up of a dead setup is never sent
         earlier = events.alias("earlier")
         held_back = exists().where(
             earlier.c.customer_external_id == events.c.customer_external_id,

@@ -308,14 +308,6 @@ class EventStateMachine(RuleBasedStateMachine):
                 assert row.owner is None and row.expires is None
 
 
-SWEEP_BUG = (
-    "Store.lease blocks the follow-ups of a dead deferred setup only in its sweep, at most "
-    "once per SWEEP_INTERVAL (1 s) of `now`: a follow-up that becomes pending after the "
-    "setup died (tracked later, or retried alone) is leased and sent without its "
-    "association in that window, and the service rejects it (404: dead instead of blocked)"
-)
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     engine = database.create(f"sqlite:///{tmp_path / 'outbox.db'}", durability="normal")
@@ -324,7 +316,6 @@ def store(tmp_path: Path) -> Iterator[Store]:
     engine.dispose()
 
 
-@pytest.mark.xfail(strict=True, reason=SWEEP_BUG)
 def test_event_states_follow_the_model(tmp_path: Path) -> None:
     engine = database.create(f"sqlite:///{tmp_path / 'outbox.db'}", durability="normal")
     try:
@@ -360,7 +351,6 @@ def dead_setup(store: Store, customer: str) -> None:
     assert store.record("flusher", [rejected]) == [True]
 
 
-@pytest.mark.xfail(strict=True, reason=SWEEP_BUG)
 def test_a_followup_tracked_after_its_setup_died_is_blocked_not_leased(store: Store) -> None:
     dead_setup(store, "alice")
     at = datetime.fromtimestamp(T0 + 0.5, timezone.utc)
@@ -370,7 +360,6 @@ def test_a_followup_tracked_after_its_setup_died_is_blocked_not_leased(store: St
     assert store.count_by_state() == {"dead": 1, "blocked": 1}
 
 
-@pytest.mark.xfail(strict=True, reason=SWEEP_BUG)
 def test_a_blocked_followup_retried_alone_is_blocked_again_not_leased(store: Store) -> None:
     at = datetime.fromtimestamp(T0, timezone.utc)
     followup = build_lead("kyc_completed", "alice", now=at)

@@ -213,8 +213,8 @@ def test_full_disk_is_a_storage_error_and_the_outbox_recovers_when_space_is_free
 
         filler.unlink()  # the cause is fixed: the same client stores and delivers again
         stored.append(client.track_lead("step", "c", click_id="c").event_id)
-        # A flush cut short by the full disk may have left a lease behind (see the xfail
-        # below): delivery resumes at the latest when it expires.
+        # A flush cut short by the full disk may have left a lease behind: the next pass
+        # hands it back, so delivery resumes at once.
         wait_for(
             lambda: client.flush(timeout=5).pending == 0,
             30,
@@ -229,12 +229,6 @@ def test_full_disk_is_a_storage_error_and_the_outbox_recovers_when_space_is_free
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Flusher strands its own leases after a StorageError mid-pass: the rows stay "
-    "in_flight under the live flusher's owner token until the lease expires (41 s by "
-    "default), so the next flush() delivers nothing and FIFO holds the customer back",
-)
 def test_after_a_storage_error_mid_pass_the_next_flush_delivers_at_once(
     tmp_path: Path, make_sandbox: Callable[..., Sandbox]
 ) -> None:
