@@ -22,8 +22,12 @@ VERSION_TABLE = "cms_outbox_alembic_version"
 
 
 def _script_location() -> str:
-    # The repository's top-level migrations/ folder, shipped inside the package.
-    migrations = importlib.import_module("cms_outbox.migrations")
+    # The repository's top-level migrations/ folder, shipped inside the package; a
+    # source checkout imported without installing has it beside the package instead.
+    try:
+        migrations = importlib.import_module("cms_outbox.migrations")
+    except ModuleNotFoundError:
+        return str(Path(__file__).resolve().parent.parent / "migrations")
     return str(Path(str(migrations.__file__)).parent)
 
 
