@@ -7,8 +7,8 @@ anything touches the database.
 from __future__ import annotations
 
 import json
+import os
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -27,6 +27,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
 _WHITESPACE = re.compile(r"\s")
+# Built once: ``json.dumps`` with non-default options builds a new encoder per call.
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 @dataclass(frozen=True)
@@ -103,21 +105,30 @@ def format_timestamp(moment: datetime) -> str:
     """ISO 8601 in UTC with millisecond precision and a ``Z``; naive datetimes are UTC."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    utc = moment.astimezone(timezone.utc)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    utc = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return utc.isoformat(timespec="milliseconds") + "Z"
 
 
 def _event(kind: str, payload: dict[str, Any], invoice_id: str | None, now: datetime) -> Event:
     return Event(
-        event_id=str(uuid.uuid4()),
+        event_id=new_event_id(),
         kind=kind,
         customer_external_id=payload["customerExternalId"],
         click_id=payload.get("clickId"),
         mode=payload.get("mode"),
         invoice_id=invoice_id,
-        payload=json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+        payload=_encode_json(payload),
         created_at=now.timestamp(),
     )
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID string, as ``str(uuid.uuid4())`` at half its cost."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _stamp_and_describe(
@@ -144,6 +155,8 @@ def _text(field: str, value: Any, limit: int, *, required: bool = False) -> str:
         raise ValidationError(field, "must not be empty")
     if len(value) > limit:
         raise ValidationError(field, f"is {len(value)} characters long; the limit is {limit}")
+    if value.isascii() and value.isprintable():  # the common case, without the regexes
+        return value
     if _CONTROL.search(value):
         raise ValidationError(field, "must not contain control characters")
     if _SURROGATE.search(value):
