@@ -102,6 +102,7 @@ class CMSClient:
             self.settings.database_url, durability=self.settings.durability
         )
         self._closed = False
+        self._fork_holds: list[Callable[[], None]] = []
         try:
             migrate.ensure_schema(self.engine, auto_migrate=self.settings.auto_migrate)
         except BaseException:
@@ -364,19 +365,23 @@ class CMSClient:
             raise ClientClosed("this CMSClient is closed")
 
     def _before_fork(self) -> None:
-        # A child forked in the middle of a pass would inherit an open SQLite transaction
-        # (and SQLite's own locks) that it can never finish: fork between passes.
-        self._held_for_fork = not self._closed and self.flusher.hold(
-            self.settings.attempt_timeout + 1
-        )
+        # A child forked in the middle of a pass or an enqueue would inherit an open SQLite
+        # transaction (and SQLite's own locks) that it can never finish: fork between them.
+        self._fork_holds = []
+        if self._closed:
+            return
+        timeout = self.settings.attempt_timeout + 1
+        for holder in (self.flusher, self.store):
+            if holder.hold(timeout):
+                self._fork_holds.append(holder.release_hold)
 
     def _after_fork_in_parent(self) -> None:
-        if getattr(self, "_held_for_fork", False):
-            self._held_for_fork = False
-            self.flusher.release_hold()
+        holds, self._fork_holds = self._fork_holds, []
+        for release in holds:
+            release()
 
     def _after_fork(self) -> None:
-        self._held_for_fork = False
+        self._fork_holds = []
         if self._closed:
             return
         if self._owns_engine:

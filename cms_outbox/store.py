@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,6 +50,7 @@ from sqlalchemy.orm import Session
 from .database import READ_ONLY
 from .errors import StorageError
 from .events import Event
+from .group_commit import GroupCommit
 from .policy import Bucket
 from .results import EventState
 from .schema import NOTIFY_CHANNEL, attempts, control, events
@@ -75,8 +74,8 @@ _INSERT_COLUMNS = (
     "event_id", "kind", "customer_external_id", "click_id", "mode", "invoice_id",
     "payload", "state", "attempts", "next_attempt_at", "created_at",
 )  # fmt: skip
-# The enqueue hot path on SQLite: one prepared autocommit statement on the pooled DB-API
-# connection. SQLAlchemy Core's per-statement overhead alone would double its cost.
+# The enqueue hot path on SQLite: one prepared statement on a DB-API connection of its
+# own, group-committed. SQLAlchemy Core's per-statement overhead alone would double its cost.
 _SQLITE_INSERT = (
     f"INSERT INTO {events.name} ({', '.join(_INSERT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_INSERT_COLUMNS))}) "
@@ -129,10 +128,12 @@ class Store:
         """
         self.engine = engine
         self.bookkeeping = bookkeeping or engine
-        self._fast_insert = engine.dialect.name == "sqlite"
         self._next_sweep = 0.0
-        self._enqueue_local = threading.local()
-        self._enqueue_holders: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
+        self._group = (
+            GroupCommit(self._enqueue_connection, _SQLITE_INSERT)
+            if engine.dialect.name == "sqlite"
+            else None
+        )
 
     # -- enqueue ---------------------------------------------------------------
 
@@ -149,48 +150,44 @@ class Store:
             with _storage_errors("storing the event in the application's transaction"):
                 conn = connection.connection() if isinstance(connection, Session) else connection
                 return self._insert_core(conn, event)
-        if self._fast_insert:
-            return self._insert_sqlite(event)
+        if self._group is not None:
+            return self._insert_sqlite(self._group, event)
         with _storage_errors("storing the event"), self.engine.begin() as conn:
             return self._insert_core(conn, event)
 
-    def _insert_sqlite(self, event: Event) -> dict[str, Any] | None:
-        params = _insert_params(event)
+    def _insert_sqlite(self, group: GroupCommit, event: Event) -> dict[str, Any] | None:
         try:
-            conn = self._enqueue_connection()
-            stored = conn.execute(_SQLITE_INSERT, params).rowcount == 1
-            conn.commit()  # a no-op in our autocommit mode; commits under a legacy-mode engine
+            stored = group.insert(_insert_params(event))
         except (sqlite3.Error, SQLAlchemyError) as exc:
             raise StorageError(f"storing the event failed: {exc}") from exc
         return None if stored else self._existing_sale(event)
 
     def _enqueue_connection(self) -> sqlite3.Connection:
-        # One DB-API connection per thread, detached from the pool: a pool checkout and
-        # its reset-on-return would cost more than the insert itself. It closes when its
-        # thread ends (garbage collection) or with ``close()``.
-        holder: _ThreadConnection | None = getattr(self._enqueue_local, "holder", None)
-        if holder is None or holder.conn is None:
-            raw = self.engine.raw_connection()  # configured by the engine's connect hooks
-            conn = raw.dbapi_connection
-            raw.detach()
-            assert isinstance(conn, sqlite3.Connection)
-            holder = self._enqueue_local.holder = _ThreadConnection(conn)
-            self._enqueue_holders.add(holder)
-        assert holder.conn is not None
-        return holder.conn
+        # A DB-API connection of its own, detached from the pool: a pool checkout and its
+        # reset-on-return would cost more than the insert itself.
+        raw = self.engine.raw_connection()  # configured by the engine's connect hooks
+        conn = raw.dbapi_connection
+        raw.detach()
+        assert isinstance(conn, sqlite3.Connection)
+        return conn
 
     def close(self) -> None:
-        """Close the per-thread enqueue connections (the engines are the caller's)."""
-        for holder in list(self._enqueue_holders):
-            holder.close()
-        self._enqueue_holders.clear()
+        """Close the enqueue connection (the engines are the caller's)."""
+        if self._group is not None:
+            self._group.close()
+
+    def hold(self, timeout: float) -> bool:
+        """Wait for the enqueue under way and hold back new ones (around ``fork()``)."""
+        return self._group is None or self._group.hold(timeout)
+
+    def release_hold(self) -> None:
+        if self._group is not None:
+            self._group.release_hold()
 
     def after_fork(self) -> None:
-        """Forget the parent's connections without closing them (they are not ours)."""
-        for holder in list(self._enqueue_holders):
-            holder.conn = None
-        self._enqueue_holders = weakref.WeakSet()
-        self._enqueue_local = threading.local()
+        """Forget the parent's enqueue connection without closing it (it is not ours)."""
+        if self._group is not None:
+            self._group.after_fork()
 
     def _insert_core(self, conn: Connection, event: Event) -> dict[str, Any] | None:
         values = dict(zip(_INSERT_COLUMNS, _insert_params(event)))
@@ -595,23 +592,6 @@ def _applied_row(outcome: Outcome) -> dict[str, Any]:
         "b_error": outcome.error,
         "b_response": outcome.response,
     }
-
-
-class _ThreadConnection:
-    """Owns one thread's enqueue connection; closes it when the thread's locals go."""
-
-    __slots__ = ("__weakref__", "conn")
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn: sqlite3.Connection | None = conn
-
-    def close(self) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.close()
-
-    def __del__(self) -> None:
-        self.close()
 
 
 def _attempt_row(outcome: Outcome) -> dict[str, Any]:

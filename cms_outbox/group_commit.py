@@ -1,0 +1,138 @@
+"""Group commit for the SQLite enqueue: concurrent callers share one transaction and fsync.
+
+With ``synchronous=FULL`` a commit waits for the disk about as long as everything
+else an enqueue does. Threads that arrive while a commit is under way queue up, and
+the next of them to lead writes the whole queue in one transaction: several threads
+then enqueue faster together than one alone. A lone caller pays one lock round trip.
+Every caller still returns only once its own row is durable, with its own result.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["GroupCommit"]
+
+
+class _Entry:
+    """One caller's row and, once written, its result."""
+
+    __slots__ = ("done", "error", "params", "stored")
+
+    def __init__(self, params: Sequence[Any]) -> None:
+        self.params = params
+        self.done = False
+        self.stored = False
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Runs one INSERT per caller on a single connection, batching concurrent callers."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], sql: str) -> None:
+        """:param connect: opens the connection (autocommit or the driver's legacy mode).
+        :param sql: the INSERT; its conflict clause may skip a row (``stored`` False).
+        """
+        self._connect = connect
+        self._sql = sql
+        self._conn: sqlite3.Connection | None = None
+        self._forget()
+
+    def _forget(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: list[_Entry] = []
+        self._leading = False
+
+    def insert(self, params: Sequence[Any]) -> bool:
+        """Insert one row, committed on return: True if stored, False if skipped.
+
+        :raises sqlite3.Error: (or whatever opening the connection raised) for this row.
+        """
+        entry = _Entry(params)
+        with self._cond:
+            self._queue.append(entry)
+            while self._leading and not entry.done:
+                self._cond.wait()
+            batch = None
+            if not entry.done:
+                self._leading = True
+                batch, self._queue = self._queue, []
+        if batch is not None:
+            self._lead(batch)
+        if entry.error is not None:
+            raise entry.error
+        return entry.stored
+
+    def hold(self, timeout: float) -> bool:
+        """Wait for the write under way and keep new ones from starting (around ``fork()``)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: not self._leading, timeout):
+                return False
+            self._leading = True
+            return True
+
+    def release_hold(self) -> None:
+        with self._cond:
+            self._leading = False
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Close the connection once the write under way (if any) is done."""
+        with self._cond:
+            while self._leading:
+                self._cond.wait()
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def after_fork(self) -> None:
+        """In a forked child: drop the parent's connection unclosed, and its queue."""
+        self._conn = None
+        self._forget()
+
+    def _lead(self, batch: list[_Entry]) -> None:
+        try:
+            self._write(batch)
+        except BaseException:  # e.g. KeyboardInterrupt: no caller may wait forever
+            for entry in batch:
+                if not entry.done:  # rolled back or never tried
+                    entry.error = sqlite3.OperationalError("interrupted before it was stored")
+            raise
+        finally:
+            with self._cond:
+                for entry in batch:
+                    entry.done = True
+                self._leading = False
+                self._cond.notify_all()
+
+    def _write(self, batch: list[_Entry]) -> None:
+        try:
+            conn = self._connection()
+            if len(batch) > 1:  # alone, the INSERT is its own transaction
+                conn.execute("BEGIN IMMEDIATE")
+            try:
+                for entry in batch:
+                    entry.stored = conn.execute(self._sql, entry.params).rowcount == 1
+                conn.commit()  # a no-op for a lone INSERT in autocommit mode
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+                batch[0].done = True
+            else:  # nothing of the batch was written: each alone, to its own fate
+                for entry in batch:
+                    self._write([entry])
+            return
+        for entry in batch:
+            entry.done = True
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn

@@ -1,0 +1,202 @@
+"""Group commit (``cms_outbox.group_commit``): concurrent enqueues share a transaction.
+
+A transaction held open by another connection makes callers pile up behind the
+first one, so the batches formed are known; the rows land in a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cms_outbox import CMSClient
+from cms_outbox.group_commit import GroupCommit
+from tests.conftest import wait_until
+
+SQL = "INSERT INTO t (v) VALUES (?) ON CONFLICT(v) DO NOTHING"
+
+
+class Recorded:
+    """Opens autocommit WAL connections to ``path`` and records the statements they run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.statements: list[str] = []
+        with self.open() as conn:
+            conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE)")
+
+    def open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA busy_timeout = 30000")
+        return conn
+
+    def connect(self) -> sqlite3.Connection:
+        conn = self.open()
+        conn.set_trace_callback(self.statements.append)
+        return conn
+
+    def values(self) -> list[str]:
+        with self.open() as conn:
+            return [row[0] for row in conn.execute("SELECT v FROM t ORDER BY id")]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Recorded:
+    return Recorded(tmp_path / "group.db")
+
+
+@pytest.fixture
+def group(db: Recorded) -> Iterator[GroupCommit]:
+    group = GroupCommit(db.connect, SQL)
+    yield group
+    group.close()
+
+
+def behind_a_writer(
+    db: Recorded, group: GroupCommit, values: list[Any]
+) -> list[bool | BaseException]:
+    """Insert ``values`` from one thread each while another connection holds the write
+    lock: the first caller waits inside its INSERT, the others queue behind it."""
+    blocker = db.open()
+    blocker.execute("BEGIN IMMEDIATE")
+    results: list[bool | BaseException] = [False] * len(values)
+
+    def insert(n: int) -> None:
+        try:
+            results[n] = group.insert((values[n],))
+        except sqlite3.Error as exc:
+            results[n] = exc
+
+    threads = [threading.Thread(target=insert, args=(0,))]
+    threads[0].start()
+    assert wait_until(lambda: group._leading)
+    threads += [threading.Thread(target=insert, args=(n,)) for n in range(1, len(values))]
+    for thread in threads[1:]:
+        thread.start()
+    assert wait_until(lambda: len(group._queue) == len(values) - 1)
+    blocker.rollback()
+    blocker.close()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
+
+
+def test_callers_queued_behind_a_commit_share_the_next_transaction(
+    db: Recorded, group: GroupCommit
+) -> None:
+    values = [f"v{n}" for n in range(8)]
+    assert behind_a_writer(db, group, values) == [True] * 8
+    assert sorted(db.values()) == sorted(values)
+    inserts = [s for s in db.statements if s.startswith("INSERT")]
+    assert len(inserts) == 8
+    # The first INSERT ran alone; the seven that queued behind it in one transaction.
+    assert db.statements.count("BEGIN IMMEDIATE") == 1
+    assert db.statements.count("COMMIT") == 1
+
+
+def test_a_failing_row_fails_alone_and_a_skipped_row_says_so(
+    db: Recorded, group: GroupCommit
+) -> None:
+    results = behind_a_writer(db, group, ["first", "a", None, "a", "b"])
+    assert results[0] is True
+    assert results[1] is True
+    assert isinstance(results[2], sqlite3.IntegrityError)  # NOT NULL, its own error
+    assert results[3] is False  # the conflict clause skipped the repeat
+    assert results[4] is True
+    assert sorted(db.values()) == ["a", "b", "first"]
+    assert "ROLLBACK" in db.statements  # the batch was undone, then each row went alone
+
+
+def test_a_lone_caller_commits_without_an_explicit_transaction(
+    db: Recorded, group: GroupCommit
+) -> None:
+    assert group.insert(("solo",)) is True
+    assert group.insert(("solo",)) is False
+    expanded = SQL.replace("?", "'solo'")  # the trace shows bound values
+    assert db.statements == [expanded, expanded]
+    assert db.values() == ["solo"]
+
+
+def test_an_unopenable_database_fails_every_caller(tmp_path: Path) -> None:
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(tmp_path / "missing" / "dir" / "x.db")
+
+    group = GroupCommit(connect, SQL)
+    with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+        group.insert(("x",))
+    assert not group._leading  # the next caller is not left waiting for a leader
+
+
+def test_close_waits_for_the_write_under_way(db: Recorded, group: GroupCommit) -> None:
+    blocker = db.open()
+    blocker.execute("BEGIN IMMEDIATE")
+    writer = threading.Thread(target=group.insert, args=(("late",),))
+    writer.start()
+    assert wait_until(lambda: group._leading)
+    closer = threading.Thread(target=group.close)
+    closer.start()
+    closer.join(timeout=0.2)
+    assert closer.is_alive()  # still waiting for the INSERT
+    blocker.rollback()
+    writer.join(timeout=30)
+    closer.join(timeout=30)
+    assert not closer.is_alive()
+    assert db.values() == ["late"]
+
+
+def test_many_threads_of_a_client_each_get_their_own_event(sqlite_url: str) -> None:
+    """Through the client with durability full: every call stores exactly its own row,
+    and a sale repeated across threads is stored once."""
+    client = CMSClient(database_url=sqlite_url, flush="off")
+
+    def track(n: int) -> tuple[str, str]:
+        lead = client.track_lead("signup", f"customer_{n % 7}", click_id=f"click_{n}")
+        sale = client.track_sale("purchase", f"customer_{n % 7}", f"inv_{n % 50}", 100, "USD")
+        return lead.event_id, sale.event_id
+
+    with ThreadPoolExecutor(16) as pool:
+        pairs = list(pool.map(track, range(400)))
+    client.close()
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
+        rows = dict(conn.execute("SELECT event_id, kind FROM cms_outbox_events").fetchall())
+    leads = {lead for lead, _ in pairs}
+    sales = {sale for _, sale in pairs}
+    assert len(leads) == 400 and all(rows[event_id] == "lead" for event_id in leads)
+    assert len(sales) == 50 and all(rows[event_id] == "sale" for event_id in sales)
+    assert len(rows) == 450
+
+
+def _track_in_child(client: CMSClient) -> None:
+    client.track_lead("signup", "child")
+    client.close()
+
+
+def test_fork_waits_for_the_write_under_way(sqlite_url: str) -> None:
+    """A child forked mid-write would inherit a transaction and SQLite locks it can
+    never finish (its own inserts then fail as "database is locked"): fork waits."""
+    client = CMSClient(database_url=sqlite_url, flush="off")
+    path = sqlite_url.removeprefix("sqlite:///")
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    writer = threading.Thread(target=client.track_lead, args=("signup", "parent"))
+    writer.start()
+    assert wait_until(lambda: client.store._group is not None and client.store._group._leading)
+    threading.Timer(0.5, blocker.rollback).start()  # the write goes through during fork()
+    child = multiprocessing.get_context("fork").Process(target=_track_in_child, args=(client,))
+    child.start()
+    child.join(timeout=60)
+    writer.join(timeout=60)
+    client.close()
+    blocker.close()
+    assert child.exitcode == 0
+    with sqlite3.connect(path) as conn:
+        query = "SELECT customer_external_id FROM cms_outbox_events ORDER BY id"
+        assert [row[0] for row in conn.execute(query)] == ["parent", "child"]
