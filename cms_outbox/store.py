@@ -295,49 +295,20 @@ class Store:
             self._reclaim_expired(conn, now)
             self._next_sweep = now + SWEEP_INTERVAL
         self._block_followups(conn)  # never deferred: a follow-up of a dead setup is never sent
-        earlier = events.alias("earlier")
-        held_back = exists().where(
-            earlier.c.customer_external_id == events.c.customer_external_id,
-            earlier.c.id < events.c.id,
-            earlier.c.state.in_(UNFINISHED),
-        )
-        candidates = (
-            select(events.c.id)
-            .where(events.c.state == PENDING, events.c.next_attempt_at <= now, ~held_back)
-            .order_by(events.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        leased = update(events).values(
-            state=IN_FLIGHT, lease_owner=owner, lease_expires_at=now + duration
-        )
-        columns = (
-            events.c.id, events.c.event_id, events.c.kind, events.c.customer_external_id,
-            events.c.mode, events.c.payload, events.c.attempts, events.c.created_at,
-        )  # fmt: skip
+        params = {"now": now, "limit": limit, "owner": owner, "expires": now + duration}
         if conn.dialect.name == "mysql":  # no LIMIT in an IN subquery, no RETURNING
-            ids = list(conn.execute(candidates).scalars())
-            conn.execute(leased.where(events.c.id.in_(ids)))
-            rows = conn.execute(select(*columns).where(events.c.id.in_(ids))).all()
+            ids = list(conn.execute(_ELIGIBLE, params).scalars())
+            conn.execute(_LEASE_IDS, {**params, "ids": ids})
+            rows = conn.execute(select(*_LEASE_COLUMNS).where(events.c.id.in_(ids))).all()
         else:
-            rows = conn.execute(
-                leased.where(events.c.id.in_(candidates.scalar_subquery())).returning(*columns)
-            ).all()
+            rows = conn.execute(_LEASE_ELIGIBLE, params).all()
         return sorted((Lease(*row) for row in rows), key=lambda lease: lease.seq)
 
     def _reclaim_expired(self, conn: Connection, now: float) -> None:
-        conn.execute(
-            update(events)
-            .where(events.c.state == IN_FLIGHT, events.c.lease_expires_at <= now)
-            .values(state=PENDING, lease_owner=None, lease_expires_at=None)
-        )
+        conn.execute(_RECLAIM_EXPIRED, {"now": now})
 
     def _block_followups(self, conn: Connection) -> int:
-        dead_setups = conn.execute(
-            select(events.c.customer_external_id, func.min(events.c.id))
-            .where(events.c.state == DEAD, events.c.mode == "deferred")
-            .group_by(events.c.customer_external_id)
-        ).all()
+        dead_setups = conn.execute(_DEAD_SETUPS).all()
         blocked = 0
         for customer, setup_seq in dead_setups:
             delivered_setup = (
@@ -552,6 +523,49 @@ class Store:
 
 
 _NOTIFY = text(f"NOTIFY {NOTIFY_CHANNEL}")
+
+# Statements of the busy flusher's every round, built once: building one (and its cache
+# key) costs more than SQLite takes to run it, all while holding the GIL the senders need.
+_earlier = events.alias("earlier")
+# Eligible: pending, due, and no earlier row of the customer unfinished (FIFO).
+_ELIGIBLE = (
+    select(events.c.id)
+    .where(
+        events.c.state == PENDING,
+        events.c.next_attempt_at <= bindparam("now", type_=Double),
+        ~exists().where(
+            _earlier.c.customer_external_id == events.c.customer_external_id,
+            _earlier.c.id < events.c.id,
+            _earlier.c.state.in_(UNFINISHED),
+        ),
+    )
+    .order_by(events.c.id)
+    .limit(bindparam("limit", type_=Integer))
+    .with_for_update(skip_locked=True)
+)
+_LEASE = update(events).values(
+    state=IN_FLIGHT,
+    lease_owner=bindparam("owner", type_=Text),
+    lease_expires_at=bindparam("expires", type_=Double),
+)
+_LEASE_COLUMNS = (
+    events.c.id, events.c.event_id, events.c.kind, events.c.customer_external_id,
+    events.c.mode, events.c.payload, events.c.attempts, events.c.created_at,
+)  # fmt: skip
+_LEASE_ELIGIBLE = _LEASE.where(events.c.id.in_(_ELIGIBLE.scalar_subquery())).returning(
+    *_LEASE_COLUMNS
+)
+_LEASE_IDS = _LEASE.where(events.c.id.in_(bindparam("ids", expanding=True)))
+_RECLAIM_EXPIRED = (
+    update(events)
+    .where(events.c.state == IN_FLIGHT, events.c.lease_expires_at <= bindparam("now", type_=Double))
+    .values(state=PENDING, lease_owner=None, lease_expires_at=None)
+)
+_DEAD_SETUPS = (
+    select(events.c.customer_external_id, func.min(events.c.id))
+    .where(events.c.state == DEAD, events.c.mode == "deferred")
+    .group_by(events.c.customer_external_id)
+)
 # Which rows of a batch are still ours: a result is recorded only under a matching lease.
 _STILL_LEASED = (
     select(events.c.id)
