@@ -133,7 +133,10 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 def _check_host(host: str, allow_insecure: bool) -> None:
     if not isinstance(host, str):
         raise ConfigurationError(f"host must be an http(s) URL, got {host!r}")
-    parts = urlsplit(host)
+    try:
+        parts = urlsplit(host)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise ConfigurationError(f"host must be an http(s) URL, got {host!r}: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(f"host must be an http(s) URL, got {host!r}")
     if parts.scheme == "http" and not allow_insecure and not _is_loopback(parts.hostname):

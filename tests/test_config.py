@@ -94,7 +94,9 @@ def test_https_is_accepted_anywhere(host: str) -> None:
     assert resolve(environ={}, host=host, flush="off").host == host
 
 
-@pytest.mark.parametrize("host", ["api.cme.sh", "ftp://api.cme.sh", "https://", "", 443])
+@pytest.mark.parametrize(
+    "host", ["api.cme.sh", "ftp://api.cme.sh", "https://", "", 443, "https://[::1"]
+)
 def test_host_must_be_an_http_url(host: Any) -> None:
     with pytest.raises(ConfigurationError, match="host"):
         Settings(host=host, flush="off")
