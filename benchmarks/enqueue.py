@@ -284,6 +284,7 @@ def main() -> None:
         contenders = {
             "track_lead_full": outbox(directory, "full", calls),
             "raw_sqlite3_full": raw_sqlite(directory, "FULL", calls),
+            "raw_sqlite3_outbox_schema_full": raw_sqlite_outbox_schema(directory, "FULL", calls),
             "track_lead_normal": outbox(directory, "normal", calls),
             "raw_sqlite3_normal": raw_sqlite(directory, "NORMAL", calls),
             "raw_sqlite3_outbox_schema_normal": raw_sqlite_outbox_schema(
@@ -323,6 +324,12 @@ def main() -> None:
     print()
     ratios = {
         "track_lead_full_vs_raw_full": ratio(us["track_lead_full"], us["raw_sqlite3_full"]),
+        "track_lead_full_vs_raw_outbox_schema_full": ratio(
+            us["track_lead_full"], us["raw_sqlite3_outbox_schema_full"]
+        ),
+        "raw_outbox_schema_full_vs_raw_full": ratio(
+            us["raw_sqlite3_outbox_schema_full"], us["raw_sqlite3_full"]
+        ),
         "track_lead_normal_vs_raw_normal": ratio(us["track_lead_normal"], us["raw_sqlite3_normal"]),
         "track_lead_normal_vs_raw_outbox_schema_normal": ratio(
             us["track_lead_normal"], us["raw_sqlite3_outbox_schema_normal"]

@@ -42,9 +42,13 @@ class GroupCommit:
         self._forget()
 
     def _forget(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # Entered as the plain lock (C speed) on the lone caller's path; waited on as
+        # the condition only when a write is under way.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._queue: list[_Entry] = []
         self._leading = False
+        self._waiting = 0
 
     def insert(self, params: Sequence[Any]) -> bool:
         """Insert one row, committed on return: True if stored, False if skipped.
@@ -52,10 +56,10 @@ class GroupCommit:
         :raises sqlite3.Error: (or whatever opening the connection raised) for this row.
         """
         entry = _Entry(params)
-        with self._cond:
+        with self._lock:
             self._queue.append(entry)
-            while self._leading and not entry.done:
-                self._cond.wait()
+            if self._leading:
+                self._wait(lambda: entry.done or not self._leading)
             batch = None
             if not entry.done:
                 self._leading = True
@@ -68,25 +72,33 @@ class GroupCommit:
 
     def hold(self, timeout: float) -> bool:
         """Wait for the write under way and keep new ones from starting (around ``fork()``)."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: not self._leading, timeout):
+        with self._lock:
+            if not self._wait(lambda: not self._leading, timeout):
                 return False
             self._leading = True
             return True
 
     def release_hold(self) -> None:
-        with self._cond:
+        with self._lock:
             self._leading = False
-            self._cond.notify_all()
+            if self._waiting:
+                self._cond.notify_all()
 
     def close(self) -> None:
         """Close the connection once the write under way (if any) is done."""
-        with self._cond:
-            while self._leading:
-                self._cond.wait()
+        with self._lock:
+            self._wait(lambda: not self._leading)
             conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+    def _wait(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        """With the lock held: wait until ``predicate()``, counted so a leader notifies."""
+        self._waiting += 1
+        try:
+            return self._cond.wait_for(lambda: not self._leading, timeout)
+        finally:
+            self._waiting -= 1
 
     def after_fork(self) -> None:
         """In a forked child: drop the parent's connection unclosed, and its queue."""
@@ -102,11 +114,12 @@ class GroupCommit:
                     entry.error = sqlite3.OperationalError("interrupted before it was stored")
             raise
         finally:
-            with self._cond:
+            with self._lock:
                 for entry in batch:
                     entry.done = True
                 self._leading = False
-                self._cond.notify_all()
+                if self._waiting:
+                    self._cond.notify_all()
 
     def _write(self, batch: list[_Entry]) -> None:
         try:
