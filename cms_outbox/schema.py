@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 __all__ = ["NOTIFY_CHANNEL", "attempts", "control", "events", "metadata"]
@@ -26,6 +27,8 @@ metadata = MetaData()
 
 # PostgreSQL: every enqueue notifies this channel in its transaction; idle flushers LISTEN.
 NOTIFY_CHANNEL = "cms_outbox_events"
+
+HAS_INVOICE = text("invoice_id IS NOT NULL")
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias), not BIGINT.
 SequenceId = BigInteger().with_variant(Integer(), "sqlite")
@@ -53,8 +56,15 @@ events = Table(
     Column("last_error", Text),
     Column("last_response", Text),
     UniqueConstraint("event_id", name="uq_cms_outbox_events_event_id"),
-    # A sale's natural key: the constraint, not a lookup that can race, turns a repeat into a no-op.
-    UniqueConstraint("invoice_id", name="uq_cms_outbox_events_invoice_id"),
+    # A sale's natural key: the index, not a lookup that can race, turns a repeat into a
+    # no-op. Partial: leads have no invoice id, and an enqueue should not pay for one.
+    Index(
+        "uq_cms_outbox_events_invoice_id",
+        "invoice_id",
+        unique=True,
+        sqlite_where=HAS_INVOICE,
+        postgresql_where=HAS_INVOICE,
+    ),  # fmt: skip
     # The lease scan walks one state in enqueue order; FIFO looks up a customer's earlier rows.
     Index("ix_cms_outbox_events_state_id", "state", "id"),
     Index("ix_cms_outbox_events_customer_id", "customer_external_id", "id"),

@@ -53,7 +53,7 @@ from .events import Event
 from .group_commit import GroupCommit
 from .policy import Bucket
 from .results import EventState
-from .schema import NOTIFY_CHANNEL, attempts, control, events
+from .schema import HAS_INVOICE, NOTIFY_CHANNEL, attempts, control, events
 
 __all__ = ["Lease", "Outcome", "Store"]
 
@@ -79,7 +79,7 @@ _INSERT_COLUMNS = (
 _SQLITE_INSERT = (
     f"INSERT INTO {events.name} ({', '.join(_INSERT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_INSERT_COLUMNS))}) "
-    "ON CONFLICT(invoice_id) DO NOTHING"
+    "ON CONFLICT(invoice_id) WHERE invoice_id IS NOT NULL DO NOTHING"
 )
 
 
@@ -197,7 +197,7 @@ class Store:
             statement = (
                 module.insert(events)
                 .values(values)
-                .on_conflict_do_nothing(index_elements=["invoice_id"])
+                .on_conflict_do_nothing(index_elements=["invoice_id"], index_where=HAS_INVOICE)
                 .returning(events.c.id)
             )
             stored = len(conn.execute(statement).all())

@@ -58,7 +58,12 @@ def test_empty_database_migrates_to_head(engine: Engine) -> None:
     assert {"ix_cms_outbox_events_state_id", "ix_cms_outbox_events_customer_id",
             "ix_cms_outbox_attempts_event_seq"} <= indexes  # fmt: skip
     uniques = {uq["name"] for uq in inspector.get_unique_constraints("cms_outbox_events")}
-    assert uniques == {"uq_cms_outbox_events_event_id", "uq_cms_outbox_events_invoice_id"}
+    assert uniques == {"uq_cms_outbox_events_event_id"}
+    [invoice_index] = [
+        ix for ix in inspector.get_indexes("cms_outbox_events")
+        if ix["name"] == "uq_cms_outbox_events_invoice_id"
+    ]  # fmt: skip
+    assert invoice_index["unique"] and invoice_index["column_names"] == ["invoice_id"]
     assert all(name.startswith(("ix_cms_outbox_", "uq_cms_outbox_")) for name in indexes if name)
 
 
@@ -72,29 +77,40 @@ def test_client_migrates_on_construction(sqlite_url: str) -> None:
         engine.dispose()
 
 
-def test_upgrade_from_the_previous_revision_keeps_rows(engine: Engine, database_url: str) -> None:
-    migrate.upgrade(engine, "0001")
-    assert migrate.current_revision(engine) == "0001"
-    assert "cms_outbox_control" not in tables(engine)
-    row = {
-        "event_id": "e-1", "kind": "lead", "customer_external_id": "user_1",
-        "payload": '{"eventName":"signup","customerExternalId":"user_1"}', "state": "pending",
-        "attempts": 0, "next_attempt_at": 1.0, "created_at": 1.0,
-    }  # fmt: skip
-    with engine.begin() as conn:  # written by 0001's code, before 0002 existed
-        conn.execute(
-            text(
-                f"INSERT INTO cms_outbox_events ({', '.join(row)}) "
-                f"VALUES ({', '.join(':' + column for column in row)})"
-            ),
-            row,
-        )
+@pytest.mark.parametrize("start", ["0001", "0002"])
+def test_upgrade_from_an_earlier_revision_keeps_rows_and_sale_dedupe(
+    engine: Engine, database_url: str, start: str
+) -> None:
+    migrate.upgrade(engine, start)
+    assert migrate.current_revision(engine) == start
+    assert ("cms_outbox_control" in tables(engine)) is (start != "0001")
+    rows = [
+        {"event_id": "e-1", "kind": "lead", "customer_external_id": "user_1", "invoice_id": None,
+         "payload": '{"eventName":"signup","customerExternalId":"user_1"}'},
+        {"event_id": "e-2", "kind": "sale", "customer_external_id": "user_1",
+         "invoice_id": "inv-1", "payload": '{"eventName":"buy","customerExternalId":"user_1"}'},
+    ]  # fmt: skip
+    with engine.begin() as conn:  # written by the earlier revision's schema
+        for row in rows:
+            values = {**row, "state": "pending", "attempts": 0, "next_attempt_at": 1.0,
+                      "created_at": 1.0}  # fmt: skip
+            conn.execute(
+                text(
+                    f"INSERT INTO cms_outbox_events ({', '.join(values)}) "
+                    f"VALUES ({', '.join(':' + column for column in values)})"
+                ),
+                values,
+            )
     with CMSClient(database_url=database_url, flush="off") as client:  # auto_migrate
         assert client.result("e-1").state.value == "pending"
         assert client.store.control_row()["name"] == "default"  # 0002's row is there
+        again = client.track_sale("buy", "user_1", "inv-1", 100, "USD")
+        assert again.event_id == "e-2"  # the invoice is still the sale's natural key
+        later = client.track_lead("signup", "user_2")
+        assert client.store.get(later.event_id)["id"] > client.store.get("e-2")["id"]
     assert migrate.current_revision(engine) == migrate.head_revision()
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM cms_outbox_events")).scalar_one() == 1
+        assert conn.execute(text("SELECT count(*) FROM cms_outbox_events")).scalar_one() == 3
 
 
 def test_migrated_schema_matches_the_metadata(engine: Engine) -> None:
