@@ -115,6 +115,23 @@ def test_a_failing_row_fails_alone_and_a_skipped_row_says_so(
     assert "ROLLBACK" in db.statements  # the batch was undone, then each row went alone
 
 
+def test_a_connection_in_the_drivers_legacy_mode_commits_batches_and_lone_rows(
+    db: Recorded,
+) -> None:
+    """An application's own engine may leave the driver's implicit transactions on."""
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(db.path, check_same_thread=False)  # isolation_level ""
+        conn.execute("PRAGMA busy_timeout = 30000")
+        return conn
+
+    group = GroupCommit(connect, SQL)
+    assert behind_a_writer(db, group, [f"v{n}" for n in range(5)]) == [True] * 5
+    assert group.insert(("alone",)) is True
+    group.close()
+    assert sorted(db.values()) == sorted([f"v{n}" for n in range(5)] + ["alone"])
+
+
 def test_a_lone_caller_commits_without_an_explicit_transaction(
     db: Recorded, group: GroupCommit
 ) -> None:
