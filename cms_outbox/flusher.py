@@ -67,6 +67,8 @@ class Flusher:
         self._pass_lock = threading.Lock()
         self._slowed = False
         self._pause_cleared = False
+        # Outcomes recorded by every pass of this flusher, a failed pass's included.
+        self.totals = {"delivered": 0, "retried": 0, "dead": 0}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -359,11 +361,13 @@ class _Pass:
                 )
                 continue
             if outcome.state is EventState.DELIVERED:
-                self.counts["delivered"] += 1
+                key = "delivered"
             elif outcome.state is EventState.DEAD:
-                self.counts["dead"] += 1
+                key = "dead"
             else:
-                self.counts["retried"] += 1
+                key = "retried"
+            self.counts[key] += 1
+            self.flusher.totals[key] += 1
             logger.debug("event %s: %s (HTTP %s)", event_id, outcome.label, outcome.status_code)
             self.flusher.notify(outcome, event_id)
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 import time
 from collections import defaultdict
 from typing import Any, Callable
 
-from cms_outbox import CMSClient, EventState, TrackResult
+import pytest
+
+from cms_outbox import CMSClient, EventState, StorageError, TrackResult
 from cms_outbox.sandbox import Sandbox
 from tests.conftest import TOKEN, wait_until
 
@@ -297,3 +300,23 @@ def test_redact_after_delivery_drops_personal_data(make_client: Factory, sandbox
     stored = json.loads(client.store.get(event.event_id)["payload"])  # type: ignore[index]
     personal = ("customerName", "customerEmail", "customerAvatar")
     assert stored == {key: value for key, value in accepted.payload.items() if key not in personal}
+
+
+def test_a_failed_pass_still_counts_what_it_delivered(
+    make_client: Factory, sandbox: Sandbox, sqlite_url: str
+) -> None:
+    """A daemon's stop line sums the flusher's totals: a pass that dies on a storage
+    error after some deliveries must not take their count with it."""
+    path = sqlite_url.removeprefix("sqlite:///")
+
+    def break_storage(result: TrackResult) -> None:
+        with sqlite3.connect(path) as conn:  # the next round's record then fails
+            conn.execute("DROP TABLE IF EXISTS cms_outbox_attempts")
+
+    client = connect(make_client, sandbox, workers=1, on_delivered=break_storage)
+    for n in range(3):
+        client.track_lead("signup", f"user-{n}", click_id=f"click-{n}")
+    with pytest.raises(StorageError):
+        client.flush()
+    assert client.flusher.totals == {"delivered": 1, "retried": 0, "dead": 0}
+    assert len(sandbox.accepted) == 2  # the second answer could not be recorded

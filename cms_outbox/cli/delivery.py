@@ -240,19 +240,6 @@ def _drain(client: CMSClient, timeout: float | None) -> FlushReport:
 # -- run -----------------------------------------------------------------------------------
 
 
-class _Totals:
-    """What this daemon's passes did; written by the pass thread only."""
-
-    def __init__(self, client: CMSClient) -> None:
-        self.client = client
-        self.report = FlushReport()
-
-    def run_pass(self, stop: threading.Event) -> FlushReport:
-        report = self.client.flusher.run_pass(stop=stop)
-        self.report = self.report + report
-        return report
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     settings = resolve_settings(args, deliver=True)
     client = open_client(settings, migrate=True)
@@ -263,9 +250,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             tracker = reports.ActivityTracker(client.engine, settle=settings.lease)
             metrics_server = metrics.serve(tracker, args.metrics_port, args.metrics_address)
-        totals = _Totals(client)
         scheduler = FlushScheduler(
-            totals.run_pass,
+            lambda stop: client.flusher.run_pass(stop=stop),
             interval=settings.interval,
             maintenance=client.purge_expired,
             listen=notify.listener(client.engine),
@@ -287,13 +273,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        done = totals.report
+        done = client.flusher.totals
         logger.info(
             "cms-outbox run: stopped after %s (delivered %d, retried %d, dead %d)",
             reports.format_age(time.monotonic() - started),
-            done.delivered,
-            done.retried,
-            done.dead,
+            done["delivered"],
+            done["retried"],
+            done["dead"],
         )
     finally:
         if metrics_server is not None:
