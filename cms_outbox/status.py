@@ -216,7 +216,7 @@ def _count_due(conn: Connection, now: float) -> int:
     # The lease rule of Store.lease, read-only: an earlier unfinished event of the same
     # customer holds a row back (per-customer FIFO).
     earlier = events.alias("earlier")
-    held_back = exists().where(
+    held_back = exists(earlier.c.id).where(
         earlier.c.customer_external_id == events.c.customer_external_id,
         earlier.c.id < events.c.id,
         earlier.c.state.in_(UNFINISHED),

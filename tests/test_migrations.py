@@ -55,7 +55,7 @@ def test_empty_database_migrates_to_head(engine: Engine) -> None:
     assert migrate.current_revision(engine) == migrate.head_revision()
     inspector = inspect(engine)
     indexes = {ix["name"] for table in OUTBOX_TABLES for ix in inspector.get_indexes(table)}
-    assert {"ix_cms_outbox_events_state_id", "ix_cms_outbox_events_customer_id",
+    assert {"ix_cms_outbox_events_state_id", "ix_cms_outbox_events_customer_state_id",
             "ix_cms_outbox_attempts_event_seq"} <= indexes  # fmt: skip
     uniques = {uq["name"] for uq in inspector.get_unique_constraints("cms_outbox_events")}
     assert uniques == {"uq_cms_outbox_events_event_id"}

@@ -147,3 +147,21 @@ def test_shared_bucket_is_read_and_written_atomically(store: Store) -> None:
     seen = store.with_bucket(lambda b: (Bucket(5.0, T0, 0.5), b))
     assert seen.rate_factor == 1.0
     assert store.with_bucket(lambda b: (b, b)) == Bucket(5.0, T0, 0.5)
+
+
+def test_fifo_check_is_a_covering_index_seek_on_sqlite(sqlite_url: str) -> None:
+    """Leasing must not slow down as delivered history grows: "an earlier row of this
+    customer unfinished" is answered from the (customer, state, id) index alone."""
+    from cms_outbox.store import _ELIGIBLE
+
+    engine = database.create(sqlite_url)
+    migrate.upgrade(engine)
+    eligible = _ELIGIBLE.params(now=T0, limit=16)
+    sql = str(eligible.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        plan = [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+    engine.dispose()
+    assert any("COVERING INDEX ix_cms_outbox_events_customer_state_id" in step for step in plan), (
+        plan
+    )
+    assert any("INDEX ix_cms_outbox_events_state_id" in step for step in plan), plan
