@@ -96,7 +96,7 @@ class GroupCommit:
         """With the lock held: wait until ``predicate()``, counted so a leader notifies."""
         self._waiting += 1
         try:
-            return self._cond.wait_for(lambda: not self._leading, timeout)
+            return self._cond.wait_for(predicate, timeout)
         finally:
             self._waiting -= 1
 
