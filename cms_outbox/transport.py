@@ -44,7 +44,6 @@ class Transport:
         *,
         connect_timeout: float = 3.05,
         read_timeout: float = 10.0,
-        pool_size: int = 8,
     ) -> None:
         self._base = host.rstrip("/")
         headers = {
@@ -63,7 +62,6 @@ class Transport:
         except requests.RequestException as exc:
             raise ConfigurationError(f"host {host!r} is not a usable URL: {exc}") from exc
         self._timeout = (connect_timeout, read_timeout)
-        self._pool_size = pool_size
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
