@@ -133,7 +133,7 @@ def main() -> None:
         drain_peak, drained = sampler.take(), disk(path)
         drained_rss = rss()
 
-        purged = len(client.purge(delivered_older_than=0))
+        purged = client.purge(delivered_older_than=0)
         purge_peak, after_purge = sampler.take(), disk(path)
         client.close()
         gc.collect()

@@ -258,13 +258,14 @@ class CMSClient:
             raise EventNotFound(f"event {event_id!r} is not in the outbox")
         return result_of_row(row)
 
-    def purge_expired(self) -> list[str]:
-        """Delete delivered and dead events older than the retention periods."""
+    def purge_expired(self) -> int:
+        """Delete delivered and dead events older than the retention periods; how many."""
         now = time.time()
-        return self.store.purge(
+        batches = self.store.purge(
             delivered_before=now - self.settings.retention,
             dead_before=now - self.settings.dead_retention,
         )
+        return sum(len(batch) for batch in batches)
 
     def retry(
         self, event_ids: Sequence[str] = (), *, dead: bool = False, blocked: bool = False
@@ -292,22 +293,33 @@ class CMSClient:
         delivered_older_than: float | None = None,
         dead_older_than: float | None = None,
         dry_run: bool = False,
-    ) -> list[str]:
+        each: Callable[[str], object] | None = None,
+    ) -> int:
         """Delete delivered and dead events (with their attempts) older than the given ages.
+
+        Memory stays flat however many events go: they are deleted in batches.
 
         :param delivered_older_than: seconds since delivery; None keeps every delivered event.
         :param dead_older_than: seconds since the last attempt; None keeps every dead event.
         :param dry_run: delete nothing, only report.
-        :returns: the ``event_id`` of every event deleted (or, with ``dry_run``, that would be).
+        :param each: called with the ``event_id`` of every event deleted (or, with
+            ``dry_run``, that would be), batch by batch as each one commits.
+        :returns: how many events were deleted (or would be).
         :raises StorageError: the database failed.
         """
         self._check_open()
         now = time.time()
-        return self.store.purge(
+        count = 0
+        for batch in self.store.purge(
             delivered_before=None if delivered_older_than is None else now - delivered_older_than,
             dead_before=None if dead_older_than is None else now - dead_older_than,
             dry_run=dry_run,
-        )
+        ):
+            count += len(batch)
+            if each is not None:
+                for event_id in batch:
+                    each(event_id)
+        return count
 
     def stats(self) -> Stats:
         """Counters and gauges of this client's outbox, for dashboards and metrics.

@@ -444,14 +444,14 @@ class Store:
         dead_before: float | None = None,
         dry_run: bool = False,
         batch_size: int = 1000,
-    ) -> list[str]:
+    ) -> Iterator[list[str]]:
         """Delete delivered and dead events older than the cut-offs, with their attempts.
 
-        Works in batches of ``batch_size`` rows per transaction so that a large purge
-        never holds a long lock.
+        Works in batches of ``batch_size`` rows per transaction, so a large purge never
+        holds a long lock, nor more than one batch in memory.
 
-        :returns: the ``event_id`` of every event deleted (or, with ``dry_run``, that
-            would be).
+        :returns: an iterator of batches: the ``event_id`` of each event deleted (or, with
+            ``dry_run``, that would be), yielded once its batch is committed.
         """
         conditions = []
         if delivered_before is not None:
@@ -462,9 +462,8 @@ class Store:
             last_touched = func.coalesce(events.c.last_attempt_at, events.c.created_at)
             conditions.append(and_(events.c.state == DEAD, last_touched < dead_before))
         if not conditions:
-            return []
+            return
         selection = conditions[0] if len(conditions) == 1 else conditions[0] | conditions[1]
-        purged: list[str] = []
         after = 0
         while True:
             with _storage_errors("purging events"), self.engine.begin() as conn:
@@ -475,12 +474,12 @@ class Store:
                     .limit(batch_size)
                 ).all()
                 if not rows:
-                    return purged
+                    return
                 seqs = [row.id for row in rows]
                 if not dry_run:
                     conn.execute(delete(attempts).where(attempts.c.event_seq.in_(seqs)))
                     conn.execute(delete(events).where(events.c.id.in_(seqs), selection))
-            purged.extend(row.event_id for row in rows)
+            yield [row.event_id for row in rows]
             after = seqs[-1]
 
     # -- shared pacing and pauses -----------------------------------------------------

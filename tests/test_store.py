@@ -133,12 +133,24 @@ def test_purge_removes_exactly_what_dry_run_listed(store: Store) -> None:
             outcome(leases[1].seq, EventState.DELIVERED, at=T0 + 100),
         ],
     )
-    listed = store.purge(delivered_before=T0 + 50, dry_run=True)
+    listed = [i for batch in store.purge(delivered_before=T0 + 50, dry_run=True) for i in batch]
     assert listed == [old]
     assert store.count_by_state() == {"delivered": 2}
-    assert store.purge(delivered_before=T0 + 50, batch_size=1) == listed
+    assert list(store.purge(delivered_before=T0 + 50, batch_size=1)) == [listed]
     assert store.get(old) is None and store.get(new) is not None
     assert store.attempts_of(leases[0].seq) == []
+
+
+def test_purge_commits_batch_by_batch_as_it_is_consumed(store: Store) -> None:
+    """A million-row purge must hold neither a long lock nor every id in memory."""
+    ids = [lead(store, f"c{n}", click_id="x") for n in range(3)]
+    leases = store.lease("owner", 10, T0, 30)
+    store.record("owner", [outcome(lease.seq, EventState.DELIVERED, at=T0) for lease in leases])
+    batches = store.purge(delivered_before=T0 + 50, batch_size=2)
+    assert next(batches) == ids[:2]
+    assert [store.get(i) is None for i in ids] == [True, True, False]  # already committed
+    assert list(batches) == [ids[2:]]
+    assert store.count_by_state() == {}
 
 
 def test_shared_bucket_is_read_and_written_atomically(store: Store) -> None:

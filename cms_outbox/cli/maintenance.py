@@ -124,11 +124,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
+    verb = "would purge" if args.dry_run else "purged"
+    purged: list[str] = []
+    # The text listing streams as batches commit; JSON needs every id at the end.
+    each = purged.append if args.json else (lambda event_id: echo(f"  {verb}: {event_id}"))
     with open_client(settings, migrate=False) as client:
-        purged = client.purge(
+        count = client.purge(
             delivered_older_than=args.delivered_older_than,
             dead_older_than=args.dead_older_than,
             dry_run=args.dry_run,
+            each=each,
         )
     if args.json:
         echo_json(
@@ -136,15 +141,12 @@ def cmd_purge(args: argparse.Namespace) -> int:
                 "dry_run": args.dry_run,
                 "delivered_older_than_seconds": args.delivered_older_than,
                 "dead_older_than_seconds": args.dead_older_than,
-                "count": len(purged),
+                "count": count,
                 "event_ids": purged,
             }
         )
         return EXIT_OK
-    verb = "would purge" if args.dry_run else "purged"
-    echo(f"{verb} {len(purged)} event{'s' * (len(purged) != 1)}")
-    for event_id in purged:
-        echo(f"  {event_id}")
+    echo(f"{verb} {count} event{'s' * (count != 1)}")
     return EXIT_OK
 
 
