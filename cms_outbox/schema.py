@@ -21,13 +21,14 @@ from sqlalchemy import (
     text,
 )
 
-__all__ = ["NOTIFY_CHANNEL", "attempts", "control", "events", "metadata"]
+__all__ = ["HAS_INVOICE", "NOTIFY_CHANNEL", "attempts", "control", "events", "metadata"]
 
 metadata = MetaData()
 
 # PostgreSQL: every enqueue notifies this channel in its transaction; idle flushers LISTEN.
 NOTIFY_CHANNEL = "cms_outbox_events"
 
+# The rows the invoice id's unique index covers: sales (leads have none).
 HAS_INVOICE = text("invoice_id IS NOT NULL")
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias), not BIGINT.
