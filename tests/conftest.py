@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -89,3 +90,12 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, step: flo
             return False
         time.sleep(step)
     return True
+
+
+def accepted_in_order(sandbox: Sandbox) -> dict[str, list[str]]:
+    """Each customer's accepted Idempotency-Keys (event ids), in the order accepted."""
+    seen: dict[str, list[str]] = defaultdict(list)
+    for accepted in sandbox.accepted:
+        assert accepted.idempotency_key is not None
+        seen[accepted.customer_external_id].append(accepted.idempotency_key)
+    return seen

@@ -13,7 +13,7 @@ import pytest
 
 from cms_outbox import CMSClient, EventState, StorageError, TrackResult
 from cms_outbox.sandbox import Sandbox
-from tests.conftest import TOKEN, wait_until
+from tests.conftest import TOKEN, accepted_in_order, wait_until
 
 Factory = Callable[..., CMSClient]
 
@@ -46,14 +46,6 @@ def enqueue_story(client: CMSClient, customers: int, per_customer: int) -> dict[
             )
         order[customer].append(result.event_id)
     return order
-
-
-def accepted_in_order(sandbox: Sandbox) -> dict[str, list[str]]:
-    seen: dict[str, list[str]] = defaultdict(list)
-    for accepted in sandbox.accepted:
-        assert accepted.idempotency_key is not None
-        seen[accepted.customer_external_id].append(accepted.idempotency_key)
-    return seen
 
 
 def test_backlog_from_an_outage_is_delivered_once_in_order_by_one_flush(

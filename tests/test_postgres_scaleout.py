@@ -49,7 +49,7 @@ from cms_outbox import CMSClient, EventNotFound
 from cms_outbox.events import build_lead
 from cms_outbox.sandbox import Sandbox
 from cms_outbox.schema import NOTIFY_CHANNEL, events
-from tests.conftest import TOKEN, wait_until
+from tests.conftest import TOKEN, accepted_in_order, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -266,14 +266,6 @@ def delivered(engine: Engine) -> int:
     return states(engine).get("delivered", 0)
 
 
-def acceptance_order(sandbox: Sandbox) -> dict[str, list[str]]:
-    order: dict[str, list[str]] = defaultdict(list)
-    for item in sandbox.accepted:
-        assert item.idempotency_key is not None
-        order[item.customer_external_id].append(item.idempotency_key)
-    return order
-
-
 def assert_each_accepted_once(sandbox: Sandbox, engine: Engine, total: int) -> None:
     ids = [event_id for ids in enqueue_order(engine).values() for event_id in ids]
     assert len(ids) == total
@@ -321,7 +313,7 @@ def test_four_daemons_share_a_backlog_exactly_once_in_customer_order(
 
     assert states(engine) == {"delivered": EVENTS}
     assert_each_accepted_once(sandbox, engine, EVENTS)
-    assert acceptance_order(sandbox) == enqueue_order(engine)  # per-customer FIFO
+    assert accepted_in_order(sandbox) == enqueue_order(engine)  # per-customer FIFO
     assert len(enqueue_order(engine)) == CUSTOMERS
     shares = [daemon.delivered() for daemon in started]
     assert sum(shares) == EVENTS, shares
@@ -379,7 +371,7 @@ def test_a_killed_daemon_s_leases_are_delivered_by_the_others(
         rescuer.stop()
     assert states(engine) == {"delivered": total}
     assert_each_accepted_once(sandbox, engine, total)
-    assert acceptance_order(sandbox) == enqueue_order(engine)
+    assert accepted_in_order(sandbox) == enqueue_order(engine)
     with engine.connect() as conn:
         delivered_at = dict(
             conn.execute(
@@ -555,7 +547,7 @@ def test_daemon_survives_a_postgres_restart(
     log = daemon.stop()
     assert states(engine) == {"delivered": total}
     assert_each_accepted_once(sandbox, engine, total)
-    assert acceptance_order(sandbox) == enqueue_order(engine)
+    assert accepted_in_order(sandbox) == enqueue_order(engine)
     # The loss is logged once, not once per pass: the LISTEN connection's loss and
     # return once each, and each distinct failure of a pass at most once.
     assert log.count(LISTEN_LOST) == 1, log
