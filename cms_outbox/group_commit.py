@@ -2,8 +2,8 @@
 
 With ``synchronous=FULL`` a commit waits for the disk about as long as everything
 else an enqueue does. Threads that arrive while a commit is under way queue up, and
-the next of them to lead writes the whole queue in one transaction: several threads
-then enqueue faster together than one alone. A lone caller pays one lock round trip.
+the next of them to lead writes the whole queue in one transaction, so threads that
+enqueue together do not each wait for a disk flush. A lone caller pays one lock round trip.
 Every caller still returns only once its own row is durable, with its own result.
 """
 
