@@ -1,0 +1,479 @@
+"""How long does ``track_lead`` keep a request waiting when many writers share one SQLite file?
+
+Writer processes (4 x 2 threads, then 8 x 4) each call once every 5 ms per thread into
+one SQLite outbox at full durability. Three contenders take turns in rounds, each on a
+fresh copy of the same migrated database: raw ``sqlite3`` insert+commit of the same row
+with the same pragmas and indexes (a connection per thread, no daemon); ``track_lead``
+(one client per process, shared by its threads) with no daemon; and ``track_lead`` while
+a ``cms-outbox run`` daemon drains the same outbox against the sandbox at 20 ms latency.
+Percentiles are of every call's latency; the ratios compare ours to raw's in the same run.
+
+Where the time goes: in the ``track_lead`` runs, each call's time is split into Python
+(building the event, outside the store), waiting for another thread's group commit,
+waiting for the write lock, the INSERT itself and the commit (WAL write, fsync and any
+checkpoint), shown as a histogram per part and as each part's share of the slowest 1%.
+
+    python benchmarks/tail.py [--quick]
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    TOKEN,
+    emit,
+    lead,
+    parse_args,
+    percentile,
+    ratio,
+    remote_sandbox,
+    table,
+    target,
+    wait_until,
+)
+
+from cms_outbox import CMSClient, StorageError
+
+INTERVAL = 0.005  # seconds between one thread's calls
+LATENCY = 0.02  # the sandbox's, while the daemon drains
+BACKLOG = 3000  # events waiting when a daemon run starts: it drains throughout
+SCENARIOS = ((4, 2), (8, 4))  # (processes, threads per process)
+CONTENDERS = ("raw", "ours", "ours_daemon")
+PARTS = ("python", "group_wait", "lock", "insert", "commit")
+BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100)
+RAW_INSERT = (
+    "INSERT INTO cms_outbox_events (event_id, kind, customer_external_id, click_id, payload, "
+    "state, attempts, next_attempt_at, created_at) VALUES (?, 'lead', ?, ?, ?, 'pending', 0, ?, ?)"
+)
+RAW_PAYLOAD = '{"eventName":"signup_completed","clickId":"click_0123","x":"' + "y" * 300 + '"}'
+
+
+# -- the writer processes --------------------------------------------------------------
+
+
+class Parts(threading.local):
+    """Seconds the current thread spent in each part of its current call."""
+
+    def __init__(self) -> None:
+        self.store = self.lock = self.insert = self.commit = 0.0
+
+
+class TimedConnection:
+    """The enqueue connection, timing its statements into ``Parts``.
+
+    A lone INSERT (autocommit) runs as BEGIN IMMEDIATE, INSERT, COMMIT so that waiting
+    for the write lock and the commit show apart; a batch already does so.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, parts: Parts) -> None:
+        self._conn = conn
+        self._parts = parts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def execute(self, sql: str, *params: Any) -> sqlite3.Cursor:
+        parts = self._parts
+        if sql.startswith("BEGIN"):
+            began = time.perf_counter()
+            cursor = self._conn.execute(sql)
+            parts.lock += time.perf_counter() - began
+            return cursor
+        if not self._conn.in_transaction:
+            self.execute("BEGIN IMMEDIATE")
+            cursor = self._timed_insert(sql, params)
+            self.commit()
+            return cursor
+        return self._timed_insert(sql, params)
+
+    def _timed_insert(self, sql: str, params: Any) -> sqlite3.Cursor:
+        began = time.perf_counter()
+        cursor = self._conn.execute(sql, *params)
+        self._parts.insert += time.perf_counter() - began
+        return cursor
+
+    def commit(self) -> None:
+        if not self._conn.in_transaction:
+            return
+        began = time.perf_counter()
+        self._conn.commit()
+        self._parts.commit += time.perf_counter() - began
+
+
+def instrument(client: CMSClient, parts: Parts) -> Parts:
+    """Time the store's insert and its group commit's statements (this process only)."""
+    store = client.store
+    insert = store.insert
+
+    def timed_insert(*args: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return insert(*args)
+        finally:
+            parts.store = time.perf_counter() - began
+
+    store.insert = timed_insert  # type: ignore[method-assign]
+    group = store._group
+    assert group is not None
+    connect = group._connect
+    group._connect = lambda: TimedConnection(connect(), parts)  # type: ignore[assignment,return-value]
+    return parts
+
+
+class Writers:
+    """``threads`` writer threads of one process, run for a segment at a time."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+
+    def run(self, kind: str, path: Path, start: float, seconds: float) -> dict[str, Any]:
+        parts = Parts()
+        client = None
+        if kind != "raw":
+            client = CMSClient(database_url=f"sqlite:///{path}", flush="off")
+            instrument(client, parts)
+        results: list[dict[str, Any]] = [{} for _ in range(self.threads)]
+
+        def work(n: int) -> None:
+            conn = None if client else _raw_connection(path)
+            rng = random.Random(os.getpid() * 100 + n)
+            samples: list[float] = []
+            split: list[tuple[float, ...]] = []
+            locked = other = 0
+            slot = start + rng.random() * INTERVAL  # threads out of step with each other
+            i = os.getpid() * 1_000_000 + n * 100_000
+            while slot < start + seconds:
+                pause = slot - time.time()
+                if pause > 0:
+                    time.sleep(pause)
+                parts.store = parts.lock = parts.insert = parts.commit = 0.0
+                began = time.perf_counter()
+                try:
+                    if client is not None:
+                        client.track_lead(**lead(i))
+                    else:
+                        _raw_insert(conn, i)  # type: ignore[arg-type]
+                except (StorageError, sqlite3.Error) as exc:
+                    locked += "database is locked" in str(exc)
+                    other += "database is locked" not in str(exc)
+                else:
+                    total = time.perf_counter() - began
+                    samples.append(total)
+                    if client is not None:
+                        own = parts.lock + parts.insert + parts.commit
+                        split.append((total - parts.store, max(0.0, parts.store - own),
+                                      parts.lock, parts.insert, parts.commit))  # fmt: skip
+                i += 1
+                slot = max(slot + INTERVAL, time.time())  # late: no burst to catch up
+            if conn is not None:
+                conn.close()
+            results[n] = {"samples": samples, "split": split, "locked": locked, "other": other}
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(self.threads)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if client is not None:
+            client.close()
+        return {
+            "samples": [s for r in results for s in r["samples"]],
+            "split": [s for r in results for s in r["split"]],
+            "locked": sum(r["locked"] for r in results),
+            "other": sum(r["other"] for r in results),
+        }
+
+
+def _raw_connection(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def _raw_insert(conn: sqlite3.Connection, i: int) -> None:
+    now = time.time()
+    conn.execute(RAW_INSERT, (str(uuid.uuid4()), f"customer_{i % 1000:06d}",
+                              f"click_{i:09d}", RAW_PAYLOAD, now, now))  # fmt: skip
+
+
+def _writer_process(pipe: Connection, threads: int) -> None:
+    writers = Writers(threads)
+    pipe.send("ready")
+    while True:
+        message = pipe.recv()
+        if message is None:
+            return
+        pipe.send(writers.run(*message))
+
+
+# -- the conductor -----------------------------------------------------------------------
+
+
+class Pool:
+    """``processes`` writer processes, started once per scenario."""
+
+    def __init__(self, processes: int, threads: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipes = []
+        self.processes = []
+        for _ in range(processes):
+            parent, child = context.Pipe()
+            process = context.Process(target=_writer_process, args=(child, threads))
+            process.start()
+            self.pipes.append(parent)
+            self.processes.append(process)
+        for pipe in self.pipes:
+            assert pipe.recv() == "ready"
+
+    def run(self, kind: str, path: Path, seconds: float) -> dict[str, Any]:
+        start = time.time() + 1.0  # every process has opened its database by then
+        for pipe in self.pipes:
+            pipe.send((kind, path, start, seconds))
+        reports = [pipe.recv() for pipe in self.pipes]
+        return {
+            "samples": [s for r in reports for s in r["samples"]],
+            "split": [s for r in reports for s in r["split"]],
+            "locked": sum(r["locked"] for r in reports),
+            "other": sum(r["other"] for r in reports),
+        }
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            pipe.send(None)
+        for process in self.processes:
+            process.join(30)
+
+
+def template(directory: Path) -> Path:
+    path = directory / "template.db"
+    CMSClient(database_url=f"sqlite:///{path}", flush="off").close()  # migrated
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path
+
+
+def fresh_copy(source: Path, path: Path, backlog: int) -> Path:
+    shutil.copy(source, path)
+    if backlog:
+        client = CMSClient(database_url=f"sqlite:///{path}", flush="off", durability="normal")
+        for i in range(backlog):
+            client.track_lead(**lead(10**8 + i))
+        client.close()
+    return path
+
+
+def start_daemon(path: Path, url: str) -> subprocess.Popen[bytes]:
+    environment = {**os.environ, "CMS_BEARER_TOKEN": TOKEN, "CMS_HOST": url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cms_outbox", "run", "--database-url", f"sqlite:///{path}",
+         "--rate-limit", "0", "--interval", "0.1"],
+        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def stop_daemon(daemon: subprocess.Popen[bytes]) -> None:
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = daemon.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.communicate()
+        raise RuntimeError("the daemon did not stop within 60 s of SIGTERM") from None
+    if daemon.returncode != 0:
+        raise RuntimeError(f"the daemon failed ({daemon.returncode}): {stderr.decode()[-2000:]}")
+
+
+def count_rows(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT count(*) FROM cms_outbox_events").fetchone()[0])
+
+
+def segment(
+    pool: Pool, kind: str, path: Path, seconds: float, sandbox: Any
+) -> tuple[dict[str, Any], int]:
+    """One contender's run; returns its samples and what the daemon delivered meanwhile."""
+    daemon = None
+    if kind == "ours_daemon":
+        sandbox.call("reset")
+        sandbox.call("set_faults", latency=LATENCY)
+        daemon = start_daemon(path, sandbox.url)
+        if not wait_until(lambda: sandbox.summary()["accepted"] > 0, 60, 0.05):
+            daemon.kill()
+            raise RuntimeError("the daemon delivered nothing within 60 s")
+    before = count_rows(path)
+    try:
+        run = pool.run(kind, path, seconds)
+    finally:
+        delivered_during = sandbox.summary()["accepted"] if daemon else 0
+        if daemon is not None:
+            stop_daemon(daemon)
+    run["missing_rows"] = before + len(run["samples"]) - count_rows(path)
+    return run, delivered_during
+
+
+def summarise(samples: Sequence[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in samples]
+    return {
+        "calls": len(ms),
+        "p50_ms": round(percentile(ms, 50), 3),
+        "p99_ms": round(percentile(ms, 99), 3),
+        "p99_9_ms": round(percentile(ms, 99.9), 3),
+        "max_ms": round(max(ms), 3) if ms else float("nan"),
+    }
+
+
+def histogram(split: Sequence[tuple[float, ...]]) -> dict[str, list[int]]:
+    """Per part: how many calls spent < 0.5 ms, 0.5-1 ms, ... >= 100 ms in it."""
+    result = {}
+    for index, part in enumerate(PARTS):
+        counts = [0] * (len(BUCKETS_MS) + 1)
+        for row in split:
+            ms = row[index] * 1000
+            counts[sum(ms >= edge for edge in BUCKETS_MS)] += 1
+        result[part] = counts
+    return result
+
+
+def tail_shares(split: Sequence[tuple[float, ...]]) -> dict[str, float]:
+    """Each part's share of the time of the slowest 1% of calls."""
+    slowest = sorted(split, key=sum)[-max(1, len(split) // 100) :]
+    total = sum(sum(row) for row in slowest) or 1.0
+    return {part: round(sum(row[i] for row in slowest) / total, 3) for i, part in enumerate(PARTS)}
+
+
+def main() -> None:
+    args = parse_args(__doc__ or "")
+    rounds, seconds = (1, 1.5) if args.quick else (3, 5.0)
+    backlog = 300 if args.quick else BACKLOG
+    scenarios = SCENARIOS[:1] if args.quick else SCENARIOS
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp, remote_sandbox() as sandbox:
+        directory = Path(tmp)
+        source = template(directory)
+        for processes, threads in scenarios:
+            name = f"{processes}x{threads}"
+            pool = Pool(processes, threads)
+            runs: dict[str, dict[str, Any]] = {
+                kind: {"samples": [], "split": [], "locked": 0, "other": 0, "missing_rows": 0,
+                       "delivered_during": 0}
+                for kind in CONTENDERS
+            }  # fmt: skip
+            try:
+                for r in range(rounds):
+                    for kind in CONTENDERS:
+                        path = fresh_copy(
+                            source,
+                            directory / f"{name}-{kind}-{r}.db",
+                            backlog if kind == "ours_daemon" else 0,
+                        )
+                        run, delivered = segment(pool, kind, path, seconds, sandbox)
+                        for key in ("samples", "split"):
+                            runs[kind][key] += run[key]
+                        for key in ("locked", "other", "missing_rows"):
+                            runs[kind][key] += run[key]
+                        runs[kind]["delivered_during"] += delivered
+                        path.unlink()
+            finally:
+                pool.close()
+            results[name] = {
+                kind: {
+                    **summarise(run["samples"]),
+                    "locked_errors": run["locked"],
+                    "other_errors": run["other"],
+                    "missing_rows": run["missing_rows"],
+                    "delivered_by_daemon": run["delivered_during"],
+                    **(
+                        {
+                            "histogram": histogram(run["split"]),
+                            "tail_share": tail_shares(run["split"]),
+                        }
+                        if run["split"]
+                        else {}
+                    ),
+                }
+                for kind, run in runs.items()
+            }
+
+    labels = {
+        "raw": "raw sqlite3 insert+commit, no daemon",
+        "ours": "track_lead, no daemon",
+        "ours_daemon": f"track_lead, daemon draining ({int(LATENCY * 1000)} ms)",
+    }
+    for name, by_kind in results.items():
+        raw = by_kind["raw"]
+        table(
+            f"{name} writers (processes x threads), one call per {INTERVAL * 1000:.0f} ms per "
+            f"thread, durability full, {rounds} round(s) of {seconds:g} s",
+            ["contender", "calls", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "p99 / raw",
+             "max / raw", "locked", "rows missing", "delivered meanwhile"],
+            [(labels[k], r["calls"], r["p50_ms"], r["p99_ms"], r["p99_9_ms"], r["max_ms"],
+              ratio(r["p99_ms"], raw["p99_ms"]), ratio(r["max_ms"], raw["max_ms"]),
+              r["locked_errors"], r["missing_rows"], r["delivered_by_daemon"])
+             for k, r in by_kind.items()],
+        )  # fmt: skip
+        for kind in ("ours", "ours_daemon"):
+            r = by_kind[kind]
+            edges = (
+                [f"<{BUCKETS_MS[0]:g}"]
+                + [f"{a:g}-{b:g}" for a, b in zip(BUCKETS_MS, BUCKETS_MS[1:])]
+                + [f">={BUCKETS_MS[-1]:g}"]
+            )
+            table(
+                f"{name}, {labels[kind]}: calls by ms spent in each part",
+                ["part", *edges, "share of slowest 1%"],
+                [(part, *r["histogram"][part], r["tail_share"][part]) for part in PARTS],
+            )
+    print()
+    ratios: dict[str, float] = {}
+    targets: dict[str, Any] = {}
+    for name, by_kind in results.items():
+        raw = by_kind["raw"]
+        for kind in ("ours", "ours_daemon"):
+            ratios[f"{name}_{kind}_p99_vs_raw"] = ratio(by_kind[kind]["p99_ms"], raw["p99_ms"])
+            ratios[f"{name}_{kind}_max_vs_raw"] = ratio(by_kind[kind]["max_ms"], raw["max_ms"])
+        targets[f"{name}_p99"] = target(
+            f"{name} with daemon: track_lead p99 / raw p99",
+            ratios[f"{name}_ours_daemon_p99_vs_raw"], "<=", 1.0,
+        )  # fmt: skip
+        targets[f"{name}_max"] = target(
+            f"{name} with daemon: track_lead max / raw max",
+            ratios[f"{name}_ours_daemon_max_vs_raw"], "<=", 2.0,
+        )  # fmt: skip
+    ours = [r for by_kind in results.values() for k, r in by_kind.items() if k != "raw"]
+    targets["no_locked_errors"] = target(
+        "'database is locked' and other errors of track_lead",
+        sum(r["locked_errors"] + r["other_errors"] for r in ours), "<=", 0,
+    )  # fmt: skip
+    targets["every_row_stored"] = target(
+        "calls returned whose row is missing", sum(r["missing_rows"] for r in ours), "<=", 0
+    )
+    emit(
+        {
+            "benchmark": "tail",
+            "quick": args.quick,
+            "results": results,
+            "ratios": ratios,
+            "targets": targets,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
