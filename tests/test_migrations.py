@@ -13,6 +13,7 @@ import sys
 import time
 import zipfile
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from cms_outbox import CMSClient, SchemaError, migrate, schema
 REPO = Path(__file__).resolve().parent.parent
 OUTBOX_TABLES = {"cms_outbox_events", "cms_outbox_attempts", "cms_outbox_control"}
 VERSION_TABLE = "cms_outbox_alembic_version"
+DEPENDENCIES = ("sqlalchemy", "requests", "apscheduler", "alembic")
 
 
 @pytest.fixture
@@ -215,10 +217,14 @@ def test_wheel_ships_the_migrations_inside_the_package(tmp_path: Path) -> None:
     assert "cms_outbox/migrations/env.py" in names
     assert not any(n.startswith("migrations/") for n in names)
 
+    # A venv of its own, as a user makes one: it sees neither this environment's packages
+    # nor the editable checkout. The wheel's dependencies come from the package index (or
+    # pip's cache), pinned to the versions under test here so the result does not drift.
     venv = tmp_path / "venv"
-    run(sys.executable, "-m", "venv", "--system-site-packages", str(venv))
+    run(sys.executable, "-m", "venv", str(venv))
     python = venv / "bin" / "python"
-    run(str(python), "-m", "pip", "install", "--no-deps", "--force-reinstall", str(wheel))
+    pins = [f"{name}=={metadata.version(name)}" for name in DEPENDENCIES]
+    run(str(python), "-m", "pip", "install", "-q", str(wheel), *pins)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     url = f"sqlite:///{elsewhere / 'fresh.db'}"

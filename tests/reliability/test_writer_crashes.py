@@ -17,7 +17,7 @@ from pathlib import Path
 from cms_outbox import CMSClient, EventState, migrate
 from cms_outbox.sandbox.protocol import validate
 
-from .conftest import Child, Launcher, integrity, query
+from .conftest import Child, Launcher, integrity, query, wait_for
 
 SEED = 4242
 ROUNDS = 8  # two writers per round, both killed: 16 SIGKILLs
@@ -51,7 +51,10 @@ def test_writers_killed_mid_call_keep_every_returned_event(
             child.wait_for_line("ready")
             writers[customer] = child
         for child in rng.sample(children, 2):
-            time.sleep(rng.uniform(0.02, 0.3))
+            # Killed after a seeded number of returned calls (progress, not the clock), so
+            # the kill always lands while the writer is busy in its next call.
+            returned = len(child.lines()) + rng.randint(1, 12)
+            wait_for(lambda c=child, n=returned: len(c.lines()) >= n, 60, "returned calls")
             child.kill()
 
     assert integrity(path) == "ok"
