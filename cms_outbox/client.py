@@ -15,8 +15,8 @@ from typing import Callable
 from sqlalchemy import Engine
 
 from . import config, database, migrate, notify
-from .errors import ClientClosed, EventNotFound
-from .events import Event, build_lead, build_sale
+from .errors import ClientClosed, EventNotFound, InvoiceConflict
+from .events import Event, build_lead, build_sale, sale_differences
 from .flusher import Callback, Flusher, result_of_row
 from .results import EventState, FlushReport, TrackResult
 from .scheduling import FlushScheduler
@@ -195,6 +195,8 @@ class CMSClient:
         ``amount`` is an ``int`` in cents. A second sale with an ``invoice_id`` already
         in the outbox stores nothing and returns the existing event's result.
 
+        :raises InvoiceConflict: ``invoice_id`` is stored with another customer, amount
+            or currency; nothing was written.
         :raises ValidationError: bad input, naming the field; nothing was written.
         :raises StorageError: the database failed; nothing was written.
         """
@@ -209,7 +211,10 @@ class CMSClient:
         self, event: Event, connection: AppConnection | None, wait: float | None
     ) -> TrackResult:
         existing = self.store.insert(event, connection)
-        if existing is not None:
+        if existing is not None:  # the unique index decided; now compare with what it kept
+            differences = sale_differences(event, existing["payload"])
+            if differences is not None:
+                raise InvoiceConflict(existing["invoice_id"], differences, existing["event_id"])
             return result_of_row(existing)
         if self._scheduler is not None:
             self._scheduler.wake()

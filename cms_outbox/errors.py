@@ -4,6 +4,7 @@
 
     OutboxError                         everything we raise on purpose
     ├── ValidationError(ValueError)     .field names the input; nothing was written
+    │   └── InvoiceConflict             invoice_id stored for a different sale
     ├── ConfigurationError(ValueError)  a setting that cannot work
     ├── StorageError                    database failure; the driver error is __cause__
     │   └── SchemaError                 database not at our Alembic head, or newer
@@ -20,6 +21,7 @@ __all__ = [
     "ClientClosed",
     "ConfigurationError",
     "EventNotFound",
+    "InvoiceConflict",
     "OutboxError",
     "SchemaError",
     "StorageError",
@@ -37,6 +39,21 @@ class ValidationError(OutboxError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class InvoiceConflict(ValidationError):
+    """Raised by ``track_sale`` for an ``invoice_id`` stored with another customer, amount or
+    currency: a sale is counted once per invoice, so the second one is a bug to see, not
+    to hide. Nothing was written; ``stored_event_id`` is the sale already stored."""
+
+    def __init__(self, invoice_id: str, differences: str, stored_event_id: str) -> None:
+        super().__init__(
+            "invoice_id",
+            f"{invoice_id!r} is already stored for another sale ({differences}; stored event "
+            f"{stored_event_id}): use a new invoice_id for a new sale",
+        )
+        self.invoice_id = invoice_id
+        self.stored_event_id = stored_event_id
 
 
 class ConfigurationError(OutboxError, ValueError):

@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import ValidationError
 
-__all__ = ["Event", "build_lead", "build_sale", "format_timestamp"]
+__all__ = ["Event", "build_lead", "build_sale", "format_timestamp", "sale_differences"]
 
 MAX_ID = 255
 MAX_EVENT_NAME = 255
@@ -99,6 +99,25 @@ def build_sale(
     payload["currency"] = _currency(currency)
     _stamp_and_describe(payload, timestamp, customer_name, customer_email, customer_avatar, now)
     return _event("sale", payload, invoice, now)
+
+
+# What makes two sales with one invoice id different sales rather than a retry of one.
+SALE_IDENTITY = (
+    ("customer_external_id", "customerExternalId"),
+    ("amount", "amount"),
+    ("currency", "currency"),
+)
+
+
+def sale_differences(event: Event, stored_payload: str) -> str | None:
+    """How ``event`` differs from the stored sale of its invoice id, or None for a retry."""
+    given, stored = json.loads(event.payload), json.loads(stored_payload)
+    differences = [
+        f"{field} {stored.get(key)!r} stored, {given.get(key)!r} given"
+        for field, key in SALE_IDENTITY
+        if stored.get(key) != given.get(key)
+    ]
+    return "; ".join(differences) or None
 
 
 def format_timestamp(moment: datetime) -> str:

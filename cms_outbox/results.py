@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,12 +23,21 @@ class EventState(str, enum.Enum):
         return self.value
 
 
+# The official SDK returns ``{"status": bool, "data": str}``; these are its keys.
+SDK_KEYS = ("status", "data")
+
+
 @dataclass(frozen=True)
-class TrackResult:
+class TrackResult(Mapping[str, Any]):
     """What ``track_lead``/``track_sale``/``result`` report about one event.
 
     ``success`` is true while the event is stored or delivered and not dead.
     ``status_code`` and ``data`` are the service's, once it answered.
+
+    It is also a read-only mapping with the official SDK's keys, so code written
+    against the SDK's dict keeps working: ``result["status"]`` is ``success`` and
+    ``result["data"]`` the ``data`` string of the service's answer (``None`` until
+    it answered).
     """
 
     success: bool
@@ -36,6 +46,21 @@ class TrackResult:
     error: str | None = None
     status_code: int | None = None
     data: Any | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "status":
+            return self.success
+        if key == "data":
+            if isinstance(self.data, dict) and "data" in self.data:
+                return self.data["data"]
+            return self.data
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SDK_KEYS)
+
+    def __len__(self) -> int:
+        return len(SDK_KEYS)
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,8 @@ def test_upgrade_from_an_earlier_revision_keeps_rows_and_sale_dedupe(
         {"event_id": "e-1", "kind": "lead", "customer_external_id": "user_1", "invoice_id": None,
          "payload": '{"eventName":"signup","customerExternalId":"user_1"}'},
         {"event_id": "e-2", "kind": "sale", "customer_external_id": "user_1",
-         "invoice_id": "inv-1", "payload": '{"eventName":"buy","customerExternalId":"user_1"}'},
+         "invoice_id": "inv-1", "payload": '{"eventName":"buy","customerExternalId":"user_1",'
+         '"invoiceId":"inv-1","amount":100,"currency":"USD"}'},
     ]  # fmt: skip
     with engine.begin() as conn:  # written by the earlier revision's schema
         for row in rows:

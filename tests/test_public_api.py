@@ -17,6 +17,7 @@ from cms_outbox import (
     EventNotFound,
     EventState,
     FlushReport,
+    InvoiceConflict,
     OutboxError,
     SchemaError,
     StorageError,
@@ -59,6 +60,7 @@ def test_version_matches_the_distribution() -> None:
 
 TREE = [
     (ValidationError, (OutboxError, ValueError)),
+    (InvoiceConflict, (ValidationError, OutboxError, ValueError)),
     (ConfigurationError, (OutboxError, ValueError)),
     (StorageError, (OutboxError,)),
     (SchemaError, (StorageError, OutboxError)),
