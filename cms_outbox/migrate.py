@@ -13,7 +13,8 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from .database import READ_ONLY
-from .errors import SchemaError, StorageError
+from .driver_errors import storage_error
+from .errors import SchemaError
 
 __all__ = ["VERSION_TABLE", "current_revision", "ensure_schema", "head_revision", "upgrade"]
 
@@ -53,7 +54,7 @@ def current_revision(engine: Engine) -> str | None:
             context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
             return context.get_current_revision()
     except SQLAlchemyError as exc:
-        raise StorageError(f"cannot read the outbox schema version: {exc}") from exc
+        raise storage_error("reading the outbox schema version", exc) from exc
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
@@ -65,7 +66,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         with engine.begin() as connection:
             command.upgrade(_config(connection), revision)
     except SQLAlchemyError as exc:
-        raise StorageError(f"migrating the outbox tables failed: {exc}") from exc
+        raise storage_error("migrating the outbox tables", exc) from exc
 
 
 def ensure_schema(engine: Engine, *, auto_migrate: bool) -> None:

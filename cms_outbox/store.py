@@ -23,7 +23,6 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar, Union
 
@@ -36,7 +35,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
-    exists,
     func,
     insert,
     select,
@@ -47,11 +45,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from .database import READ_ONLY
+from . import queries
+from .driver_errors import storage_error, storage_errors
 from .errors import StorageError
 from .events import Event
 from .group_commit import GroupCommit
 from .policy import Bucket
+from .queries import BLOCKED, CONTROL_ROW, DEAD, DELIVERED, IN_FLIGHT, PENDING
 from .results import EventState
 from .schema import HAS_INVOICE, NOTIFY_CHANNEL, attempts, control, events
 
@@ -60,13 +60,6 @@ __all__ = ["Lease", "Outcome", "Store"]
 T = TypeVar("T")
 AppConnection = Union[Connection, Session]
 
-PENDING = EventState.PENDING.value
-IN_FLIGHT = EventState.IN_FLIGHT.value
-DELIVERED = EventState.DELIVERED.value
-DEAD = EventState.DEAD.value
-BLOCKED = EventState.BLOCKED.value
-UNFINISHED = (PENDING, IN_FLIGHT, BLOCKED)
-CONTROL_ROW = "default"
 # Seconds between sweeps for expired leases while leasing.
 SWEEP_INTERVAL = 1.0
 
@@ -147,19 +140,19 @@ class Store:
         :raises StorageError: the database failed; nothing was written.
         """
         if connection is not None:
-            with _storage_errors("storing the event in the application's transaction"):
+            with storage_errors("storing the event in the application's transaction"):
                 conn = connection.connection() if isinstance(connection, Session) else connection
                 return self._insert_core(conn, event)
         if self._group is not None:
             return self._insert_sqlite(self._group, event)
-        with _storage_errors("storing the event"), self.engine.begin() as conn:
+        with storage_errors("storing the event"), self.engine.begin() as conn:
             return self._insert_core(conn, event)
 
     def _insert_sqlite(self, group: GroupCommit, event: Event) -> dict[str, Any] | None:
         try:
             stored = group.insert(_insert_params(event))
         except (sqlite3.Error, SQLAlchemyError) as exc:
-            raise StorageError(f"storing the event failed: {exc}") from exc
+            raise storage_error("storing the event", exc) from exc
         return None if stored else self._existing_sale(event)
 
     def _enqueue_connection(self) -> sqlite3.Connection:
@@ -214,48 +207,39 @@ class Store:
         return None if stored == 1 else self._existing_row(conn, event)
 
     def _existing_sale(self, event: Event) -> dict[str, Any]:
-        with _storage_errors("reading the stored sale"), self.engine.connect() as conn:
+        with queries.reading(self.engine, "reading the stored sale") as conn:
             return self._existing_row(conn, event)
 
     def _existing_row(self, conn: Connection, event: Event) -> dict[str, Any]:
-        row = conn.execute(select(events).where(events.c.invoice_id == event.invoice_id)).first()
+        row = queries.sale_by_invoice(conn, event.invoice_id)
         if row is None:
             raise StorageError(f"storing event {event.event_id} failed: it was not inserted")
-        return dict(row._mapping)
+        return row
 
-    # -- reads -------------------------------------------------------------------
+    # -- reads (each in a read transaction that never waits for a writer) ------------------
 
     def get(self, event_id: str) -> dict[str, Any] | None:
         """The stored row of ``event_id`` as a dict, or None."""
-        with _storage_errors("reading an event"), self.engine.connect() as conn:
-            conn.execution_options(**{READ_ONLY: True})  # never wait behind a writer
-            row = conn.execute(select(events).where(events.c.event_id == event_id)).first()
-        return None if row is None else dict(row._mapping)
+        with queries.reading(self.engine, "reading an event") as conn:
+            return queries.event_row(conn, event_id)
 
     def attempts_of(self, seq: int) -> list[dict[str, Any]]:
         """Every recorded attempt of the event with sequence id ``seq``, oldest first."""
-        with _storage_errors("reading attempts"), self.engine.connect() as conn:
-            rows = conn.execute(
-                select(attempts).where(attempts.c.event_seq == seq).order_by(attempts.c.id)
-            )
-            return [dict(row._mapping) for row in rows]
+        with queries.reading(self.engine, "reading attempts") as conn:
+            return queries.attempt_rows(conn, seq)
 
     def count_by_state(self) -> dict[str, int]:
         """How many events are in each state (states with none are left out)."""
-        with _storage_errors("counting events"), self.engine.connect() as conn:
-            rows = conn.execute(select(events.c.state, func.count()).group_by(events.c.state))
-            return {str(state): int(count) for state, count in rows.all()}
+        with queries.reading(self.engine, "counting events") as conn:
+            return {state: n for state, n in queries.counts_by_state(conn).items() if n}
 
-    def count_due(self, now: float) -> int:
-        """Pending rows whose next attempt is due by ``now`` (FIFO not considered)."""
-        with _storage_errors("counting due events"), self.engine.connect() as conn:
-            return int(
-                conn.execute(
-                    select(func.count()).where(
-                        events.c.state == PENDING, events.c.next_attempt_at <= now
-                    )
-                ).scalar_one()
-            )
+    def control_row(self) -> dict[str, Any]:
+        """The control row: the shared token bucket and the pauses in effect."""
+        with queries.reading(self.engine, "reading the control row") as conn:
+            row = queries.control_row(conn)
+        if row is None:
+            raise StorageError("reading the control row failed: the outbox has none")
+        return row
 
     # -- leasing -------------------------------------------------------------------
 
@@ -274,7 +258,7 @@ class Store:
         A busy flusher does this once per round of finished requests, so a customer's
         next event is leased in the same transaction that finished its predecessor.
         """
-        with _storage_errors("recording and leasing"), self.bookkeeping.begin() as conn:
+        with storage_errors("recording and leasing"), self.bookkeeping.begin() as conn:
             applied = self._record(conn, owner, outcomes, redact) if outcomes else []
             leases = self._lease(conn, owner, limit, now, duration) if limit > 0 else []
         return applied, leases
@@ -377,7 +361,7 @@ class Store:
             if not seqs:
                 return 0
             condition = and_(condition, events.c.id.in_(list(seqs)))
-        with _storage_errors("releasing leases"), self.bookkeeping.begin() as conn:
+        with storage_errors("releasing leases"), self.bookkeeping.begin() as conn:
             return int(
                 conn.execute(
                     update(events)
@@ -415,7 +399,7 @@ class Store:
             return 0
         selection = and_(events.c.state.in_(retryable), conditions[0] if len(conditions) == 1
                          else conditions[0] | conditions[1])  # fmt: skip
-        with _storage_errors("retrying events"), self.engine.begin() as conn:
+        with storage_errors("retrying events"), self.engine.begin() as conn:
             setups = (
                 conn.execute(
                     select(events.c.customer_external_id).where(
@@ -466,7 +450,7 @@ class Store:
         selection = conditions[0] if len(conditions) == 1 else conditions[0] | conditions[1]
         after = 0
         while True:
-            with _storage_errors("purging events"), self.engine.begin() as conn:
+            with storage_errors("purging events"), self.engine.begin() as conn:
                 rows = conn.execute(
                     select(events.c.id, events.c.event_id)
                     .where(selection, events.c.id > after)
@@ -486,7 +470,7 @@ class Store:
 
     def with_bucket(self, change: Callable[[Bucket], tuple[Bucket, T]]) -> T:
         """Read the shared token bucket under lock, store ``change``'s bucket, return its result."""
-        with _storage_errors("pacing"), self.bookkeeping.begin() as conn:
+        with storage_errors("pacing"), self.bookkeeping.begin() as conn:
             _lock_control(conn)
             row = conn.execute(
                 select(control.c.tokens, control.c.tokens_at, control.c.rate_factor)
@@ -507,7 +491,7 @@ class Store:
         error: str | None,
     ) -> None:  # fmt: skip
         """Publish this outbox's outage or auth pause (or its end) for ``status``."""
-        with _storage_errors("publishing the delivery pause"), self.bookkeeping.begin() as conn:
+        with storage_errors("publishing the delivery pause"), self.bookkeeping.begin() as conn:
             conn.execute(
                 update(control)
                 .where(control.c.name == CONTROL_ROW)
@@ -515,29 +499,15 @@ class Store:
                         pause_error=error)
             )  # fmt: skip
 
-    def control_row(self) -> dict[str, Any]:
-        with _storage_errors("reading the control row"), self.engine.connect() as conn:
-            row = conn.execute(select(control).where(control.c.name == CONTROL_ROW)).one()
-        return dict(row._mapping)
-
 
 _NOTIFY = text(f"NOTIFY {NOTIFY_CHANNEL}")
 
 # Statements of the busy flusher's every round, built once: building one (and its cache
 # key) costs more than SQLite takes to run it, all while holding the GIL the senders need.
-_earlier = events.alias("earlier")
 # Eligible: pending, due, and no earlier row of the customer unfinished (FIFO).
 _ELIGIBLE = (
     select(events.c.id)
-    .where(
-        events.c.state == PENDING,
-        events.c.next_attempt_at <= bindparam("now", type_=Double),
-        ~exists(_earlier.c.id).where(  # selects an indexed column: answered by the index
-            _earlier.c.customer_external_id == events.c.customer_external_id,
-            _earlier.c.id < events.c.id,
-            _earlier.c.state.in_(UNFINISHED),
-        ),
-    )
+    .where(queries.leasable(bindparam("now", type_=Double)))
     .order_by(events.c.id)
     .limit(bindparam("limit", type_=Integer))
     .with_for_update(skip_locked=True)
@@ -639,11 +609,3 @@ def _lock_control(conn: Connection) -> None:
     # Write first: on an application's SQLite engine in the driver's legacy transaction
     # mode a leading SELECT would run outside the transaction and the update could race.
     conn.execute(update(control).where(control.c.name == CONTROL_ROW).values(name=control.c.name))
-
-
-@contextmanager
-def _storage_errors(action: str) -> Iterator[None]:
-    try:
-        yield
-    except (SQLAlchemyError, sqlite3.Error) as exc:
-        raise StorageError(f"{action} failed: {exc}") from exc

@@ -1,0 +1,110 @@
+"""Database driver failures as ``StorageError``\\ s in plain words.
+
+A user sees what happened and what to do, never the driver's text: that stays on the
+chained ``__cause__`` for debugging (``cms-outbox --verbose`` prints it). Every module
+that talks to the database wraps its work in ``storage_errors``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from . import database
+from .errors import StorageError
+
+__all__ = ["describe", "storage_error", "storage_errors"]
+
+
+@contextmanager
+def storage_errors(action: str) -> Iterator[None]:
+    """Turn any driver or SQLAlchemy failure inside into a ``StorageError`` about ``action``."""
+    try:
+        yield
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        raise storage_error(action, exc) from exc
+
+
+def storage_error(action: str, exc: BaseException) -> StorageError:
+    """``exc`` as a ``StorageError``: raise it ``from exc`` so the driver's error is chained."""
+    return StorageError(f"{action} failed: {describe(exc)}")
+
+
+def describe(exc: BaseException) -> str:
+    """The cause of a driver failure in plain words, with what to do about it."""
+    original = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    text = str(original).lower()
+    kind = type(original).__name__
+    module = type(original).__module__
+    if module == "sqlite3" or isinstance(original, sqlite3.Error):
+        return _sqlite(text, kind)
+    if module.startswith(("psycopg", "pymysql", "MySQLdb")):
+        return _server(text, kind)
+    if isinstance(exc, SQLAlchemyError) and not isinstance(exc, DBAPIError):
+        return f"the database connection could not be used ({kind})"
+    return f"the database reported an unexpected error ({kind}; the driver's error is chained)"
+
+
+def _sqlite(text: str, kind: str) -> str:
+    if "locked" in text or "busy" in text:
+        return (
+            "the SQLite outbox is locked by another writer (an application transaction that "
+            "stored an event and has not committed yet, a flusher, or a cms-outbox command "
+            "that writes) and the busy timeout of "
+            f"{database.BUSY_TIMEOUT:g} s ran out: commit or roll back long transactions "
+            "on the outbox database, then try again"
+        )
+    if "no such table" in text:
+        return "the outbox tables are missing: run `cms-outbox migrate` on this database"
+    if "readonly" in text or "read-only" in text:
+        return "the SQLite file (or its directory) is read-only for this process"
+    if "unable to open" in text:
+        return (
+            "SQLite cannot open the database file: check that its directory exists and that "
+            "this process may read and write both"
+        )
+    if "not a database" in text:
+        return "the file is not a SQLite database"
+    if "malformed" in text or "corrupt" in text:
+        return "the SQLite database file is damaged"
+    if "is full" in text:
+        return "the disk holding the SQLite database is full"
+    if "disk i/o" in text:
+        return "the disk failed while SQLite read or wrote the database file"
+    if "interrupted" in text:
+        return "the statement was interrupted"
+    return f"SQLite reported an unexpected error ({kind}; the driver's error is chained)"
+
+
+def _server(text: str, kind: str) -> str:
+    if "connection refused" in text or "could not connect" in text or "can't connect" in text:
+        return "cannot connect to the database server: is it running, at that host and port?"
+    if "could not translate host name" in text or "name or service not known" in text:
+        return "the database server's host name does not resolve"
+    if "password authentication failed" in text or "access denied" in text:
+        return "the database server refused the user name or password"
+    if "does not exist" in text and "database" in text:
+        return "the database named in the URL does not exist on the server"
+    if "lock timeout" in text or "lock wait timeout" in text or "locknotavailable" in kind.lower():
+        return (
+            "another transaction held a lock on the outbox rows longer than the server's lock "
+            "timeout: commit or roll back long transactions on the outbox tables, then try again"
+        )
+    if "deadlock" in text:
+        return "the database server broke a deadlock by cancelling this transaction: try again"
+    if "canceling statement" in text or "statement timeout" in text:
+        return "the database server cancelled the statement at its statement timeout"
+    if "does not exist" in text and ("relation" in text or "table" in text):
+        return "the outbox tables are missing: run `cms-outbox migrate` on this database"
+    if "server closed the connection" in text or "terminating connection" in text:
+        return "the database server closed the connection"
+    if "gone away" in text or "lost connection" in text:
+        return "the connection to the database server was lost"
+    if "read-only" in text or "read only" in text:
+        return "the database server accepts no writes here (a read-only server or user)"
+    return (
+        f"the database server reported an unexpected error ({kind}; the driver's error is chained)"
+    )

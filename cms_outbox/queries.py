@@ -1,0 +1,273 @@
+"""Every read query of the outbox, shared by the flusher, the store, status, the CLI and metrics.
+
+``reading`` opens a read transaction that never takes the write lock: on SQLite a
+deferred ``BEGIN`` in WAL mode reads the last committed state while a writer (an
+application's open transactional-outbox transaction, a flusher) holds the lock; on
+PostgreSQL and MySQL plain ``SELECT``\\ s, never ``FOR UPDATE``. So ``status``, ``health``,
+``events``, ``show``, ``result()``, ``stats()`` and metrics answer at once, whatever
+transaction the application keeps open. The query functions take a connection, so a
+writer can also run one inside its own transaction (the store does, after a conflict).
+
+The lease rule's predicate (``leasable``) lives here too: the store leases by it and
+``status`` counts by it, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Engine, and_, case, exists, func, select
+
+from .database import READ_ONLY
+from .driver_errors import storage_errors
+from .results import EventState
+from .schema import attempts, control, events
+
+__all__ = [
+    "BLOCKED",
+    "CONTROL_ROW",
+    "DEAD",
+    "DEAD_LABELS",
+    "DELIVERED",
+    "DELIVERED_LABELS",
+    "IN_FLIGHT",
+    "NO_REQUEST_LABELS",
+    "PENDING",
+    "RETRIED_LABELS",
+    "STATES",
+    "SUMMARY_COLUMNS",
+    "TO_SEND",
+    "UNFINISHED",
+    "activity_between",
+    "attempt_rows",
+    "control_row",
+    "count_due",
+    "counts_by_state",
+    "deliveries",
+    "event_row",
+    "event_rows",
+    "fifo_clear",
+    "last_failed_attempt",
+    "leasable",
+    "oldest_unsent_at",
+    "pending_summary",
+    "reading",
+    "sale_by_invoice",
+]
+
+STATES = tuple(state.value for state in EventState)
+PENDING = EventState.PENDING.value
+IN_FLIGHT = EventState.IN_FLIGHT.value
+DELIVERED = EventState.DELIVERED.value
+DEAD = EventState.DEAD.value
+BLOCKED = EventState.BLOCKED.value
+TO_SEND = (PENDING, IN_FLIGHT)  # still to be sent
+UNFINISHED = (PENDING, IN_FLIGHT, BLOCKED)  # holds a customer's later events back (FIFO)
+CONTROL_ROW = "default"
+
+# The attempt labels the flusher records (``Outcome.label``), grouped as FlushReport counts them.
+DELIVERED_LABELS = ("delivered", "duplicate")
+DEAD_LABELS = ("dead", "expired")
+RETRIED_LABELS = ("retry", "auth", "outage")
+NO_REQUEST_LABELS = ("expired",)  # dead-lettered by age without sending anything
+
+# What ``events`` lists of each row (the payload for the event name; no last response).
+SUMMARY_COLUMNS = (
+    events.c.id, events.c.event_id, events.c.kind, events.c.payload,
+    events.c.customer_external_id, events.c.click_id, events.c.mode, events.c.invoice_id,
+    events.c.state, events.c.attempts, events.c.created_at, events.c.next_attempt_at,
+    events.c.last_attempt_at, events.c.delivered_at, events.c.last_status_code,
+    events.c.last_error,
+)  # fmt: skip
+
+
+@contextmanager
+def reading(engine: Engine, action: str) -> Iterator[Connection]:
+    """A connection in a read transaction that never waits for a writer.
+
+    :param action: what the caller is doing, for the ``StorageError`` message.
+    :raises StorageError: the database failed.
+    """
+    with storage_errors(action), engine.connect() as conn:
+        conn.execution_options(**{READ_ONLY: True})
+        yield conn
+
+
+# -- the lease rule ------------------------------------------------------------------------
+
+
+def fifo_clear() -> ColumnElement[bool]:
+    """No earlier event of the same customer is unfinished (per-customer FIFO)."""
+    earlier = events.alias("earlier")
+    return ~exists(earlier.c.id).where(  # selects an indexed column: answered by the index
+        earlier.c.customer_external_id == events.c.customer_external_id,
+        earlier.c.id < events.c.id,
+        earlier.c.state.in_(UNFINISHED),
+    )
+
+
+def leasable(now: Any) -> ColumnElement[bool]:
+    """Pending, due by ``now`` (a value or a bind parameter) and clear by FIFO."""
+    return and_(events.c.state == PENDING, events.c.next_attempt_at <= now, fifo_clear())
+
+
+def count_due(conn: Connection, now: float) -> int:
+    """Pending events a flusher could lease at ``now``."""
+    return int(conn.execute(select(func.count()).where(leasable(now))).scalar_one())
+
+
+# -- counts ------------------------------------------------------------------------------
+
+
+def counts_by_state(conn: Connection) -> dict[str, int]:
+    """Events per state, every state present (zeros included), in ``EventState`` order."""
+    counts = dict.fromkeys(STATES, 0)
+    for state, count in conn.execute(
+        select(events.c.state, func.count()).group_by(events.c.state)
+    ).all():
+        counts[str(state)] = int(count)
+    return counts
+
+
+def pending_summary(conn: Connection) -> tuple[int, int, float | None]:
+    """Pending events never tried, pending events retrying, and the earliest next attempt."""
+    first_try, retrying, next_at = conn.execute(
+        select(
+            _count_if(events.c.attempts == 0),
+            _count_if(events.c.attempts > 0),
+            func.min(events.c.next_attempt_at),
+        ).where(events.c.state == PENDING)
+    ).one()
+    return int(first_try), int(retrying), _float(next_at)
+
+
+def oldest_unsent_at(conn: Connection) -> float | None:
+    """When the oldest event still to be sent (pending or in flight) was enqueued."""
+    return _float(
+        conn.execute(select(func.min(events.c.created_at)).where(events.c.state.in_(TO_SEND)))
+        .scalar()
+    )  # fmt: skip
+
+
+def deliveries(conn: Connection, now: float) -> tuple[float | None, int, int]:
+    """The last delivery's time and how many were delivered in the last minute and hour."""
+    last, minute, hour = conn.execute(
+        select(
+            func.max(events.c.delivered_at),
+            _count_if(events.c.delivered_at >= now - 60),
+            _count_if(events.c.delivered_at >= now - 3600),
+        ).where(events.c.state == DELIVERED)
+    ).one()
+    return _float(last), int(minute), int(hour)
+
+
+def activity_between(
+    conn: Connection, start: float, end: float | None, buckets: tuple[float, ...] = ()
+) -> tuple[float, ...]:
+    """Enqueues and attempt outcomes with their time in ``[start, end)``, as one vector:
+    enqueued, delivered, retried, dead, requests, duration sum, then the cumulative
+    request count of each duration bound in ``buckets``."""
+    created = events.c.created_at >= start
+    if end is not None:
+        created = created & (events.c.created_at < end)
+    enqueued = conn.execute(select(func.count()).where(created)).scalar_one()
+    started = attempts.c.started_at >= start
+    if end is not None:
+        started = started & (attempts.c.started_at < end)
+    sent = attempts.c.outcome.not_in(NO_REQUEST_LABELS)
+    row = conn.execute(
+        select(
+            _count_if(attempts.c.outcome.in_(DELIVERED_LABELS)),
+            _count_if(attempts.c.outcome.in_(RETRIED_LABELS)),
+            _count_if(attempts.c.outcome.in_(DEAD_LABELS)),
+            _count_if(sent),
+            func.coalesce(func.sum(case((sent, attempts.c.duration), else_=0.0)), 0.0),
+            *(_count_if(sent & (attempts.c.duration <= bound)) for bound in buckets),
+        ).where(started)
+    ).one()
+    return (float(enqueued), *(float(value) for value in row))
+
+
+# -- errors and pauses -------------------------------------------------------------------------
+
+
+def last_failed_attempt(conn: Connection) -> dict[str, Any] | None:
+    """The most recent attempt that did not deliver, with its event's id (None if purged)."""
+    row = conn.execute(
+        select(
+            attempts.c.started_at,
+            attempts.c.duration,
+            events.c.event_id,
+            attempts.c.status_code,
+            attempts.c.outcome,
+            attempts.c.error,
+        )
+        .select_from(attempts.outerjoin(events, events.c.id == attempts.c.event_seq))
+        .where(attempts.c.outcome.not_in(DELIVERED_LABELS))
+        .order_by(attempts.c.started_at.desc(), attempts.c.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else dict(row._mapping)
+
+
+def control_row(conn: Connection) -> dict[str, Any] | None:
+    """The outbox's control row: the shared token bucket and the pauses in effect."""
+    row = conn.execute(select(control).where(control.c.name == CONTROL_ROW)).first()
+    return None if row is None else dict(row._mapping)
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+def event_row(conn: Connection, event_id: str) -> dict[str, Any] | None:
+    """The whole stored row of ``event_id``, or None."""
+    row = conn.execute(select(events).where(events.c.event_id == event_id)).first()
+    return None if row is None else dict(row._mapping)
+
+
+def sale_by_invoice(conn: Connection, invoice_id: str | None) -> dict[str, Any] | None:
+    """The whole stored row of the sale with ``invoice_id``, or None."""
+    row = conn.execute(select(events).where(events.c.invoice_id == invoice_id)).first()
+    return None if row is None else dict(row._mapping)
+
+
+def event_rows(
+    conn: Connection,
+    *,
+    state: str | None = None,
+    customer: str | None = None,
+    kind: str | None = None,
+    limit: int = 50,
+    oldest_first: bool = False,
+) -> list[dict[str, Any]]:
+    """``SUMMARY_COLUMNS`` of stored events, newest first (or oldest first), filtered."""
+    query = select(*SUMMARY_COLUMNS)
+    if state is not None:
+        query = query.where(events.c.state == state)
+    if customer is not None:
+        query = query.where(events.c.customer_external_id == customer)
+    if kind is not None:
+        query = query.where(events.c.kind == kind)
+    order = events.c.id if oldest_first else events.c.id.desc()
+    return [dict(row._mapping) for row in conn.execute(query.order_by(order).limit(limit))]
+
+
+def attempt_rows(conn: Connection, seq: int) -> list[dict[str, Any]]:
+    """Every recorded attempt of the event with sequence id ``seq``, oldest first."""
+    rows = conn.execute(
+        select(attempts).where(attempts.c.event_seq == seq).order_by(attempts.c.id)
+    ).all()
+    return [dict(row._mapping) for row in rows]
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _count_if(condition: Any) -> Any:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)

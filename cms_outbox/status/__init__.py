@@ -1,0 +1,39 @@
+"""Read-only reporting, split by the question each module answers.
+
+- ``counts``: how many events are where (``status``)
+- ``health``: whether that is healthy (``health``)
+- ``activity``: what happened since a moment (``stats()``, metrics)
+- ``detail``: what is stored (``events``, ``show``)
+
+Every query comes from ``cms_outbox.queries`` and runs in a read transaction that never
+waits for a writer; nothing here writes.
+"""
+
+from __future__ import annotations
+
+from .activity import DURATION_BUCKETS, Activity, ActivityTracker, Stats
+from .counts import LastError, OutboxStatus, Pause, count_due, outbox_status
+from .detail import AttemptRecord, EventDetail, EventSummary, event_detail, list_events
+from .formatting import format_age, isoformat
+from .health import Health, check_health
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "Activity",
+    "ActivityTracker",
+    "AttemptRecord",
+    "EventDetail",
+    "EventSummary",
+    "Health",
+    "LastError",
+    "OutboxStatus",
+    "Pause",
+    "Stats",
+    "check_health",
+    "count_due",
+    "event_detail",
+    "format_age",
+    "isoformat",
+    "list_events",
+    "outbox_status",
+]

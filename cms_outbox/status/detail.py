@@ -1,0 +1,156 @@
+"""What is stored: the events ``cms-outbox events`` lists and the one event ``show`` shows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from .. import queries
+from ..errors import EventNotFound
+from ..queries import PENDING
+from .formatting import as_float, json_fields, parse_json
+
+__all__ = ["AttemptRecord", "EventDetail", "EventSummary", "event_detail", "list_events"]
+
+
+@dataclass(frozen=True)
+class EventSummary:
+    """One stored event as ``events`` lists it."""
+
+    seq: int
+    event_id: str
+    kind: str
+    event_name: str | None
+    customer_external_id: str
+    click_id: str | None
+    mode: str | None
+    invoice_id: str | None
+    state: str
+    attempts: int
+    created_at: float
+    next_attempt_at: float | None
+    last_attempt_at: float | None
+    delivered_at: float | None
+    last_status_code: int | None
+    last_error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        value = json_fields(
+            self, times=("created_at", "next_attempt_at", "last_attempt_at", "delivered_at")
+        )
+        if self.state != PENDING:
+            value["next_attempt_at"] = None  # only a pending event has a next attempt
+        return value
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One recorded delivery attempt."""
+
+    started_at: float
+    duration: float
+    status_code: int | None
+    outcome: str
+    error: str | None
+    response: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        value = json_fields(self, times=("started_at",))
+        del value["duration"]
+        value["duration_seconds"] = round(self.duration, 6)
+        value["response"] = parse_json(self.response)
+        return value
+
+
+@dataclass(frozen=True)
+class EventDetail:
+    """One event with its wire payload and its full attempt history, oldest first."""
+
+    summary: EventSummary
+    payload: Any
+    last_response: str | None
+    attempts: Sequence[AttemptRecord] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.summary.to_json(),
+            "payload": self.payload,
+            "last_response": parse_json(self.last_response),
+            "attempt_history": [attempt.to_json() for attempt in self.attempts],
+        }
+
+
+def list_events(
+    engine: Engine,
+    *,
+    state: str | None = None,
+    customer: str | None = None,
+    kind: str | None = None,
+    limit: int = 50,
+    oldest_first: bool = False,
+) -> list[EventSummary]:
+    """Stored events, newest first (or oldest first), filtered by state, customer and kind.
+
+    :raises StorageError: the database failed.
+    """
+    with queries.reading(engine, "listing events") as conn:
+        rows = queries.event_rows(
+            conn, state=state, customer=customer, kind=kind, limit=limit,
+            oldest_first=oldest_first,
+        )  # fmt: skip
+    return [_summary(row) for row in rows]
+
+
+def event_detail(engine: Engine, event_id: str) -> EventDetail:
+    """One event, its payload and its attempts (joined by ``event_seq``), in one snapshot.
+
+    :raises EventNotFound: no such event in the outbox.
+    :raises StorageError: the database failed.
+    """
+    with queries.reading(engine, "reading an event") as conn:
+        row = queries.event_row(conn, event_id)
+        if row is None:
+            raise EventNotFound(f"event {event_id!r} is not in the outbox")
+        history = queries.attempt_rows(conn, row["id"])
+    return EventDetail(
+        summary=_summary(row),
+        payload=parse_json(row["payload"]),
+        last_response=row["last_response"],
+        attempts=tuple(
+            AttemptRecord(
+                started_at=float(item["started_at"]),
+                duration=float(item["duration"]),
+                status_code=item["status_code"],
+                outcome=str(item["outcome"]),
+                error=item["error"],
+                response=item["response"],
+            )
+            for item in history
+        ),
+    )
+
+
+def _summary(row: Mapping[str, Any]) -> EventSummary:
+    payload = parse_json(row["payload"])
+    name = payload.get("eventName") if isinstance(payload, dict) else None
+    return EventSummary(
+        seq=int(row["id"]),
+        event_id=row["event_id"],
+        kind=row["kind"],
+        event_name=name if isinstance(name, str) else None,
+        customer_external_id=row["customer_external_id"],
+        click_id=row["click_id"],
+        mode=row["mode"],
+        invoice_id=row["invoice_id"],
+        state=row["state"],
+        attempts=int(row["attempts"]),
+        created_at=float(row["created_at"]),
+        next_attempt_at=as_float(row["next_attempt_at"]),
+        last_attempt_at=as_float(row["last_attempt_at"]),
+        delivered_at=as_float(row["delivered_at"]),
+        last_status_code=row["last_status_code"],
+        last_error=row["last_error"],
+    )
