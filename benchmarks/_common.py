@@ -97,6 +97,7 @@ OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<=": lambda a, b: a <= b,
     ">": lambda a, b: a > b,
     ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b,
 }
 
 

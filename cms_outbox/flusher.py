@@ -268,6 +268,8 @@ class _Pass:
         self.counts = {"delivered": 0, "retried": 0, "dead": 0}
 
     def run(self) -> FlushReport:
+        if not self.store.has_work(self.flusher.clock()):
+            return self._report()  # idle: no tokens taken, nothing leased, nothing written
         try:
             self._loop()
         finally:

@@ -49,6 +49,7 @@ __all__ = [
     "event_row",
     "event_rows",
     "fifo_clear",
+    "has_work",
     "last_failed_attempt",
     "leasable",
     "oldest_unsent_at",
@@ -116,6 +117,14 @@ def leasable(now: Any) -> ColumnElement[bool]:
 def count_due(conn: Connection, now: float) -> int:
     """Pending events a flusher could lease at ``now``."""
     return int(conn.execute(select(func.count()).where(leasable(now))).scalar_one())
+
+
+def has_work(conn: Connection, now: float) -> bool:
+    """A pass would find work at ``now``: a leasable event, or an expired lease to reclaim."""
+    expired = and_(events.c.state == IN_FLIGHT, events.c.lease_expires_at <= now)
+    return bool(
+        conn.execute(select(exists().where(leasable(now)) | exists().where(expired))).scalar_one()
+    )
 
 
 # -- counts ------------------------------------------------------------------------------

@@ -233,6 +233,15 @@ class Store:
         with queries.reading(self.engine, "counting events") as conn:
             return {state: n for state, n in queries.counts_by_state(conn).items() if n}
 
+    def has_work(self, now: float) -> bool:
+        """Whether a pass would find anything to send or reclaim at ``now``.
+
+        Read only: an idle flusher asks this every interval, and an idle outbox must not
+        be written to (every SQLite commit appends at least one page to the WAL).
+        """
+        with queries.reading(self.engine, "looking for due events") as conn:
+            return queries.has_work(conn, now)
+
     def control_row(self) -> dict[str, Any]:
         """The control row: the shared token bucket and the pauses in effect."""
         with queries.reading(self.engine, "reading the control row") as conn:

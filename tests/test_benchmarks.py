@@ -23,6 +23,7 @@ EXPECTED = {
     "latency": {"cms_outbox", "sdk", "breakdown", "ratios", "targets"},
     "outage": {"outage", "lost_response", "ratios", "targets"},
     "backlog": {"rss_mb", "db_bytes", "bytes_per_pending_event", "ratios", "targets"},
+    "idle": {"write_bytes_per_10min", "wchar_per_10min", "ratios", "targets"},
     "scaleout": {"results", "ratios", "targets"},
     "tail": {"results", "ratios", "targets"},  # skipped (JSON says why) without PostgreSQL
 }
