@@ -71,6 +71,9 @@ events = Table(
     # FIFO: "an earlier row of this customer still unfinished" is a seek per state, however
     # much delivered history the customer has.
     Index("ix_cms_outbox_events_customer_state_id", "customer_external_id", "state", "id"),
+    # A follow-up's governing setup (the customer's latest deferred setup before it) is one
+    # backward seek, however many dead setups are kept.
+    Index("ix_cms_outbox_events_customer_mode_id", "customer_external_id", "mode", "id"),
 )
 
 attempts = Table(

@@ -11,8 +11,14 @@ Lease rules, the heart of delivery:
 - ``record`` applies an outcome only while the row is still leased by the same
   owner, so a worker whose lease expired cannot overwrite a newer outcome.
 - An expired lease (crashed worker) makes the row ``pending`` again.
-- A follow-up (no ``clickId``) whose customer's earlier deferred setup is dead,
-  with no earlier deferred setup delivered, is ``blocked`` until a retry.
+- A follow-up (no ``clickId``) is governed by the latest deferred setup of its
+  customer enqueued before it (by sequence id): delivered releases it, dead holds it
+  (``blocked``, until a retry), pending waits (FIFO already holds it back). No setup
+  before it: it is sent as it is. The lease reads the governing setup with one index
+  seek per row it leases, so the cost never grows with the dead rows kept.
+- A follow-up answered 404 (no deferred association) because its governing setup
+  committed after it was sent (a late application transaction on PostgreSQL) is dead
+  until that setup is delivered, which makes it pending again.
 
 Work is never selected by "id greater than the last seen": rows commit out of order.
 """
@@ -34,6 +40,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -275,9 +282,10 @@ class Store:
     def lease(self, owner: str, limit: int, now: float, duration: float) -> list[Lease]:
         """Lease up to ``limit`` eligible rows to ``owner`` until ``now + duration``.
 
-        First, in the same transaction, follow-ups of dead deferred setups are blocked
-        and (at most once per ``SWEEP_INTERVAL`` of ``now``) expired leases are
-        reclaimed. Rows come back in enqueue order.
+        First, in the same transaction (at most once per ``SWEEP_INTERVAL`` of ``now``),
+        expired leases are reclaimed. An eligible follow-up whose governing setup is dead
+        is not leased but ``blocked``, with the customer's later follow-ups that setup
+        governs. Rows come back in enqueue order.
         """
         return self.exchange(owner, (), limit, now, duration)[1]
 
@@ -287,45 +295,82 @@ class Store:
         if now >= self._next_sweep:  # a busy flusher leases many times a second
             self._reclaim_expired(conn, now)
             self._next_sweep = now + SWEEP_INTERVAL
-        self._block_followups(conn)  # never deferred: a follow-up of a dead setup is never sent
-        params = {"now": now, "limit": limit, "owner": owner, "expires": now + duration}
-        if conn.dialect.name == "mysql":  # no LIMIT in an IN subquery, no RETURNING
-            ids = list(conn.execute(_ELIGIBLE, params).scalars())
+        params = {"owner": owner, "expires": now + duration, "now": now}
+        leases: list[Lease] = []
+        while limit > 0:
+            # An eligible follow-up whose governing setup is dead comes back ``blocked``
+            # instead of leased: it is found (and held) once, by the lease that meets it.
+            rows = self._lease_rows(conn, {**params, "limit": limit})
+            held = [row for row in rows if row.state == BLOCKED]
+            leases += (Lease(*row[:-1]) for row in rows if row.state != BLOCKED)
+            for row in held:
+                self._hold_followups(conn, row.customer_external_id, row.id)
+            if not held or len(rows) < limit:
+                break
+            limit -= len(rows) - len(held)
+        return sorted(leases, key=lambda lease: lease.seq)
+
+    def _lease_rows(self, conn: Connection, params: dict[str, Any]) -> Sequence[Any]:
+        if conn.dialect.name != "mysql":
+            return conn.execute(_LEASE_ELIGIBLE, params).all()
+        # MySQL: no LIMIT in an IN subquery, no RETURNING, no subquery on the updated table.
+        found = conn.execute(_ELIGIBLE_HELD, params).all()
+        ids = [row.id for row in found if not row.held]
+        held = [row.id for row in found if row.held]
+        if ids:
             conn.execute(_LEASE_IDS, {**params, "ids": ids})
-            rows = conn.execute(select(*_LEASE_COLUMNS).where(events.c.id.in_(ids))).all()
-        else:
-            rows = conn.execute(_LEASE_ELIGIBLE, params).all()
-        return sorted((Lease(*row) for row in rows), key=lambda lease: lease.seq)
+        if held:
+            conn.execute(_BLOCK_IDS, {"ids": held})
+        return conn.execute(
+            select(*_LEASE_COLUMNS, events.c.state).where(events.c.id.in_(ids + held))
+        ).all()
+
+    def _hold_followups(self, conn: Connection, customer: str, seq: int) -> None:
+        """Block the follow-ups of ``customer`` governed by the same dead setup as ``seq``."""
+        bound = conn.execute(_NEXT_SETUP, {"customer": customer, "seq": seq}).scalar()
+        condition = and_(
+            events.c.customer_external_id == customer,
+            events.c.state.in_((PENDING, BLOCKED)),
+            events.c.click_id.is_(None),
+            events.c.id >= seq,
+        )
+        if bound is not None:
+            condition = and_(condition, events.c.id < bound)
+        conn.execute(
+            update(events)
+            .where(condition)
+            .values(state=BLOCKED, lease_owner=None, lease_expires_at=None)
+        )
 
     def _reclaim_expired(self, conn: Connection, now: float) -> None:
         conn.execute(_RECLAIM_EXPIRED, {"now": now})
 
-    def _block_followups(self, conn: Connection) -> int:
-        dead_setups = conn.execute(_DEAD_SETUPS).all()
-        blocked = 0
-        for customer, setup_seq in dead_setups:
-            delivered_setup = (
-                select(events.c.id)
-                .where(
-                    events.c.customer_external_id == customer,
-                    events.c.mode == "deferred",
-                    events.c.state == DELIVERED,
-                    events.c.id < setup_seq,
-                )
-                .exists()
+    def _settle_setups(self, conn: Connection, outcomes: Sequence[Outcome], done: set[int]) -> None:
+        """A setup that died holds the follow-ups it governs; one delivered releases those
+        answered 404 before it arrived (its transaction committed after they were sent)."""
+        final = {o.seq: o for o in outcomes if o.seq in done and o.state in _FINAL}
+        if not final:
+            return
+        for seq, customer in conn.execute(_SETUPS_AMONG, {"seqs": list(final)}).all():
+            outcome = final[seq]
+            if outcome.state is EventState.DEAD:
+                self._hold_followups(conn, customer, seq)
+                continue
+            bound = conn.execute(_NEXT_SETUP, {"customer": customer, "seq": seq}).scalar()
+            condition = and_(
+                events.c.customer_external_id == customer,
+                events.c.state == DEAD,
+                events.c.click_id.is_(None),
+                events.c.last_status_code == 404,
+                events.c.id > seq,
             )
-            blocked += conn.execute(
+            if bound is not None:
+                condition = and_(condition, events.c.id < bound)
+            conn.execute(
                 update(events)
-                .where(
-                    events.c.customer_external_id == customer,
-                    events.c.id > setup_seq,
-                    events.c.state == PENDING,
-                    events.c.click_id.is_(None),
-                    ~delivered_setup,
-                )
-                .values(state=BLOCKED)
-            ).rowcount
-        return blocked
+                .where(condition)
+                .values(state=PENDING, next_attempt_at=outcome.finished_at)
+            )
 
     def record(
         self, owner: str, outcomes: Sequence[Outcome], *, redact: bool = False
@@ -333,8 +378,9 @@ class Store:
         """Record attempts and apply each outcome while ``owner`` still holds the lease.
 
         Every attempt is written to the attempts table; the event row changes only if
-        it is still ``in_flight`` under ``owner``. A dead deferred setup blocks its
-        follow-ups in the same transaction.
+        it is still ``in_flight`` under ``owner``. A dead deferred setup blocks the
+        follow-ups it governs; a delivered one makes pending again those of them that
+        were answered 404 before it arrived.
 
         :returns: for each outcome, whether it was applied to the event row.
         """
@@ -359,8 +405,7 @@ class Store:
                         .where(events.c.id == outcome.seq)
                         .values(payload=_redacted(conn, outcome.seq))
                     )
-        if any(o.state is EventState.DEAD and o.seq in done for o in outcomes):
-            self._block_followups(conn)
+        self._settle_setups(conn, outcomes, done)
         return [outcome.seq in done for outcome in outcomes]
 
     def release(self, owner: str, seqs: Sequence[int] | None = None) -> int:
@@ -521,8 +566,23 @@ _ELIGIBLE = (
     .limit(bindparam("limit", type_=Integer))
     .with_for_update(skip_locked=True)
 )
+_setup = events.alias("setup")
+# The state of a follow-up's governing setup: the latest deferred setup of its customer
+# enqueued before it. One backward seek on the (customer, mode, id) index.
+_GOVERNOR_STATE = (
+    select(_setup.c.state)
+    .where(
+        _setup.c.customer_external_id == events.c.customer_external_id,
+        _setup.c.mode == "deferred",
+        _setup.c.id < events.c.id,
+    )
+    .order_by(_setup.c.id.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+_HELD = and_(events.c.click_id.is_(None), _GOVERNOR_STATE == DEAD)
 _LEASE = update(events).values(
-    state=IN_FLIGHT,
+    state=case((_HELD, BLOCKED), else_=IN_FLIGHT),
     lease_owner=bindparam("owner", type_=Text),
     lease_expires_at=bindparam("expires", type_=Double),
 )
@@ -531,18 +591,34 @@ _LEASE_COLUMNS = (
     events.c.mode, events.c.payload, events.c.attempts, events.c.created_at,
 )  # fmt: skip
 _LEASE_ELIGIBLE = _LEASE.where(events.c.id.in_(_ELIGIBLE.scalar_subquery())).returning(
-    *_LEASE_COLUMNS
+    *_LEASE_COLUMNS, events.c.state
 )
-_LEASE_IDS = _LEASE.where(events.c.id.in_(bindparam("ids", expanding=True)))
+_ELIGIBLE_HELD = _ELIGIBLE.add_columns(case((_HELD, True), else_=False).label("held"))
+_LEASE_IDS = (
+    update(events)
+    .where(events.c.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        state=IN_FLIGHT,
+        lease_owner=bindparam("owner", type_=Text),
+        lease_expires_at=bindparam("expires", type_=Double),
+    )
+)
+_BLOCK_IDS = (
+    update(events).where(events.c.id.in_(bindparam("ids", expanding=True))).values(state=BLOCKED)
+)
+_NEXT_SETUP = select(func.min(events.c.id)).where(
+    events.c.customer_external_id == bindparam("customer", type_=Text),
+    events.c.mode == "deferred",
+    events.c.id > bindparam("seq", type_=Integer),
+)
+_FINAL = (EventState.DELIVERED, EventState.DEAD)
+_SETUPS_AMONG = select(events.c.id, events.c.customer_external_id).where(
+    events.c.id.in_(bindparam("seqs", expanding=True)), events.c.mode == "deferred"
+)
 _RECLAIM_EXPIRED = (
     update(events)
     .where(events.c.state == IN_FLIGHT, events.c.lease_expires_at <= bindparam("now", type_=Double))
     .values(state=PENDING, lease_owner=None, lease_expires_at=None)
-)
-_DEAD_SETUPS = (
-    select(events.c.customer_external_id, func.min(events.c.id))
-    .where(events.c.state == DEAD, events.c.mode == "deferred")
-    .group_by(events.c.customer_external_id)
 )
 # Which rows of a batch are still ours: a result is recorded only under a matching lease.
 _STILL_LEASED = (

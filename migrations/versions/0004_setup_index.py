@@ -1,0 +1,38 @@
+"""Index deferred setups by customer: a follow-up's governing setup is one seek.
+
+Before, every lease ran one statement per customer with a dead deferred setup; now the
+lease reads the latest deferred setup of a follow-up's customer before it, which this
+(customer, mode, id) index answers with one backward seek.
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-12-01
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+TABLE = "cms_outbox_events"
+SETUPS = "ix_cms_outbox_events_customer_mode_id"
+
+
+def _has_index() -> bool:
+    # Rerun after a kill (MySQL commits each DDL statement by itself): create only once.
+    return SETUPS in {ix["name"] for ix in sa.inspect(op.get_bind()).get_indexes(TABLE)}
+
+
+def upgrade() -> None:
+    if not _has_index():
+        op.create_index(SETUPS, TABLE, ["customer_external_id", "mode", "id"])
+
+
+def downgrade() -> None:
+    if _has_index():
+        op.drop_index(SETUPS, table_name=TABLE)
