@@ -10,8 +10,8 @@ Percentiles are of every call's latency; the ratios compare ours to raw's in the
 
 Where the time goes: in the ``track_lead`` runs, each call's time is split into Python
 (building the event, outside the store), waiting for another thread's group commit,
-waiting for the write lock, the INSERT itself and the commit (WAL write, fsync and any
-checkpoint), shown as a histogram per part and as each part's share of the slowest 1%.
+waiting for the write lock, and writing (the INSERTs and the commit: WAL write, fsync,
+any checkpoint), shown as a histogram per part and as each part's share of the slowest 1%.
 
     python benchmarks/tail.py [--quick]
 """
@@ -54,8 +54,8 @@ INTERVAL = 0.005  # seconds between one thread's calls
 LATENCY = 0.02  # the sandbox's, while the daemon drains
 BACKLOG = 3000  # events waiting when a daemon run starts: it drains throughout
 SCENARIOS = ((4, 2), (8, 4))  # (processes, threads per process)
-CONTENDERS = ("raw", "ours", "ours_daemon")
-PARTS = ("python", "group_wait", "lock", "insert", "commit")
+CONTENDERS = tuple(os.environ.get("BENCH_CONTENDERS", "raw,ours,ours_daemon").split(","))
+PARTS = ("python", "group_wait", "lock", "write")
 BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100)
 RAW_INSERT = (
     "INSERT INTO cms_outbox_events (event_id, kind, customer_external_id, click_id, payload, "
@@ -71,15 +71,28 @@ class Parts(threading.local):
     """Seconds the current thread spent in each part of its current call."""
 
     def __init__(self) -> None:
-        self.store = self.lock = self.insert = self.commit = 0.0
+        self.store = self.lock = self.write = 0.0
+
+
+class TimedLock:
+    """The enqueue's write lock, timing the wait for it (``BEGIN IMMEDIATE`` adds to it)."""
+
+    def __init__(self, lock: Any, parts: Parts) -> None:
+        self._lock = lock
+        self._parts = parts
+
+    def __enter__(self) -> None:
+        began = time.perf_counter()
+        self._lock.__enter__()
+        self._parts.lock += time.perf_counter() - began
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.__exit__(*exc_info)
 
 
 class TimedConnection:
-    """The enqueue connection, timing its statements into ``Parts``.
-
-    A lone INSERT (autocommit) runs as BEGIN IMMEDIATE, INSERT, COMMIT so that waiting
-    for the write lock and the commit show apart; a batch already does so.
-    """
+    """The enqueue connection: BEGIN counts as waiting for the lock, the rest as writing
+    (a lone INSERT commits itself, so its fsync is in its write)."""
 
     def __init__(self, conn: sqlite3.Connection, parts: Parts) -> None:
         self._conn = conn
@@ -89,35 +102,22 @@ class TimedConnection:
         return getattr(self._conn, name)
 
     def execute(self, sql: str, *params: Any) -> sqlite3.Cursor:
-        parts = self._parts
-        if sql.startswith("BEGIN"):
-            began = time.perf_counter()
-            cursor = self._conn.execute(sql)
-            parts.lock += time.perf_counter() - began
-            return cursor
-        if not self._conn.in_transaction:
-            self.execute("BEGIN IMMEDIATE")
-            cursor = self._timed_insert(sql, params)
-            self.commit()
-            return cursor
-        return self._timed_insert(sql, params)
-
-    def _timed_insert(self, sql: str, params: Any) -> sqlite3.Cursor:
         began = time.perf_counter()
         cursor = self._conn.execute(sql, *params)
-        self._parts.insert += time.perf_counter() - began
+        if sql.startswith("BEGIN"):
+            self._parts.lock += time.perf_counter() - began
+        else:
+            self._parts.write += time.perf_counter() - began
         return cursor
 
     def commit(self) -> None:
-        if not self._conn.in_transaction:
-            return
         began = time.perf_counter()
         self._conn.commit()
-        self._parts.commit += time.perf_counter() - began
+        self._parts.write += time.perf_counter() - began
 
 
-def instrument(client: CMSClient, parts: Parts) -> Parts:
-    """Time the store's insert and its group commit's statements (this process only)."""
+def instrument(client: CMSClient, parts: Parts) -> None:
+    """Time the store's insert and its group commit's lock and statements (this process)."""
     store = client.store
     insert = store.insert
 
@@ -131,9 +131,9 @@ def instrument(client: CMSClient, parts: Parts) -> Parts:
     store.insert = timed_insert  # type: ignore[method-assign]
     group = store._group
     assert group is not None
+    group._write_lock = TimedLock(group._write_lock, parts)
     connect = group._connect
     group._connect = lambda: TimedConnection(connect(), parts)  # type: ignore[assignment,return-value]
-    return parts
 
 
 class Writers:
@@ -162,7 +162,7 @@ class Writers:
                 pause = slot - time.time()
                 if pause > 0:
                     time.sleep(pause)
-                parts.store = parts.lock = parts.insert = parts.commit = 0.0
+                parts.store = parts.lock = parts.write = 0.0
                 began = time.perf_counter()
                 try:
                     if client is not None:
@@ -176,9 +176,9 @@ class Writers:
                     total = time.perf_counter() - began
                     samples.append(total)
                     if client is not None:
-                        own = parts.lock + parts.insert + parts.commit
+                        own = parts.lock + parts.write
                         split.append((total - parts.store, max(0.0, parts.store - own),
-                                      parts.lock, parts.insert, parts.commit))  # fmt: skip
+                                      parts.lock, parts.write))  # fmt: skip
                 i += 1
                 slot = max(slot + INTERVAL, time.time())  # late: no burst to catch up
             if conn is not None:
@@ -310,7 +310,7 @@ def segment(
 ) -> tuple[dict[str, Any], int]:
     """One contender's run; returns its samples and what the daemon delivered meanwhile."""
     daemon = None
-    if kind == "ours_daemon":
+    if kind.startswith("ours_daemon"):
         sandbox.call("reset")
         sandbox.call("set_faults", latency=LATENCY)
         daemon = start_daemon(path, sandbox.url)
@@ -381,7 +381,7 @@ def main() -> None:
                         path = fresh_copy(
                             source,
                             directory / f"{name}-{kind}-{r}.db",
-                            backlog if kind == "ours_daemon" else 0,
+                            backlog if kind.startswith("ours_daemon") else 0,
                         )
                         run, delivered = segment(pool, kind, path, seconds, sandbox)
                         for key in ("samples", "split"):
@@ -423,12 +423,12 @@ def main() -> None:
             f"thread, durability full, {rounds} round(s) of {seconds:g} s",
             ["contender", "calls", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "p99 / raw",
              "max / raw", "locked", "rows missing", "delivered meanwhile"],
-            [(labels[k], r["calls"], r["p50_ms"], r["p99_ms"], r["p99_9_ms"], r["max_ms"],
+            [(labels.get(k, k), r["calls"], r["p50_ms"], r["p99_ms"], r["p99_9_ms"], r["max_ms"],
               ratio(r["p99_ms"], raw["p99_ms"]), ratio(r["max_ms"], raw["max_ms"]),
               r["locked_errors"], r["missing_rows"], r["delivered_by_daemon"])
              for k, r in by_kind.items()],
         )  # fmt: skip
-        for kind in ("ours", "ours_daemon"):
+        for kind in [k for k in by_kind if k != "raw"]:
             r = by_kind[kind]
             edges = (
                 [f"<{BUCKETS_MS[0]:g}"]
@@ -436,7 +436,7 @@ def main() -> None:
                 + [f">={BUCKETS_MS[-1]:g}"]
             )
             table(
-                f"{name}, {labels[kind]}: calls by ms spent in each part",
+                f"{name}, {labels.get(kind, kind)}: calls by ms spent in each part",
                 ["part", *edges, "share of slowest 1%"],
                 [(part, *r["histogram"][part], r["tail_share"][part]) for part in PARTS],
             )

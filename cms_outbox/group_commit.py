@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 __all__ = ["GroupCommit"]
@@ -32,12 +33,20 @@ class _Entry:
 class GroupCommit:
     """Runs one INSERT per caller on a single connection, batching concurrent callers."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], sql: str) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        sql: str,
+        *,
+        write_lock: AbstractContextManager[Any] | None = None,
+    ) -> None:
         """:param connect: opens the connection (autocommit or the driver's legacy mode).
         :param sql: the INSERT; its conflict clause may skip a row (``stored`` False).
+        :param write_lock: held around each write transaction (a ``WriteLock``).
         """
         self._connect = connect
         self._sql = sql
+        self._write_lock = write_lock or nullcontext()
         self._conn: sqlite3.Connection | None = None
         self._forget()
 
@@ -124,16 +133,17 @@ class GroupCommit:
     def _write(self, batch: list[_Entry]) -> None:
         try:
             conn = self._connection()
-            if len(batch) > 1:  # alone, the INSERT is its own transaction
-                conn.execute("BEGIN IMMEDIATE")
-            try:
-                for entry in batch:
-                    entry.stored = conn.execute(self._sql, entry.params).rowcount == 1
-                conn.commit()  # a no-op for a lone INSERT in autocommit mode
-            except BaseException:
-                if conn.in_transaction:
-                    conn.rollback()
-                raise
+            with self._write_lock:
+                if len(batch) > 1:  # alone, the INSERT is its own transaction
+                    conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for entry in batch:
+                        entry.stored = conn.execute(self._sql, entry.params).rowcount == 1
+                    conn.commit()  # a no-op for a lone INSERT in autocommit mode
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.rollback()
+                    raise
         except Exception as exc:
             if len(batch) == 1:
                 batch[0].error = exc

@@ -29,6 +29,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar, Union
 
@@ -61,6 +62,7 @@ from .policy import Bucket
 from .queries import BLOCKED, CONTROL_ROW, DEAD, DELIVERED, IN_FLIGHT, PENDING
 from .results import EventState
 from .schema import HAS_INVOICE, NOTIFY_CHANNEL, attempts, control, events
+from .write_lock import WriteLock
 
 __all__ = ["Lease", "Outcome", "Store"]
 
@@ -129,11 +131,20 @@ class Store:
         self.engine = engine
         self.bookkeeping = bookkeeping or engine
         self._next_sweep = 0.0
-        self._group = (
-            GroupCommit(self._enqueue_connection, _SQLITE_INSERT)
-            if engine.dialect.name == "sqlite"
-            else None
-        )
+        self._group: GroupCommit | None = None
+        self._write_lock: WriteLock | None = None
+        self._enqueue_lock: WriteLock | None = None
+        if engine.dialect.name == "sqlite":
+            path = engine.url.database or ""
+            if path and path != ":memory:" and not path.startswith("file:"):
+                # The enqueue has a lock (an open file) of its own: it queues with the
+                # writes of this process's flusher as with every other process's.
+                self._enqueue_lock, self._write_lock = WriteLock(path), WriteLock(path)
+            self._group = GroupCommit(
+                self._enqueue_connection,
+                _SQLITE_INSERT,
+                write_lock=self._enqueue_lock,
+            )
 
     # -- enqueue ---------------------------------------------------------------
 
@@ -172,9 +183,18 @@ class Store:
         return conn
 
     def close(self) -> None:
-        """Close the enqueue connection (the engines are the caller's)."""
+        """Close the enqueue connection and the lock files (the engines are the caller's)."""
         if self._group is not None:
             self._group.close()
+        for lock in (self._enqueue_lock, self._write_lock):
+            if lock is not None:
+                lock.close()
+
+    @contextmanager
+    def _writing(self, engine: Engine) -> Iterator[Connection]:
+        """A write transaction on ``engine``, queued for the write lock on SQLite."""
+        with self._write_lock or nullcontext(), engine.begin() as conn:
+            yield conn
 
     def hold(self, timeout: float) -> bool:
         """Wait for the enqueue under way and hold back new ones (around ``fork()``)."""
@@ -274,7 +294,7 @@ class Store:
         A busy flusher does this once per round of finished requests, so a customer's
         next event is leased in the same transaction that finished its predecessor.
         """
-        with storage_errors("recording and leasing"), self.bookkeeping.begin() as conn:
+        with storage_errors("recording and leasing"), self._writing(self.bookkeeping) as conn:
             applied = self._record(conn, owner, outcomes, redact) if outcomes else []
             leases = self._lease(conn, owner, limit, now, duration) if limit > 0 else []
         return applied, leases
@@ -415,7 +435,7 @@ class Store:
             if not seqs:
                 return 0
             condition = and_(condition, events.c.id.in_(list(seqs)))
-        with storage_errors("releasing leases"), self.bookkeeping.begin() as conn:
+        with storage_errors("releasing leases"), self._writing(self.bookkeeping) as conn:
             return int(
                 conn.execute(
                     update(events)
@@ -453,7 +473,7 @@ class Store:
             return 0
         selection = and_(events.c.state.in_(retryable), conditions[0] if len(conditions) == 1
                          else conditions[0] | conditions[1])  # fmt: skip
-        with storage_errors("retrying events"), self.engine.begin() as conn:
+        with storage_errors("retrying events"), self._writing(self.engine) as conn:
             setups = (
                 conn.execute(
                     select(events.c.customer_external_id).where(
@@ -504,7 +524,7 @@ class Store:
         selection = conditions[0] if len(conditions) == 1 else conditions[0] | conditions[1]
         after = 0
         while True:
-            with storage_errors("purging events"), self.engine.begin() as conn:
+            with storage_errors("purging events"), self._writing(self.engine) as conn:
                 rows = conn.execute(
                     select(events.c.id, events.c.event_id)
                     .where(selection, events.c.id > after)
@@ -524,7 +544,7 @@ class Store:
 
     def with_bucket(self, change: Callable[[Bucket], tuple[Bucket, T]]) -> T:
         """Read the shared token bucket under lock, store ``change``'s bucket, return its result."""
-        with storage_errors("pacing"), self.bookkeeping.begin() as conn:
+        with storage_errors("pacing"), self._writing(self.bookkeeping) as conn:
             _lock_control(conn)
             row = conn.execute(
                 select(control.c.tokens, control.c.tokens_at, control.c.rate_factor)
@@ -545,7 +565,10 @@ class Store:
         error: str | None,
     ) -> None:  # fmt: skip
         """Publish this outbox's outage or auth pause (or its end) for ``status``."""
-        with storage_errors("publishing the delivery pause"), self.bookkeeping.begin() as conn:
+        with (
+            storage_errors("publishing the delivery pause"),
+            self._writing(self.bookkeeping) as conn,
+        ):
             conn.execute(
                 update(control)
                 .where(control.c.name == CONTROL_ROW)
