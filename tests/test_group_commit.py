@@ -176,7 +176,8 @@ def test_many_threads_of_a_client_each_get_their_own_event(sqlite_url: str) -> N
 
     def track(n: int) -> tuple[str, str]:
         lead = client.track_lead("signup", f"customer_{n % 7}", click_id=f"click_{n}")
-        sale = client.track_sale("purchase", f"customer_{n % 7}", f"inv_{n % 50}", 100, "USD")
+        invoice = n % 50  # the same sale (same customer) repeated by several threads
+        sale = client.track_sale("purchase", f"customer_{invoice}", f"inv_{invoice}", 100, "USD")
         return lead.event_id, sale.event_id
 
     with ThreadPoolExecutor(16) as pool:
