@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from . import database
@@ -43,8 +44,10 @@ def describe(exc: BaseException) -> str:
         return _sqlite(text, kind)
     if module.startswith(("psycopg", "pymysql", "MySQLdb")):
         return _server(text, kind)
-    if isinstance(exc, SQLAlchemyError) and not isinstance(exc, DBAPIError):
-        return f"the database connection could not be used ({kind})"
+    if isinstance(original, sa_exc.TimeoutError):
+        return "no database connection came free within the connection pool's timeout"
+    if isinstance(original, sa_exc.NoResultFound):
+        return "a row the outbox needs is missing: run `cms-outbox migrate` on this database"
     return f"the database reported an unexpected error ({kind}; the driver's error is chained)"
 
 
@@ -82,11 +85,15 @@ def _sqlite(text: str, kind: str) -> str:
 def _server(text: str, kind: str) -> str:
     if "connection refused" in text or "could not connect" in text or "can't connect" in text:
         return "cannot connect to the database server: is it running, at that host and port?"
+    if "timeout expired" in text:
+        return "the database server did not answer within the connect timeout"
     if "could not translate host name" in text or "name or service not known" in text:
         return "the database server's host name does not resolve"
     if "password authentication failed" in text or "access denied" in text:
         return "the database server refused the user name or password"
-    if "does not exist" in text and "database" in text:
+    if "role" in text and "does not exist" in text:
+        return "the database server has no such user (role)"
+    if ("does not exist" in text and "database" in text) or "unknown database" in text:
         return "the database named in the URL does not exist on the server"
     if "lock timeout" in text or "lock wait timeout" in text or "locknotavailable" in kind.lower():
         return (

@@ -12,6 +12,7 @@ from typing import Callable
 
 from sqlalchemy import Engine
 
+from .driver_errors import describe
 from .schema import NOTIFY_CHANNEL
 
 __all__ = ["Listen", "listener"]
@@ -55,10 +56,9 @@ def listener(engine: Engine) -> Listen | None:
                 if stop.is_set():
                     return  # closed while the connection went away: nothing to report
                 if not lost:
-                    reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
                     logger.warning(
                         "LISTEN connection to PostgreSQL lost (%s); polling until it is back",
-                        reason,
+                        describe(exc),
                     )
                     lost = True
                 stop.wait(delay)
