@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -190,3 +191,23 @@ def test_reads_answer_while_another_connection_holds_begin_immediate(
         writer.rollback()
         writer.close()
         client.close()
+
+
+def test_read_only_commands_open_a_reader_not_a_client(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No flusher wiring, no migration, no token, no enqueue connection: and no write."""
+    with CMSClient(database_url=sqlite_url, flush="off") as client:
+        event_id = client.track_lead("signup", "user_1", click_id="clk_1").event_id
+    path = Path(str(make_url(sqlite_url).database))
+    before = {p.name: p.read_bytes() for p in path.parent.iterdir() if not p.name.endswith("-shm")}
+
+    def no_client(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a read-only command built a CMSClient")
+
+    monkeypatch.setattr(CMSClient, "__init__", no_client)
+    for command in (["status"], ["health"], ["events"], ["show", event_id]):
+        code, out = run_cli(capsys, *command, "--database-url", sqlite_url)
+        assert code == 0, out
+    after = {p.name: p.read_bytes() for p in path.parent.iterdir() if not p.name.endswith("-shm")}
+    assert after == before

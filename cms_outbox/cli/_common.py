@@ -17,6 +17,7 @@ from .. import config
 from ..client import CMSClient
 from ..config import Settings
 from ..errors import ConfigurationError, SchemaError
+from ..reader import OutboxReader
 from ..status import format_age, isoformat
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "format_time",
     "mask_url",
     "open_client",
+    "open_reader",
     "optional_duration",
     "positive_int",
     "resolve_settings",
@@ -225,6 +227,15 @@ def open_client(settings: Settings, *, migrate: bool, **options: Any) -> CMSClie
         auto_migrate=migrate,
         **options,
     )
+
+
+def open_reader(settings: Settings) -> OutboxReader:
+    """A read-only view of ``settings``' outbox: no flusher, no migration, no token.
+
+    :raises SchemaError: missing, not migrated, or newer than this code.
+    """
+    _require_existing_file(settings.database_url)
+    return OutboxReader(settings.database_url)
 
 
 def _require_existing_file(url: str) -> None:

@@ -1,4 +1,7 @@
-"""``status``, ``events``, ``show`` and ``health``: read-only, they never migrate or write."""
+"""``status``, ``events``, ``show`` and ``health``: read-only, they never migrate or write.
+
+Each opens an ``OutboxReader``, not a ``CMSClient``: no flusher, no migration, no token.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from ._common import (
     format_time,
     mask_url,
     non_negative_int,
-    open_client,
+    open_reader,
     positive_int,
     resolve_settings,
     shorten,
@@ -133,8 +136,8 @@ def register(subparsers: Any) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
-    with open_client(settings, migrate=False) as client:
-        status = reports.outbox_status(client.engine)
+    with open_reader(settings) as reader:
+        status = reader.status()
     database = mask_url(settings.database_url)
     if args.json:
         echo_json({"database": database, **status.to_json()})
@@ -190,9 +193,8 @@ def _next_attempt(status: reports.OutboxStatus) -> str:
 
 def cmd_events(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
-    with open_client(settings, migrate=False) as client:
-        found = reports.list_events(
-            client.engine,
+    with open_reader(settings) as reader:
+        found = reader.events(
             state=args.state,
             customer=args.customer,
             kind=args.kind,
@@ -237,8 +239,8 @@ def _last_answer(event: reports.EventSummary) -> str:
 
 def cmd_show(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
-    with open_client(settings, migrate=False) as client:
-        detail = reports.event_detail(client.engine, args.event_id)
+    with open_reader(settings) as reader:
+        detail = reader.event(args.event_id)
     if args.json:
         echo_json(detail.to_json())
         return EXIT_OK
@@ -290,8 +292,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_health(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
-    with open_client(settings, migrate=False) as client:
-        status = reports.outbox_status(client.engine)
+    with open_reader(settings) as reader:
+        status = reader.status()
     health = reports.check_health(
         status, max_pending_age=args.max_pending_age, max_dead=args.max_dead
     )
