@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 
-__all__ = ["DEFAULT_DATABASE_URL", "DEFAULT_HOST", "Settings", "resolve"]
+__all__ = ["DEFAULT_DATABASE_URL", "DEFAULT_HOST", "Settings", "dashboard_password", "resolve"]
 
 DEFAULT_HOST = "https://api.cme.sh"
 DEFAULT_DATABASE_URL = "sqlite:///cms_outbox.db"
@@ -173,3 +173,18 @@ def resolve(environ: Mapping[str, str] | None = None, **explicit: Any) -> Settin
     if "rate_limit" in explicit and explicit["rate_limit"] is None:
         values["rate_limit"] = None
     return Settings(**values)
+
+
+def dashboard_password(environ: Mapping[str, str] | None = None) -> str | None:
+    """The dashboard's own password, from ``CMS_OUTBOX_UI_PASSWORD`` (never a flag).
+
+    :raises ConfigurationError: it is the CMS bearer token, which must never double as one.
+    """
+    env = os.environ if environ is None else environ
+    password = env.get("CMS_OUTBOX_UI_PASSWORD") or None
+    if password is not None and password == env.get("CMS_BEARER_TOKEN"):
+        raise ConfigurationError(
+            "CMS_OUTBOX_UI_PASSWORD must not be the CMS bearer token: give the dashboard "
+            "a password of its own"
+        )
+    return password

@@ -25,7 +25,7 @@ from tests.conftest import TOKEN
 
 COMMANDS = [
     "run", "flush", "status", "events", "show", "health", "retry", "purge", "migrate",
-    "sandbox", "demo",
+    "sandbox", "demo", "ui",
 ]  # fmt: skip
 
 

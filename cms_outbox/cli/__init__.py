@@ -21,7 +21,7 @@ from ..errors import (
     StorageError,
     ValidationError,
 )
-from . import delivery, maintenance, reporting, tools
+from . import delivery, maintenance, reporting, tools, ui
 from ._common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     reporting.register(subparsers)
     maintenance.register(subparsers)
     tools.register(subparsers)
+    ui.register(subparsers)
     return parser
 
 

@@ -1,0 +1,527 @@
+"""The dashboard's reads: overview, activity timeline, a page of events, one event.
+
+Every function opens one read transaction that never takes the write lock (SQLite
+``BEGIN`` rather than ``BEGIN IMMEDIATE``), so the dashboard answers while an
+application transaction holds it. Nothing is cached: each page is the database now.
+Each query is bounded by an index or a ``LIMIT`` so that a page stays fast with a
+million events stored (``benchmarks/dashboard.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Integer, cast, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..database import READ_ONLY
+from ..errors import EventNotFound, StorageError
+from ..results import EventState
+from ..schema import attempts, control, events
+from .filters import EventFilter
+
+__all__ = [
+    "MAX_BULK",
+    "SCAN_WINDOW",
+    "Attempt",
+    "EventPage",
+    "EventRow",
+    "EventView",
+    "Overview",
+    "Timeline",
+    "event_page",
+    "event_view",
+    "overview",
+    "reading",
+    "retryable_ids",
+    "timeline",
+]
+
+PENDING = EventState.PENDING.value
+IN_FLIGHT = EventState.IN_FLIGHT.value
+DELIVERED = EventState.DELIVERED.value
+DEAD = EventState.DEAD.value
+BLOCKED = EventState.BLOCKED.value
+STATES = tuple(state.value for state in EventState)
+UNFINISHED = (PENDING, IN_FLIGHT, BLOCKED)
+RETRYABLE = (DEAD, BLOCKED)
+CONTROL_ROW = "default"
+# The attempt labels the flusher records, grouped as the chart draws them.
+DELIVERED_LABELS = ("delivered", "duplicate")
+DEAD_LABELS = ("dead", "expired")
+# Sequence ids searched per page by a filter no index narrows (an event name alone).
+SCAN_WINDOW = 100_000
+# Most events one "retry all matching" action takes; the page says when more match.
+MAX_BULK = 1000
+# Neighbours of an event shown on each side in its customer's FIFO order.
+NEIGHBOURS = 10
+
+
+@contextmanager
+def reading(engine: Engine, action: str) -> Iterator[Connection]:
+    """One read transaction; a database failure becomes a ``StorageError`` in plain words."""
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})
+            with conn.begin():
+                yield conn
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        raise StorageError(f"{action} failed: the outbox database could not be read") from exc
+
+
+# -- overview --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The outbox now: counts, the oldest event to send, pauses and pacing."""
+
+    now: float
+    counts: Mapping[str, int]
+    oldest_pending_at: float | None
+    pause_reason: str | None  # "outage" or "auth" while delivery is paused
+    pause_since: float | None
+    pause_error: str | None
+    pacing: Mapping[str, float]  # the shared token bucket's fields, as stored
+
+    @property
+    def backlog(self) -> int:
+        return sum(self.counts[state] for state in UNFINISHED)
+
+    @property
+    def oldest_pending_age(self) -> float | None:
+        if self.oldest_pending_at is None:
+            return None
+        return max(0.0, self.now - self.oldest_pending_at)
+
+
+def overview(engine: Engine, now: float | None = None) -> Overview:
+    """Counts per state, the oldest pending event, the delivery pause and pacing state.
+
+    :raises StorageError: the database failed.
+    """
+    now = time.time() if now is None else now
+    with reading(engine, "reading the outbox overview") as conn:
+        counts = dict.fromkeys(STATES, 0)
+        for state, count in conn.execute(
+            select(events.c.state, func.count()).group_by(events.c.state)
+        ).all():
+            counts[str(state)] = int(count)
+        oldest = [_first_created(conn, state) for state in (PENDING, IN_FLIGHT)]
+        known = [moment for moment in oldest if moment is not None]
+        row = conn.execute(select(control).where(control.c.name == CONTROL_ROW)).first()
+    pause_reason = pause_since = pause_error = None
+    pacing: dict[str, float] = {}
+    if row is not None:
+        values = row._mapping
+        if values.get("auth_paused_since") is not None:
+            pause_reason, pause_since = "auth", float(values["auth_paused_since"])
+        elif values.get("outage_since") is not None:
+            pause_reason, pause_since = "outage", float(values["outage_since"])
+        if pause_reason is not None:
+            pause_error = values.get("pause_error")
+        pacing = {
+            key: float(value)
+            for key, value in values.items()
+            if key not in ("name", "outage_since", "auth_paused_since", "pause_error")
+            and isinstance(value, (int, float))
+        }
+    return Overview(
+        now=now,
+        counts=counts,
+        oldest_pending_at=min(known) if known else None,
+        pause_reason=pause_reason,
+        pause_since=pause_since,
+        pause_error=pause_error,
+        pacing=pacing,
+    )
+
+
+def _first_created(conn: Connection, state: str) -> float | None:
+    # The first in enqueue order, found by the (state, id) index in one seek; a min() over
+    # created_at would read every row of a large backlog.
+    value = conn.execute(
+        select(events.c.created_at).where(events.c.state == state).order_by(events.c.id).limit(1)
+    ).scalar()
+    return None if value is None else float(value)
+
+
+# -- timeline --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Attempt outcomes and the backlog per bucket of ``bucket`` seconds, oldest first.
+
+    ``backlog[i]`` is the number of unfinished events at the end of bucket ``i``,
+    worked back from the backlog now: enqueues add to it, deliveries and dead letters
+    take from it. A dead event retried and finished again counts as finished twice, so
+    the past backlog reads slightly high after retries.
+    """
+
+    start: float
+    bucket: float
+    delivered: Sequence[int]
+    retried: Sequence[int]
+    dead: Sequence[int]
+    enqueued: Sequence[int]
+    backlog: Sequence[int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "start": self.start,
+            "bucket_seconds": self.bucket,
+            "delivered": list(self.delivered),
+            "retried": list(self.retried),
+            "dead": list(self.dead),
+            "enqueued": list(self.enqueued),
+            "backlog": list(self.backlog),
+        }
+
+
+def timeline(engine: Engine, *, span: float, bucket: float, now: float | None = None) -> Timeline:
+    """Delivered, retried and dead attempts, enqueues and the backlog over the last ``span``.
+
+    :raises StorageError: the database failed.
+    """
+    now = time.time() if now is None else now
+    size = max(1, int(round(span / bucket)))
+    # Buckets end at a whole multiple of ``bucket`` after now, so their edges stay put
+    # between refreshes and bars do not jitter.
+    end = (int(now // bucket) + 1) * bucket
+    start = end - size * bucket
+    delivered, retried, dead, enqueued = ([0] * size for _ in range(4))
+    with reading(engine, "reading the outbox activity") as conn:
+        slot = _bucket_of(conn, attempts.c.started_at, start, bucket)
+        for index, outcome, count in conn.execute(
+            select(slot, attempts.c.outcome, func.count())
+            .where(attempts.c.started_at >= start)
+            .group_by(slot, attempts.c.outcome)
+        ).all():
+            index = int(index)
+            if not 0 <= index < size:
+                continue
+            target = (
+                delivered
+                if outcome in DELIVERED_LABELS
+                else dead
+                if outcome in DEAD_LABELS
+                else retried
+            )
+            target[index] += int(count)
+        slot = _bucket_of(conn, events.c.created_at, start, bucket)
+        for index, count in conn.execute(
+            select(slot, func.count()).where(events.c.created_at >= start).group_by(slot)
+        ).all():
+            if 0 <= int(index) < size:
+                enqueued[int(index)] += int(count)
+        backlog_now = int(
+            conn.execute(select(func.count()).where(events.c.state.in_(UNFINISHED))).scalar_one()
+        )
+    backlog = [0] * size
+    level = backlog_now
+    for index in range(size - 1, -1, -1):
+        backlog[index] = max(0, level)
+        level += delivered[index] + dead[index] - enqueued[index]
+    return Timeline(start, bucket, delivered, retried, dead, enqueued, backlog)
+
+
+def _bucket_of(conn: Connection, column: Any, start: float, bucket: float) -> Any:
+    offset = (column - start) / bucket
+    # Times in the window are after ``start``, so truncation is the floor; SQLite's CAST
+    # truncates, PostgreSQL's and MySQL's round, so they take FLOOR.
+    if conn.dialect.name == "sqlite":
+        return cast(offset, Integer)
+    return cast(func.floor(offset), Integer)
+
+
+# -- a page of events ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One event as the events page lists it."""
+
+    seq: int
+    event_id: str
+    kind: str
+    event_name: str | None
+    customer_external_id: str
+    invoice_id: str | None
+    state: str
+    attempts: int
+    created_at: float
+    last_attempt_at: float | None
+    last_status_code: int | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """A page of events, newest first, with the cursors of its neighbours.
+
+    ``older``/``newer`` are the ``before``/``after`` values of the next and previous
+    pages (None when there is none). ``searched_down_to`` is set when the filter is
+    searched window by window and this page stopped at that sequence id.
+    """
+
+    rows: Sequence[EventRow]
+    older: int | None
+    newer: int | None
+    searched_down_to: int | None
+
+
+_ROW_COLUMNS = (
+    events.c.id, events.c.event_id, events.c.kind, events.c.payload,
+    events.c.customer_external_id, events.c.invoice_id, events.c.state, events.c.attempts,
+    events.c.created_at, events.c.last_attempt_at, events.c.last_status_code,
+    events.c.last_error,
+)  # fmt: skip
+
+
+def event_page(
+    engine: Engine,
+    selection: EventFilter,
+    *,
+    before: int | None = None,
+    after: int | None = None,
+    limit: int = 50,
+) -> EventPage:
+    """Events matching ``selection`` by keyset: ids below ``before``, or above ``after``.
+
+    :raises StorageError: the database failed.
+    """
+    condition = selection.condition()
+    with reading(engine, "listing events") as conn:
+        window_floor: int | None = None
+        window_ceiling: int | None = None
+        if selection.needs_scan:
+            if after is None:
+                top = before if before is not None else _max_seq(conn) + 1
+                window_floor = max(0, top - SCAN_WINDOW)
+            else:
+                window_ceiling = after + SCAN_WINDOW
+        query = select(*_ROW_COLUMNS).where(condition)
+        if after is not None:
+            query = query.where(events.c.id > after)
+            if window_ceiling is not None:
+                query = query.where(events.c.id <= window_ceiling)
+            found = conn.execute(query.order_by(events.c.id).limit(limit + 1)).all()
+            more_newer = len(found) > limit or (
+                window_ceiling is not None and window_ceiling < _max_seq(conn)
+            )
+            rows = [_row(item._mapping) for item in reversed(found[:limit])]
+            newer = rows[0].seq if rows and more_newer else None
+            if not rows and more_newer and window_ceiling is not None:
+                newer = window_ceiling
+            return EventPage(rows, rows[-1].seq if rows else after + 1, newer, None)
+        if before is not None:
+            query = query.where(events.c.id < before)
+        if window_floor is not None:
+            query = query.where(events.c.id >= window_floor)
+        found = conn.execute(query.order_by(events.c.id.desc()).limit(limit + 1)).all()
+    rows = [_row(item._mapping) for item in found[:limit]]
+    older: int | None = None
+    searched: int | None = None
+    if len(found) > limit:
+        older = rows[-1].seq
+    elif window_floor is not None and window_floor > 0:
+        older = window_floor
+        searched = window_floor
+    newer = None if before is None else (rows[0].seq if rows else before - 1)
+    return EventPage(rows, older, newer, searched)
+
+
+def retryable_ids(engine: Engine, selection: EventFilter) -> tuple[list[str], bool]:
+    """The dead and blocked events matching ``selection``, oldest first, at most ``MAX_BULK``.
+
+    :returns: their event ids, and whether more than ``MAX_BULK`` match.
+    :raises StorageError: the database failed.
+    """
+    states = [selection.state] if selection.state in RETRYABLE else list(RETRYABLE)
+    if selection.state is not None and selection.state not in RETRYABLE:
+        return [], False
+    query = (
+        select(events.c.event_id)
+        .where(selection.condition(), events.c.state.in_(states))
+        .order_by(events.c.id)
+        .limit(MAX_BULK + 1)
+    )
+    with reading(engine, "selecting events to retry") as conn:
+        found = list(conn.execute(query).scalars())
+    return found[:MAX_BULK], len(found) > MAX_BULK
+
+
+def _max_seq(conn: Connection) -> int:
+    return int(conn.execute(select(func.coalesce(func.max(events.c.id), 0))).scalar_one())
+
+
+def _row(row: Mapping[Any, Any]) -> EventRow:
+    return EventRow(
+        seq=int(row["id"]),
+        event_id=row["event_id"],
+        kind=row["kind"],
+        event_name=_event_name(row["payload"]),
+        customer_external_id=row["customer_external_id"],
+        invoice_id=row["invoice_id"],
+        state=row["state"],
+        attempts=int(row["attempts"]),
+        created_at=float(row["created_at"]),
+        last_attempt_at=_float(row["last_attempt_at"]),
+        last_status_code=row["last_status_code"],
+        last_error=row["last_error"],
+    )
+
+
+# -- one event -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One recorded delivery attempt."""
+
+    started_at: float
+    duration: float
+    status_code: int | None
+    outcome: str
+    error: str | None
+    response: str | None
+
+
+@dataclass(frozen=True)
+class EventView:
+    """One event: its row, payload and attempts, what it waits on, its customer's others.
+
+    ``setup`` is the customer's latest deferred setup enqueued before this follow-up
+    (the one a blocked follow-up waits on); ``held_behind`` the earliest earlier event of
+    the customer still unfinished (per-customer FIFO holds this one until it finishes).
+    ``neighbours`` lists the customer's events around this one in FIFO order.
+    """
+
+    row: EventRow
+    click_id: str | None
+    mode: str | None
+    next_attempt_at: float | None
+    delivered_at: float | None
+    payload: Any
+    last_response: str | None
+    attempts: Sequence[Attempt]
+    setup: EventRow | None
+    held_behind: EventRow | None
+    neighbours: Sequence[EventRow]
+    more_before: bool
+    more_after: bool
+
+
+def event_view(engine: Engine, event_id: str) -> EventView:
+    """One event with its attempt history and its customer's context.
+
+    :raises EventNotFound: no such event in the outbox.
+    :raises StorageError: the database failed.
+    """
+    with reading(engine, "reading an event") as conn:
+        found = conn.execute(
+            select(
+                *_ROW_COLUMNS, events.c.click_id, events.c.mode, events.c.next_attempt_at,
+                events.c.delivered_at, events.c.last_response,
+            ).where(events.c.event_id == event_id)
+        ).first()  # fmt: skip
+        if found is None:
+            raise EventNotFound(f"event {event_id!r} is not in the outbox")
+        values = found._mapping
+        row = _row(values)
+        history = conn.execute(
+            select(
+                attempts.c.started_at, attempts.c.duration, attempts.c.status_code,
+                attempts.c.outcome, attempts.c.error, attempts.c.response,
+            ).where(attempts.c.event_seq == row.seq).order_by(attempts.c.id)
+        ).all()  # fmt: skip
+        customer = events.c.customer_external_id == row.customer_external_id
+        setup = None
+        if values["click_id"] is None and row.state in (PENDING, BLOCKED):
+            setup = _one(
+                conn,
+                select(*_ROW_COLUMNS)
+                .where(customer, events.c.mode == "deferred", events.c.id < row.seq)
+                .order_by(events.c.id.desc()),
+            )
+        held_behind = None
+        if row.state in (PENDING, BLOCKED):
+            held_behind = _one(
+                conn,
+                select(*_ROW_COLUMNS)
+                .where(customer, events.c.state.in_(UNFINISHED), events.c.id < row.seq)
+                .order_by(events.c.id),
+            )
+        earlier = conn.execute(
+            select(*_ROW_COLUMNS)
+            .where(customer, events.c.id < row.seq)
+            .order_by(events.c.id.desc())
+            .limit(NEIGHBOURS + 1)
+        ).all()
+        later = conn.execute(
+            select(*_ROW_COLUMNS)
+            .where(customer, events.c.id > row.seq)
+            .order_by(events.c.id)
+            .limit(NEIGHBOURS + 1)
+        ).all()
+    neighbours = [
+        *(_row(item._mapping) for item in reversed(earlier[:NEIGHBOURS])),
+        row,
+        *(_row(item._mapping) for item in later[:NEIGHBOURS]),
+    ]
+    return EventView(
+        row=row,
+        click_id=values["click_id"],
+        mode=values["mode"],
+        next_attempt_at=_float(values["next_attempt_at"]) if row.state == PENDING else None,
+        delivered_at=_float(values["delivered_at"]),
+        payload=_parse_json(values["payload"]),
+        last_response=values["last_response"],
+        attempts=tuple(
+            Attempt(
+                started_at=float(item.started_at),
+                duration=float(item.duration),
+                status_code=item.status_code,
+                outcome=str(item.outcome),
+                error=item.error,
+                response=item.response,
+            )
+            for item in history
+        ),
+        setup=setup,
+        held_behind=held_behind,
+        neighbours=neighbours,
+        more_before=len(earlier) > NEIGHBOURS,
+        more_after=len(later) > NEIGHBOURS,
+    )
+
+
+def _one(conn: Connection, query: Any) -> EventRow | None:
+    found = conn.execute(query.limit(1)).first()
+    return None if found is None else _row(found._mapping)
+
+
+def _event_name(payload: str) -> str | None:
+    value = _parse_json(payload)
+    name = value.get("eventName") if isinstance(value, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _parse_json(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
