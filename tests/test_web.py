@@ -455,7 +455,8 @@ def test_a_database_failure_is_a_plain_503_and_a_missing_file_is_refused(
             conn.exec_driver_sql("DROP TABLE cms_outbox_attempts")
         response = Browser(dashboard).get("/")
         assert response.status_code == 503
-        assert "could not be" in text(response) and "no such table" not in text(response)
+        assert "the outbox tables are missing" in text(response)
+        assert "no such table" not in text(response)
     finally:
         dashboard.close()
         engine.dispose()

@@ -150,8 +150,7 @@ class Dashboard:
             return self._error(request, 404, str(exc.args[0]))
         except StorageError as exc:
             log.warning("dashboard: %s", exc, exc_info=exc.__cause__ is not None)
-            return self._error(request, 503, str(exc).split(":")[0] + ": the outbox database "
-                               "could not be reached. Try again shortly.")  # fmt: skip
+            return self._error(request, 503, str(exc))  # plain words; the driver's is chained
         if endpoint in _ACTIONS:
             response.headers["Cache-Control"] = "no-store"
         return response

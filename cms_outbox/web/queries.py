@@ -1,7 +1,7 @@
 """The dashboard's reads: overview, activity timeline, a page of events, one event.
 
-Every function opens one read transaction that never takes the write lock (SQLite
-``BEGIN`` rather than ``BEGIN IMMEDIATE``), so the dashboard answers while an
+Each function opens one read transaction through ``cms_outbox.queries.reading``, the
+read path that never takes the write lock, so the dashboard answers while an
 application transaction holds it. Nothing is cached: each page is the database now.
 Each query is bounded by an index or a ``LIMIT`` so that a page stays fast with a
 million events stored (``benchmarks/dashboard.py``).
@@ -10,20 +10,27 @@ million events stored (``benchmarks/dashboard.py``).
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Integer, cast, func, select
-from sqlalchemy.exc import SQLAlchemyError
 
-from ..database import READ_ONLY
-from ..errors import EventNotFound, StorageError
-from ..results import EventState
-from ..schema import attempts, control, events
+from ..errors import EventNotFound
+from ..queries import (
+    BLOCKED,
+    DEAD,
+    DEAD_LABELS,
+    DELIVERED_LABELS,
+    IN_FLIGHT,
+    PENDING,
+    UNFINISHED,
+    control_row,
+    counts_by_state,
+    reading,
+)
+from ..schema import attempts, events
 from .filters import EventFilter
 
 __all__ = [
@@ -38,41 +45,17 @@ __all__ = [
     "event_page",
     "event_view",
     "overview",
-    "reading",
     "retryable_ids",
     "timeline",
 ]
 
-PENDING = EventState.PENDING.value
-IN_FLIGHT = EventState.IN_FLIGHT.value
-DELIVERED = EventState.DELIVERED.value
-DEAD = EventState.DEAD.value
-BLOCKED = EventState.BLOCKED.value
-STATES = tuple(state.value for state in EventState)
-UNFINISHED = (PENDING, IN_FLIGHT, BLOCKED)
 RETRYABLE = (DEAD, BLOCKED)
-CONTROL_ROW = "default"
-# The attempt labels the flusher records, grouped as the chart draws them.
-DELIVERED_LABELS = ("delivered", "duplicate")
-DEAD_LABELS = ("dead", "expired")
 # Sequence ids searched per page by a filter no index narrows (an event name alone).
 SCAN_WINDOW = 100_000
 # Most events one "retry all matching" action takes; the page says when more match.
 MAX_BULK = 1000
 # Neighbours of an event shown on each side in its customer's FIFO order.
 NEIGHBOURS = 10
-
-
-@contextmanager
-def reading(engine: Engine, action: str) -> Iterator[Connection]:
-    """One read transaction; a database failure becomes a ``StorageError`` in plain words."""
-    try:
-        with engine.connect() as conn:
-            conn.execution_options(**{READ_ONLY: True})
-            with conn.begin():
-                yield conn
-    except (SQLAlchemyError, sqlite3.Error) as exc:
-        raise StorageError(f"{action} failed: the outbox database could not be read") from exc
 
 
 # -- overview --------------------------------------------------------------------------
@@ -108,18 +91,13 @@ def overview(engine: Engine, now: float | None = None) -> Overview:
     """
     now = time.time() if now is None else now
     with reading(engine, "reading the outbox overview") as conn:
-        counts = dict.fromkeys(STATES, 0)
-        for state, count in conn.execute(
-            select(events.c.state, func.count()).group_by(events.c.state)
-        ).all():
-            counts[str(state)] = int(count)
+        counts = counts_by_state(conn)
         oldest = [_first_created(conn, state) for state in (PENDING, IN_FLIGHT)]
         known = [moment for moment in oldest if moment is not None]
-        row = conn.execute(select(control).where(control.c.name == CONTROL_ROW)).first()
+        values = control_row(conn)
     pause_reason = pause_since = pause_error = None
     pacing: dict[str, float] = {}
-    if row is not None:
-        values = row._mapping
+    if values is not None:
         if values.get("auth_paused_since") is not None:
             pause_reason, pause_since = "auth", float(values["auth_paused_since"])
         elif values.get("outage_since") is not None:
