@@ -8,9 +8,15 @@
 # and exits 0. Arguments go to `cms-outbox run`; a first argument that is not an
 # option runs that command instead (`docker run IMAGE status --json`).
 #
-# Configuration comes from the environment: CMS_OUTBOX_URL (required in a
-# container: e.g. sqlite:////data/outbox.db on a volume, or postgresql+psycopg://...),
-# CMS_BEARER_TOKEN (from a secret, never baked into the image), CMS_HOST.
+# Configuration comes from the environment or from `run`'s flags:
+#   CMS_OUTBOX_URL    required (or --database-url): an absolute SQLite path on a volume,
+#                     sqlite:////data/outbox.db (four slashes), or postgresql+psycopg://...
+#                     The default sqlite:///cms_outbox.db would live, and be lost, in the
+#                     container's own filesystem: the daemon refuses to start without it.
+#   CMS_BEARER_TOKEN  required by the daemon, from a secret (never baked into the image).
+#   CMS_HOST          optional (default https://api.cme.sh).
+# Without them it exits 2 before touching any database; the database that it migrates
+# is the one the daemon runs on, whether named by CMS_OUTBOX_URL or by --database-url.
 #
 # Dockerfile:
 #   COPY deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
@@ -27,5 +33,34 @@ if [ "$#" -gt 0 ] && [ "${1#-}" = "$1" ]; then
     exec cms-outbox "$@"
 fi
 
+fail() {
+    echo "docker-entrypoint.sh: error: $*" >&2
+    exit 2
+}
+
+# The database `run` will use: its --database-url flag wins over CMS_OUTBOX_URL.
+url="${CMS_OUTBOX_URL:-}"
+previous=""
+for argument in "$@"; do
+    case "$previous" in --database-url) url="$argument" ;; esac
+    case "$argument" in --database-url=*) url="${argument#--database-url=}" ;; esac
+    previous="$argument"
+done
+
+[ -n "$url" ] || fail "no outbox database: set CMS_OUTBOX_URL (e.g. sqlite:////data/outbox.db" \
+    "on a volume, or postgresql+psycopg://...) or pass --database-url; the default" \
+    "sqlite:///cms_outbox.db would be lost with the container"
+case "$url" in
+    sqlite*:///*)
+        case "${url#*:///}" in
+            /*) ;;
+            *) fail "the SQLite path in $url is relative to the working directory:" \
+                "use an absolute path on a volume, sqlite:////data/outbox.db (four slashes)" ;;
+        esac ;;
+esac
+[ -n "${CMS_BEARER_TOKEN:-}" ] || fail "no token: set CMS_BEARER_TOKEN (from a secret;" \
+    "it is never a flag, flags show in process lists)"
+
+export CMS_OUTBOX_URL="$url"
 cms-outbox migrate
 exec cms-outbox run "$@"

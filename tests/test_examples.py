@@ -1,4 +1,4 @@
-"""The examples and deployment files, run for real: servers on loopback, driven over HTTP.
+"""The examples, run for real: servers on loopback, driven over HTTP.
 
 Each test starts the real server (Flask's, uvicorn, gunicorn, the ``cms-outbox run``
 daemon) as a subprocess on a free loopback port, talks to it over HTTP and asserts
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +25,6 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
-from cms_outbox import CMSClient
 from cms_outbox.sandbox import Sandbox
 from tests.conftest import TOKEN, wait_until
 
@@ -34,7 +32,6 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-DEPLOY = ROOT / "deploy"
 SCRIPTS = Path(sysconfig.get_path("scripts"))  # where pip put the cms-outbox command
 STARTUP = 60.0  # seconds a server may take to accept connections (a loaded 2-core CI)
 REQUEST_TIMEOUT = 60.0
@@ -44,11 +41,13 @@ DELIVERY = 60.0  # seconds for the sandbox to receive what was tracked
 class Server:
     """A server process with its output in a log file."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], log_path: Path, cwd: Path = ROOT
+    ) -> None:
         self.log_path = log_path
         self._log: TextIO = log_path.open("w")
         self.process = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
+            args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
             stderr=subprocess.STDOUT, start_new_session=True,  # its own group: see close()
         )  # fmt: skip
 
@@ -96,8 +95,8 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Start servers; every one is killed (if still running) after the test."""
     servers: list[Server] = []
 
-    def start(name: str, args: list[str], env: dict[str, str]) -> Server:
-        server = Server(args, env, tmp_path / f"{name}-{len(servers)}.log")
+    def start(name: str, args: list[str], env: dict[str, str], cwd: Path = ROOT) -> Server:
+        server = Server(args, env, tmp_path / f"{name}-{len(servers)}.log", cwd)
         servers.append(server)
         return server
 
@@ -340,66 +339,3 @@ def test_worker_enqueues_without_token_and_the_daemon_delivers(
     assert invoices == Counter(f"inv_{n}" for n in range(40))
     assert daemon.stop(timeout=30) == 0, daemon.log()
     assert "cms-outbox run: stopped" in daemon.log()
-
-
-# -- deployment files -------------------------------------------------------------------------
-
-
-def test_docker_entrypoint_migrates_runs_the_daemon_and_stops_on_sigterm(
-    sqlite_url: str, sandbox: Sandbox, launch: Callable[..., Server]
-) -> None:
-    env = app_env(sqlite_url, sandbox)
-    entrypoint = str(DEPLOY / "docker-entrypoint.sh")
-    daemon = launch(
-        "entrypoint", ["bash", entrypoint, "--rate-limit", "0", "--interval", "0.2"], env
-    )
-    assert wait_until(lambda: "cms-outbox run: delivering" in daemon.log(), timeout=STARTUP), (
-        daemon.log()
-    )
-    assert daemon.process.poll() is None
-    with CMSClient(database_url=sqlite_url, flush="off") as app:
-        ids = [app.track_lead("signup", f"user_{n}", click_id="clk").event_id for n in range(20)]
-    assert sandbox.wait_for(lambda sb: len(sb.accepted) >= 20, timeout=DELIVERY), daemon.log()
-    assert all(sandbox.accepted_count(event_id) == 1 for event_id in ids)
-
-    # The HEALTHCHECK command in the comment, run through the entrypoint (not `run`).
-    script = (DEPLOY / "docker-entrypoint.sh").read_text()
-    healthcheck = re.search(r"HEALTHCHECK .*\n#\s+CMD cms-outbox (.+)", script)
-    assert healthcheck is not None and healthcheck.group(1) == "health --max-pending-age 10m"
-    health = subprocess.run(
-        ["bash", entrypoint, *healthcheck.group(1).split(), "--json"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert health.returncode == 0, health.stdout + health.stderr
-    assert json.loads(health.stdout)["healthy"] is True
-
-    assert daemon.stop(timeout=30) == 0, daemon.log()  # exec: the daemon itself got SIGTERM
-    assert "cms-outbox run: stopped" in daemon.log()
-
-
-def test_systemd_units_are_valid_and_stop_with_sigterm(tmp_path: Path) -> None:
-    unit = (DEPLOY / "cms-outbox.service").read_text()
-    settings = dict(
-        line.split("=", 1) for line in unit.splitlines() if "=" in line and line[:1].isalpha()
-    )
-    assert settings["ExecStart"] == "cms-outbox run"
-    assert settings["KillSignal"] == "SIGTERM"
-    assert settings["Restart"] == "on-failure"
-    assert int(settings["TimeoutStopSec"]) >= 20  # longer than one HTTP attempt plus margin
-    assert settings["EnvironmentFile"] == "/etc/cms-outbox/env"
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed: the units were not verified")
-    # verify insists that the command exists: point it at the installed one.
-    units = []
-    for source in sorted(DEPLOY.glob("cms-outbox*.*")):
-        target = tmp_path / source.name
-        target.write_text(
-            re.sub(r"^(Exec\w*=)cms-outbox", rf"\g<1>{SCRIPTS / 'cms-outbox'}",
-                   source.read_text(), flags=re.M)
-        )  # fmt: skip
-        units.append(str(target))
-    verify = subprocess.run(
-        ["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=60
-    )
-    # Unknown keys and bad values are only warnings: any output is a failure.
-    assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
