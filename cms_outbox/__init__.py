@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .__version__ import __version__
 from .client import CMSClient
+from .daemon import Daemon
 from .errors import (
     ClientClosed,
     ConfigurationError,
@@ -15,17 +16,20 @@ from .errors import (
     ValidationError,
 )
 from .results import EventState, FlushReport, TrackResult
+from .status import Stats
 
 __all__ = [
     "CMSClient",
     "ClientClosed",
     "ConfigurationError",
+    "Daemon",
     "EventNotFound",
     "EventState",
     "FlushReport",
     "InvoiceConflict",
     "OutboxError",
     "SchemaError",
+    "Stats",
     "StorageError",
     "TrackResult",
     "ValidationError",

@@ -119,14 +119,18 @@ class CMSClient:
         )
         self._scheduler: FlushScheduler | None = None
         if self.settings.flush == "background":
-            self._scheduler = FlushScheduler(
-                lambda stop: self.flusher.run_pass(stop=stop),
-                interval=self.settings.interval,
-                maintenance=self.purge_expired,
-                listen=notify.listener(self.engine),
-            )
+            self._scheduler = self._new_scheduler()
             self._scheduler.start()
         _register_lifecycle(self)
+
+    def _new_scheduler(self) -> FlushScheduler:
+        """Passes of this client's flusher, woken by NOTIFY, with hourly purges (or a daemon's)."""
+        return FlushScheduler(
+            lambda stop: self.flusher.run_pass(stop=stop),
+            interval=self.settings.interval,
+            maintenance=self.purge_expired,
+            listen=notify.listener(self.engine),
+        )
 
     def __repr__(self) -> str:
         return (

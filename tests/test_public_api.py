@@ -139,3 +139,14 @@ def test_reprs_do_not_show_the_token(client: CMSClient) -> None:
         assert TOKEN not in shown
         assert "secret" not in shown
     assert "CMSClient" in repr(client)
+
+
+def test_the_daemon_and_the_stats_value_are_exported() -> None:
+    from cms_outbox import Daemon, Stats
+    from cms_outbox.daemon import Daemon as DaemonClass
+    from cms_outbox.status import Stats as StatsClass
+
+    assert Daemon is DaemonClass and Stats is StatsClass
+    assert dataclasses.is_dataclass(Stats)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Stats(0.0, 0, 0, 0, 0, 0, None).pending = 1  # type: ignore[misc]

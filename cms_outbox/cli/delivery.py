@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 import time
-from types import FrameType
 from typing import Any, TextIO
 
-from .. import notify
 from .. import status as reports
 from ..client import CMSClient
+from ..daemon import Daemon
 from ..results import FlushReport, TrackResult
-from ..scheduling import FlushScheduler
 from ._common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -23,7 +20,6 @@ from ._common import (
     add_delivery_options,
     echo,
     echo_json,
-    mask_url,
     open_client,
     positive_float,
     positive_int,
@@ -242,59 +238,15 @@ def _drain(client: CMSClient, timeout: float | None) -> FlushReport:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = resolve_settings(args, deliver=True)
-    client = open_client(settings, migrate=True)
-    metrics_server: Any = None
-    try:
-        if args.metrics_port is not None:
-            from .. import metrics  # the optional extra: ConfigurationError when missing
-
-            tracker = reports.ActivityTracker(client.engine, settle=settings.lease)
-            metrics_server = metrics.serve(tracker, args.metrics_port, args.metrics_address)
-        scheduler = FlushScheduler(
-            lambda stop: client.flusher.run_pass(stop=stop),
-            interval=settings.interval,
-            maintenance=client.purge_expired,
-            listen=notify.listener(client.engine),
-        )
-        previous = _stop_on_signals(scheduler.stop_event)
-        rate = f"{settings.pacing}/min" if settings.pacing else "unlimited"
-        logger.info(
-            "cms-outbox run: delivering from %s to %s (rate limit %s, %d workers, interval %gs%s)",
-            mask_url(settings.database_url),
-            settings.host,
-            rate,
-            settings.workers,
-            settings.interval,
-            "" if metrics_server is None else f", metrics on port {args.metrics_port}",
-        )
-        started = time.monotonic()
-        try:
-            scheduler.run_forever(grace=settings.attempt_timeout + 1.0)
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-        done = client.flusher.totals
-        logger.info(
-            "cms-outbox run: stopped after %s (delivered %d, retried %d, dead %d)",
-            reports.format_age(time.monotonic() - started),
-            done["delivered"],
-            done["retried"],
-            done["dead"],
-        )
-    finally:
-        if metrics_server is not None:
-            metrics_server.close()
-        client.close()
+    daemon = Daemon(
+        settings.token,
+        settings.host,
+        settings.database_url,
+        rate_limit=settings.rate_limit,
+        workers=settings.workers,
+        interval=settings.interval,
+        metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
+    )
+    daemon.run_forever()
     return EXIT_OK
-
-
-def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
-    """SIGTERM and SIGINT only set ``stop``; the scheduler's loop does the work (huey)."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous: dict[int, Any] = {}
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        previous[signum] = signal.signal(signum, handler)
-    return previous
