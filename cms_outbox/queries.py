@@ -46,6 +46,7 @@ __all__ = [
     "count_due",
     "counts_by_state",
     "deliveries",
+    "event_ids_starting_with",
     "event_row",
     "event_rows",
     "fifo_clear",
@@ -234,6 +235,16 @@ def event_row(conn: Connection, event_id: str) -> dict[str, Any] | None:
     """The whole stored row of ``event_id``, or None."""
     row = conn.execute(select(events).where(events.c.event_id == event_id)).first()
     return None if row is None else dict(row._mapping)
+
+
+def event_ids_starting_with(conn: Connection, prefix: str, limit: int) -> list[str]:
+    """Up to ``limit`` event ids that start with ``prefix``, in order (an index range scan)."""
+    query = select(events.c.event_id).where(events.c.event_id >= prefix)
+    if prefix:
+        successor = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        query = query.where(events.c.event_id < successor)
+    ids = conn.execute(query.order_by(events.c.event_id).limit(limit)).scalars()
+    return [str(event_id) for event_id in ids if str(event_id).startswith(prefix)]
 
 
 def sale_by_invoice(conn: Connection, invoice_id: str | None) -> dict[str, Any] | None:

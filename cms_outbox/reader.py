@@ -11,7 +11,14 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from . import database, migrate
-from .status import EventDetail, EventSummary, OutboxStatus, event_detail, list_events
+from .status import (
+    EventDetail,
+    EventSummary,
+    OutboxStatus,
+    event_detail,
+    list_events,
+    resolve_event_id,
+)
 from .status import outbox_status as _outbox_status
 
 __all__ = ["OutboxReader"]
@@ -62,8 +69,17 @@ class OutboxReader:
         )  # fmt: skip
 
     def event(self, event_id: str) -> EventDetail:
-        """One event with its payload and attempt history.
+        """One event with its payload and attempt history; ``event_id`` may be a unique prefix.
 
         :raises EventNotFound: no such event in the outbox.
+        :raises ValidationError: the prefix of several event ids (listed in the message).
         """
-        return event_detail(self.engine, event_id)
+        return event_detail(self.engine, self.resolve(event_id))
+
+    def resolve(self, event_id: str) -> str:
+        """The stored event id that is ``event_id`` or the only one that starts with it.
+
+        :raises EventNotFound: no such event in the outbox.
+        :raises ValidationError: the prefix of several event ids (listed in the message).
+        """
+        return resolve_event_id(self.engine, event_id)

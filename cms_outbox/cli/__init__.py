@@ -41,10 +41,10 @@ exit codes:
   {EXIT_FAILURE}    failure: unhealthy, work left after flush, an event that cannot be retried,
        a failed demo
   {EXIT_USAGE}    usage or configuration error: bad arguments, invalid database URL or host,
-       no token for run/flush
+       no token for run/flush, an EVENT_ID prefix shared by several events
   {EXIT_STORAGE}    storage error: database unreachable, missing or not migrated
        (run `cms-outbox migrate`), or migrated by a newer cms-outbox
-  {EXIT_NOT_FOUND}    an EVENT_ID that is not in the outbox
+  {EXIT_NOT_FOUND}    an EVENT_ID (or prefix) that is not in the outbox
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C) outside the daemon
 
 environment:

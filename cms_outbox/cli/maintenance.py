@@ -8,6 +8,7 @@ from typing import Any
 from .. import database, migrate
 from ..errors import ConfigurationError
 from ..results import EventState
+from ..status import resolve_event_id
 from ._common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -40,7 +41,12 @@ def register(subparsers: Any) -> None:
             "cms-outbox retry --dead --blocked --json",
         ],
     )
-    parser.add_argument("event_ids", nargs="*", metavar="EVENT_ID", help="events to retry")
+    parser.add_argument(
+        "event_ids",
+        nargs="*",
+        metavar="EVENT_ID",
+        help="events to retry: ids, or any unique prefixes of them (as git)",
+    )
     parser.add_argument("--dead", action="store_true", help="every dead event")
     parser.add_argument("--blocked", action="store_true", help="every blocked event")
     parser.add_argument("--json", action="store_true", help="{retried, skipped}")
@@ -100,13 +106,15 @@ def cmd_retry(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
     skipped: list[dict[str, str]] = []
     with open_client(settings, migrate=False) as client:
-        for event_id in args.event_ids:
+        # Unique prefixes name events too, as git takes short ids: exit 2 when ambiguous.
+        event_ids = [resolve_event_id(client.engine, text) for text in args.event_ids]
+        for event_id in event_ids:
             state = client.result(event_id).state  # EventNotFound: exit 4
             if state not in RETRYABLE:
                 skipped.append({"event_id": event_id, "state": state.value})
         skip = {item["event_id"] for item in skipped}
         retried = client.retry(
-            [event_id for event_id in args.event_ids if event_id not in skip],
+            [event_id for event_id in event_ids if event_id not in skip],
             dead=args.dead,
             blocked=args.blocked,
         )

@@ -97,12 +97,18 @@ def register(subparsers: Any) -> None:
         cmd_show,
         summary="one event: its wire payload and full attempt history",
         description="Show one event: its state, the wire payload and every attempt.",
-        examples=["cms-outbox show 0f8fad5b-d9cb-469f-a165-70867728950e --json"],
+        examples=[
+            "cms-outbox show 0f8fad5b-d9cb-469f-a165-70867728950e --json",
+            "cms-outbox show 0f8fad5b",
+        ],
         notes="JSON: the keys of `events --json`, plus payload (the wire JSON), last_response\n"
         "and attempt_history: a list of {started_at, duration_seconds, status_code,\n"
-        "outcome, error, response}, oldest first. Exit 4 if the event is not in the outbox.",
+        "outcome, error, response}, oldest first. Exit 4 if the event is not in the outbox,\n"
+        "2 if EVENT_ID is the start of several event ids (they are listed).",
     )
-    parser.add_argument("event_id", metavar="EVENT_ID")
+    parser.add_argument(
+        "event_id", metavar="EVENT_ID", help="an event id, or any unique prefix of one (as git)"
+    )
     parser.add_argument("--json", action="store_true", help="JSON for scripts")
 
     parser = add_command(

@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from .activity import DURATION_BUCKETS, Activity, ActivityTracker, Stats
 from .counts import LastError, OutboxStatus, Pause, count_due, outbox_status
-from .detail import AttemptRecord, EventDetail, EventSummary, event_detail, list_events
+from .detail import (
+    AttemptRecord,
+    EventDetail,
+    EventSummary,
+    event_detail,
+    list_events,
+    resolve_event_id,
+)
 from .formatting import format_age, isoformat
 from .health import Health, check_health
 
@@ -36,4 +43,5 @@ __all__ = [
     "isoformat",
     "list_events",
     "outbox_status",
+    "resolve_event_id",
 ]

@@ -9,11 +9,21 @@ from typing import Any
 from sqlalchemy import Engine
 
 from .. import queries
-from ..errors import EventNotFound
+from ..errors import EventNotFound, ValidationError
 from ..queries import PENDING
 from .formatting import as_float, json_fields, parse_json
 
-__all__ = ["AttemptRecord", "EventDetail", "EventSummary", "event_detail", "list_events"]
+__all__ = [
+    "AttemptRecord",
+    "EventDetail",
+    "EventSummary",
+    "event_detail",
+    "list_events",
+    "resolve_event_id",
+]
+
+# How many candidates an ambiguous prefix lists.
+CANDIDATES = 10
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,33 @@ def event_detail(engine: Engine, event_id: str) -> EventDetail:
             for item in history
         ),
     )
+
+
+def resolve_event_id(engine: Engine, text: str) -> str:
+    """The one stored event id that is ``text`` or starts with it, as git takes short ids.
+
+    :raises EventNotFound: no stored event id is or starts with ``text``.
+    :raises ValidationError: ``text`` is empty, or the prefix of several event ids (the
+        message lists them).
+    :raises StorageError: the database failed.
+    """
+    if not text:
+        raise ValidationError("event_id", "an event id or a prefix of one is required")
+    with queries.reading(engine, "looking up an event id") as conn:
+        if queries.event_row(conn, text) is not None:
+            return text
+        found = queries.event_ids_starting_with(conn, text, CANDIDATES + 1)
+        if not found and text.lower() != text:
+            found = queries.event_ids_starting_with(conn, text.lower(), CANDIDATES + 1)
+    if not found:
+        raise EventNotFound(f"event {text!r} is not in the outbox")
+    if len(found) > 1:
+        listed = ", ".join(found[:CANDIDATES]) + (", ..." if len(found) > CANDIDATES else "")
+        raise ValidationError(
+            "event_id",
+            f"{text!r} is the start of more than one event id ({listed}): give more of it",
+        )
+    return found[0]
 
 
 def _summary(row: Mapping[str, Any]) -> EventSummary:
