@@ -4,11 +4,21 @@ The outbox tables live in the application's database, and ``connection=`` puts t
 event in the same transaction as the user row: a signup that fails (here: an e-mail
 already registered) leaves neither the user nor the event.
 
+A lead is tracked only for a signup that came from a click (``click_id``): CMS
+attributes a lead without ``clickId`` through an earlier deferred association of that
+customer, and a new user has none, so the service would reject it and the event would
+end dead. A signup without ``click_id`` creates the user and tracks nothing
+(``"tracked": false``). A body without ``email`` gets a 400 naming the field.
+
+Use an absolute path for a SQLite database (``sqlite:////var/lib/app/app.db``): a
+relative one is relative to the working directory of whatever starts the app. The app
+prints the resolved path at start.
+
 Run it against the local sandbox (three shells)::
 
     cms-outbox sandbox --port 8765 --token dev-token
     CMS_BEARER_TOKEN=dev-token CMS_HOST=http://127.0.0.1:8765 \
-        CMS_OUTBOX_URL=sqlite:///app.db flask --app examples/flask_app.py run
+        CMS_OUTBOX_URL=sqlite:///$PWD/app.db flask --app examples/flask_app.py run
     curl -X POST localhost:5000/signup -H 'Content-Type: application/json' \
         -d '{"email": "jane@example.com", "name": "Jane Doe", "click_id": "clk_123"}'
 
@@ -19,11 +29,14 @@ pacing: for the sandbox only).
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
+from typing import Any
 
 from flask import Flask, jsonify, request
 from sqlalchemy import String, create_engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -51,28 +64,41 @@ cms = CMSClient(database_url=DATABASE_URL, rate_limit=int(os.environ.get("CMS_RA
 engine = create_engine(DATABASE_URL)
 Base.metadata.create_all(engine)  # in a real application: your own Alembic migrations
 
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+logger = logging.getLogger("flask_app")
+if engine.dialect.name == "sqlite":
+    logger.info("database: %s", os.path.abspath(make_url(DATABASE_URL).database or ""))
+
 app = Flask(__name__)
 
 
 @app.post("/signup")
 def signup():
-    data = request.get_json(force=True)
+    data: Any = request.get_json(force=True, silent=True)
+    if not isinstance(data, dict):
+        return jsonify(error="the body must be a JSON object", field=None), 400
+    email, name, click_id = data.get("email"), data.get("name") or "", data.get("click_id")
+    if not isinstance(email, str) or not email.strip():
+        return jsonify(error="email is required (a non-empty string)", field="email"), 400
     user_id = uuid.uuid4().hex
+    event_id = None
     try:
         with Session(engine) as session, session.begin():
-            session.add(User(id=user_id, email=data["email"], name=data.get("name", "")))
-            result = cms.track_lead(
-                event_name="signup",
-                customer_external_id=user_id,
-                click_id=data.get("click_id"),
-                customer_name=data.get("name"),
-                customer_email=data["email"],
-                connection=session,  # stored only if this transaction commits
-            )
+            session.add(User(id=user_id, email=email, name=name))
+            if click_id is not None:  # an organic signup has nothing to attribute
+                result = cms.track_lead(
+                    event_name="signup",
+                    customer_external_id=user_id,
+                    click_id=click_id,
+                    customer_name=name or None,
+                    customer_email=email,
+                    connection=session,  # stored only if this transaction commits
+                )
+                event_id = result.event_id
             # The commit flushes the INSERT of the user: a duplicate e-mail fails there,
             # after the event was written, and rolls both back.
     except IntegrityError:
-        return jsonify(error="email already registered"), 409
+        return jsonify(error="email already registered", field="email"), 409
     except ValidationError as exc:  # nothing was written
         return jsonify(error=str(exc), field=exc.field), 422
-    return jsonify(user_id=user_id, event_id=result.event_id), 201
+    return jsonify(user_id=user_id, event_id=event_id, tracked=event_id is not None), 201

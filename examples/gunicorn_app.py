@@ -9,12 +9,14 @@ The flushers share the outbox, its leases and its rate limit: each event is sent
 Run it against the local sandbox::
 
     cms-outbox sandbox --port 8765 --token dev-token
-    CMS_BEARER_TOKEN=dev-token CMS_HOST=http://127.0.0.1:8765 CMS_OUTBOX_URL=sqlite:///app.db \
+    CMS_BEARER_TOKEN=dev-token CMS_HOST=http://127.0.0.1:8765 CMS_OUTBOX_URL=sqlite:///$PWD/app.db \
         gunicorn -c examples/gunicorn.conf.py --chdir examples gunicorn_app:app [--preload]
     curl -X POST 'localhost:8000/signup/user_42?click_id=clk_1'
 
 Environment: ``CMS_BEARER_TOKEN``, ``CMS_HOST``, ``CMS_OUTBOX_URL`` and
-``CMS_RATE_LIMIT`` (requests per minute, 0 = no pacing: for the sandbox only).
+``CMS_RATE_LIMIT`` (requests per minute, 0 = no pacing: for the sandbox only). Give a
+SQLite outbox an absolute path: a relative ``sqlite:///app.db`` is relative to the
+working directory, which ``--chdir`` changes (each worker logs the path it resolved).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def delivered(result: TrackResult) -> None:
 
 
 cms = CMSClient(rate_limit=int(os.environ.get("CMS_RATE_LIMIT", "60")), on_delivered=delivered)
+if cms.engine.dialect.name == "sqlite":
+    logger.info("outbox: %s", os.path.abspath(cms.engine.url.database or ""))
 
 app = Flask(__name__)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import time
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -119,7 +120,17 @@ def test_bad_durations_and_never() -> None:
 def test_mask_url_hides_the_password() -> None:
     masked = mask_url("postgresql+psycopg://outbox:s3cret@db.example:5432/app")
     assert "s3cret" not in masked and "outbox:***@db.example" in masked
-    assert mask_url("sqlite:///outbox.db") == "sqlite:///outbox.db"
+    assert mask_url("sqlite:////var/lib/app/outbox.db") == "sqlite:////var/lib/app/outbox.db"
+
+
+def test_mask_url_shows_where_a_relative_sqlite_path_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert mask_url("sqlite:///app.db") == f"sqlite:///{tmp_path / 'app.db'}"
+    assert mask_url("sqlite+pysqlite:///data/app.db?timeout=5") == (
+        f"sqlite+pysqlite:///{tmp_path / 'data' / 'app.db'}?timeout=5"
+    )
 
 
 def test_table_aligns_columns() -> None:

@@ -190,6 +190,17 @@ def test_flask_signup_stores_user_and_lead_together_or_neither(
             timeout=REQUEST_TIMEOUT,
         )
         assert invalid.status_code == 422 and invalid.json()["field"] == "click_id"
+        no_email = requests.post(f"{base}/signup", json={"name": "X"}, timeout=REQUEST_TIMEOUT)
+        assert no_email.status_code == 400, no_email.text
+        assert no_email.json() == {"error": "email is required (a non-empty string)",
+                                   "field": "email"}  # fmt: skip
+        not_json = requests.post(f"{base}/signup", data="email=x", timeout=REQUEST_TIMEOUT)
+        assert not_json.status_code == 400 and "JSON object" in not_json.json()["error"]
+        organic = requests.post(  # no click to attribute: the user, and no lead to lose
+            f"{base}/signup", json={"email": "organic@example.com"}, timeout=REQUEST_TIMEOUT
+        )
+        assert organic.status_code == 201, organic.text
+        assert organic.json()["tracked"] is False and organic.json()["event_id"] is None
 
         users = {r.json()["event_id"]: r.json()["user_id"] for r in created}
         assert sandbox.wait_for(lambda sb: len(sb.accepted) >= 6, timeout=DELIVERY), server.log()
@@ -199,9 +210,12 @@ def test_flask_signup_stores_user_and_lead_together_or_neither(
         emails = sorted(a.payload["customerEmail"] for a in sandbox.accepted)
         assert emails == sorted(body["email"] for body in signups)
 
-        assert count(database_url, "SELECT count(*) FROM users") == 6
+        assert count(database_url, "SELECT count(*) FROM users") == 7
         assert count(database_url, "SELECT count(*) FROM users WHERE name = 'Again'") == 0
         assert count(database_url, "SELECT count(*) FROM cms_outbox_events") == 6
+        dead = "SELECT count(*) FROM cms_outbox_events WHERE state = 'dead'"
+        assert count(database_url, dead) == 0
+        assert "Traceback" not in server.log() and "KeyError" not in server.log()
     finally:
         server.stop()
         drop_users(database_url)
@@ -332,6 +346,7 @@ def test_worker_enqueues_without_token_and_the_daemon_delivers(
     assert worker.returncode == 0, worker.stderr
     assert "stored 40 sales for delivery, rejected 1" in worker.stderr
     assert "inv_bad rejected" in worker.stderr
+    assert worker.stderr.count("\n") == 2, worker.stderr  # no library chatter at INFO
 
     assert sandbox.wait_for(lambda sb: len(sb.accepted) >= 40, timeout=DELIVERY), daemon.log()
     assert len(sandbox.accepted) == 40
@@ -339,3 +354,63 @@ def test_worker_enqueues_without_token_and_the_daemon_delivers(
     assert invoices == Counter(f"inv_{n}" for n in range(40))
     assert daemon.stop(timeout=30) == 0, daemon.log()
     assert "cms-outbox run: stopped" in daemon.log()
+
+
+def test_worker_as_its_docstring_runs_it_with_an_order_over_two_lines(tmp_path: Path) -> None:
+    doc = (EXAMPLES / "worker.py").read_text()
+    command = re.search(r"\n    (echo '\{.*?python examples/worker\.py)\n", doc, re.S)
+    assert command is not None, "the documented command is gone from the docstring"
+    assert "\n" in command.group(1).split("' ")[0]  # the JSON spans lines, as documented
+    shell = command.group(1).replace("python examples/worker.py",
+                                     f"{sys.executable} {EXAMPLES / 'worker.py'}")  # fmt: skip
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CMS_")}
+    ran = subprocess.run(
+        ["sh", "-c", shell], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stderr == "worker: stored 1 sales for delivery, rejected 0\n"
+    url = f"sqlite:///{tmp_path / 'app.db'}"  # the documented relative sqlite:///app.db
+    assert count(url, "SELECT count(*) FROM cms_outbox_events WHERE invoice_id = 'inv_1'") == 1
+
+    broken = subprocess.run(
+        [sys.executable, str(EXAMPLES / "worker.py")],
+        input='{"customer_id": "a", "invoice_id": "inv_2", "amount": 1, "currency": "USD"}\n'
+        '{"customer_id": "b"}\n{"customer_id": \n',
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert broken.returncode == 1
+    assert broken.stderr.splitlines() == [
+        "worker: order on line 2 rejected: missing invoice_id, amount, currency",
+        "worker: stopped reading: line 4: not valid JSON (Expecting value)",
+        "worker: stored 1 sales for delivery, rejected 1",
+    ]
+
+
+def test_gunicorn_chdir_with_a_relative_sqlite_url_logs_where_the_outbox_is(
+    sandbox: Sandbox, launch: Callable[..., Server], tmp_path: Path
+) -> None:
+    workdir = tmp_path / "app"
+    workdir.mkdir()
+    port = free_port()
+    env = {**app_env("sqlite:///app.db", sandbox), "HOME": str(tmp_path)}
+    server = launch(
+        "gunicorn",
+        [sys.executable, "-m", "gunicorn", "-c", str(EXAMPLES / "gunicorn.conf.py"),
+         "--chdir", str(workdir), "--pythonpath", str(EXAMPLES),
+         "--bind", f"127.0.0.1:{port}", "-w", "1", "gunicorn_app:app"],
+        env,
+    )  # fmt: skip
+    server.wait_ready(f"http://127.0.0.1:{port}/health")
+    path = workdir / "app.db"
+    assert f"gunicorn_app: outbox: {path}" in server.log(), server.log()
+    response = requests.post(f"http://127.0.0.1:{port}/signup/u1?click_id=c1", timeout=30)
+    assert response.status_code == 200
+    assert sandbox.wait_for(lambda sb: len(sb.accepted) == 1, timeout=DELIVERY)
+    assert server.stop() == 0, server.log()
+    status = subprocess.run(  # from the repository root, with the path the log gave
+        [str(SCRIPTS / "cms-outbox"), "status", "--json", "--database-url", f"sqlite:///{path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["counts"]["delivered"] == 1
+    assert not (ROOT / "app.db").exists() and not (EXAMPLES / "app.db").exists()

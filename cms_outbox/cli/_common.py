@@ -255,11 +255,23 @@ def _require_existing_file(url: str) -> None:
 
 
 def mask_url(url: str) -> str:
-    """The database URL with its password masked, for logs and output."""
+    """The database URL for logs and output: password masked, a SQLite path made absolute.
+
+    A relative SQLite path is relative to the working directory (which ``gunicorn
+    --chdir`` or a unit's ``WorkingDirectory=`` changes): output says where the file is.
+    """
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
         return "<invalid database URL>"
+    path = parsed.database
+    if parsed.get_backend_name() == "sqlite" and path and not _in_memory(path):
+        parsed = parsed.set(database=os.path.abspath(path))
+    return parsed.render_as_string(hide_password=True)
+
+
+def _in_memory(path: str) -> bool:
+    return path == ":memory:" or path.startswith("file:")
 
 
 # -- output --------------------------------------------------------------------------------
