@@ -6,6 +6,7 @@ in a scratch directory (there is no container engine here), the systemd units th
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -147,19 +148,39 @@ def test_entrypoint_runs_another_command_as_it_is(tmp_path: Path) -> None:
 # -- systemd units -----------------------------------------------------------------------------
 
 
-def test_systemd_units_are_valid_and_stop_with_sigterm(tmp_path: Path) -> None:
-    unit = (DEPLOY / "cms-outbox.service").read_text()
-    settings = dict(
-        line.split("=", 1) for line in unit.splitlines() if "=" in line and line[:1].isalpha()
-    )
-    assert settings["ExecStart"] == "cms-outbox run"
-    assert settings["KillSignal"] == "SIGTERM"
-    assert settings["Restart"] == "on-failure"
-    assert int(settings["TimeoutStopSec"]) >= 20  # longer than one HTTP attempt plus margin
-    assert settings["EnvironmentFile"] == "/etc/cms-outbox/env"
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed: the units were not verified")
-    # verify insists that the command exists: point it at the installed one.
+HARDENING = (
+    "NoNewPrivileges", "CapabilityBoundingSet", "AmbientCapabilities", "ProtectSystem",
+    "ProtectHome", "PrivateTmp", "PrivateDevices", "PrivateMounts", "PrivateUsers",
+    "ProtectHostname", "ProtectClock", "ProtectKernelTunables", "ProtectKernelModules",
+    "ProtectKernelLogs", "ProtectControlGroups", "ProtectProc", "ProcSubset",
+    "RestrictAddressFamilies", "RestrictNamespaces", "RestrictRealtime", "RestrictSUIDSGID",
+    "RemoveIPC", "LockPersonality", "SystemCallArchitectures", "SystemCallFilter",
+    "SystemCallErrorNumber", "UMask",
+)  # fmt: skip
+EXPOSURE = 1.5  # systemd-analyze security's overall exposure (0 to 10), at most
+
+
+def unit_settings(name: str) -> dict[str, list[str]]:
+    """Each key of a unit file with its values, in order (a key may repeat)."""
+    settings: dict[str, list[str]] = {}
+    for line in (DEPLOY / name).read_text().splitlines():
+        if "=" in line and line[:1].isalpha():
+            key, value = line.split("=", 1)
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def systemd_analyze() -> str:
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is missing: .ci/run installs the systemd package")
+        pytest.skip("systemd-analyze is not installed: the units were not analyzed")
+    return path
+
+
+def installed_units(tmp_path: Path) -> list[Path]:
+    """The units as installed: ``verify`` insists that the command exists."""
     units = []
     for source in sorted(DEPLOY.glob("cms-outbox*.*")):
         target = tmp_path / source.name
@@ -167,9 +188,51 @@ def test_systemd_units_are_valid_and_stop_with_sigterm(tmp_path: Path) -> None:
             re.sub(r"^(Exec\w*=)cms-outbox", rf"\g<1>{SCRIPTS / 'cms-outbox'}",
                    source.read_text(), flags=re.M)
         )  # fmt: skip
-        units.append(str(target))
+        units.append(target)
+    return units
+
+
+def test_systemd_units_are_valid_and_stop_with_sigterm(tmp_path: Path) -> None:
+    settings = unit_settings("cms-outbox.service")
+    assert settings["ExecStart"] == ["cms-outbox run"]
+    assert settings["KillSignal"] == ["SIGTERM"]
+    assert settings["Restart"] == ["on-failure"]
+    assert int(settings["TimeoutStopSec"][0]) >= 20  # longer than one HTTP attempt plus margin
+    analyze = systemd_analyze()
     verify = subprocess.run(
-        ["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=60
-    )
+        [analyze, "verify", *map(str, installed_units(tmp_path))],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
     # Unknown keys and bad values are only warnings: any output is a failure.
     assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
+
+
+def test_only_the_daemon_loads_the_token() -> None:
+    daemon, health = unit_settings("cms-outbox.service"), unit_settings("cms-outbox-health.service")
+    assert daemon["EnvironmentFile"] == ["/etc/cms-outbox/outbox.env", "/etc/cms-outbox/token.env"]
+    assert health["EnvironmentFile"] == ["/etc/cms-outbox/outbox.env"]
+    documented = (DEPLOY / "cms-outbox.service").read_text()
+    token_file = documented.index("/etc/cms-outbox/token.env (root-owned, mode 0600)")
+    assert documented.index("CMS_BEARER_TOKEN=") > token_file  # listed under token.env
+    assert "CMS_BEARER_TOKEN" not in (DEPLOY / "cms-outbox-health.service").read_text()
+
+
+@pytest.mark.parametrize("unit", ["cms-outbox.service", "cms-outbox-health.service"])
+def test_systemd_units_are_hardened_alike(unit: str, tmp_path: Path) -> None:
+    settings, daemon = unit_settings(unit), unit_settings("cms-outbox.service")
+    assert {key: settings.get(key) for key in HARDENING} == {
+        key: daemon.get(key) for key in HARDENING
+    }
+    assert all(daemon.get(key) for key in HARDENING if key != "CapabilityBoundingSet")
+    assert daemon["CapabilityBoundingSet"] == [""] and daemon["AmbientCapabilities"] == [""]
+    installed = next(path for path in installed_units(tmp_path) if path.name == unit)
+    security = subprocess.run(
+        [systemd_analyze(), "security", "--offline=yes", f"--threshold={EXPOSURE * 10:.0f}",
+         "--no-pager", str(installed)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    level = re.search(r"Overall exposure level for \S+: ([\d.]+)", security.stdout)
+    assert level is not None, security.stdout + security.stderr
+    print(f"{unit}: exposure {level.group(1)}")
+    assert float(level.group(1)) <= EXPOSURE, security.stdout
+    assert security.returncode == 0, security.stdout + security.stderr
