@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 from .client import CMSClient
+from .database import display_url
 from .errors import ConfigurationError
 from .results import FlushReport
 from .status import ActivityTracker, format_age
@@ -42,7 +43,8 @@ class Daemon:
         ``auto_migrate=False``.
     :param metrics_port: serve Prometheus metrics on this port (needs the ``metrics``
         extra); None for none.
-    :param metrics_address: the interface for ``metrics_port``.
+    :param metrics_address: the interface for ``metrics_port``: this host only by
+        default (the counts are business data); ``"0.0.0.0"`` for a scraper elsewhere.
     :param handle_signals: in the main thread, SIGTERM and SIGINT stop the daemon
         (the previous handlers come back when it stops).
     :param options: any other keyword option of ``CMSClient`` (``rate_limit``,
@@ -59,7 +61,7 @@ class Daemon:
         database_url: str | None = None,
         *,
         metrics_port: int | None = None,
-        metrics_address: str = "0.0.0.0",
+        metrics_address: str = "127.0.0.1",
         handle_signals: bool = True,
         **options: Any,
     ) -> None:
@@ -125,12 +127,14 @@ class Daemon:
             logger.info(
                 "cms-outbox run: delivering from %s to %s (rate limit %s, %d workers, "
                 "interval %gs%s)",
-                self.client.engine.url.render_as_string(hide_password=True),
+                display_url(self.client.engine.url),
                 settings.host,
                 rate,
                 settings.workers,
                 settings.interval,
-                "" if metrics_server is None else f", metrics on port {self.metrics_port}",
+                ""
+                if metrics_server is None
+                else f", metrics on {metrics_server.address}:{metrics_server.port}",
             )
             started = time.monotonic()
             self._scheduler.run_forever(grace=settings.attempt_timeout + 1.0)

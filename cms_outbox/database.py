@@ -7,12 +7,12 @@ import sqlite3
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from .errors import ConfigurationError, StorageError
 
-__all__ = ["BUSY_TIMEOUT", "READ_ONLY", "create", "is_sqlite", "prepare_sqlite"]
+__all__ = ["BUSY_TIMEOUT", "READ_ONLY", "create", "display_url", "is_sqlite", "prepare_sqlite"]
 
 # Long enough that contending writers queue up instead of seeing "database is locked".
 BUSY_TIMEOUT = 30.0
@@ -50,6 +50,23 @@ def create(url: str, *, durability: str = "full") -> Engine:
     if is_sqlite(engine):
         prepare_sqlite(engine, durability=durability)
     return engine
+
+
+def display_url(url: str | URL) -> str:
+    """The URL for logs and output: password masked, a SQLite path made absolute.
+
+    A relative SQLite path is relative to the working directory (which ``gunicorn
+    --chdir`` or a unit's ``WorkingDirectory=`` changes): output says where the file is.
+    """
+    parsed = make_url(url)
+    path = parsed.database
+    if parsed.get_backend_name() == "sqlite" and path and not _in_memory(path):
+        parsed = parsed.set(database=os.path.abspath(path))
+    return parsed.render_as_string(hide_password=True)
+
+
+def _in_memory(path: str) -> bool:
+    return path == ":memory:" or path.startswith("file:")
 
 
 def is_sqlite(engine: Engine) -> bool:

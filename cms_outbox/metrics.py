@@ -110,6 +110,10 @@ class MetricsServer:
         self._thread = thread
 
     @property
+    def address(self) -> str:
+        return str(self._server.server_address[0])
+
+    @property
     def port(self) -> int:
         return int(self._server.server_address[1])
 
@@ -119,7 +123,12 @@ class MetricsServer:
         self._thread.join(timeout=5.0)
 
 
-def serve(tracker: ActivityTracker, port: int, address: str = "0.0.0.0") -> MetricsServer:
+# Loopback unless asked: the counts are business data (conversions per minute), and a
+# scraper on another host or outside a container is a choice the operator makes.
+DEFAULT_ADDRESS = "127.0.0.1"
+
+
+def serve(tracker: ActivityTracker, port: int, address: str = DEFAULT_ADDRESS) -> MetricsServer:
     """Serve the outbox's metrics on ``address:port`` in a daemon thread.
 
     :raises ConfigurationError: the port cannot be bound.

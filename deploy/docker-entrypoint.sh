@@ -25,6 +25,9 @@
 #   HEALTHCHECK --interval=30s --timeout=10s --start-period=30s \
 #     CMD cms-outbox health --max-pending-age 10m
 #
+# Metrics for a scraper outside the container: `--metrics-port 9464 --metrics-address
+# 0.0.0.0` (the daemon serves them on 127.0.0.1 by default).
+#
 # Give the daemon time for a graceful stop: `docker stop -t 30`, or in Compose
 # `stop_grace_period: 30s` (Kubernetes: terminationGracePeriodSeconds: 30).
 set -eu

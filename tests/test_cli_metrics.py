@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import io
 import time
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Callable
 
 import pytest
 
-from cms_outbox import CMSClient
+from cms_outbox import CMSClient, Daemon
+from cms_outbox.cli import build_parser
 from cms_outbox.cli._common import duration, mask_url, optional_duration, table
 from cms_outbox.cli.delivery import Progress
 from cms_outbox.results import EventState, TrackResult
@@ -156,3 +158,24 @@ def test_progress_line_on_a_terminal() -> None:
     final = output.rstrip("\n").split("\r")[-1]
     assert final.startswith("flush: 3 delivered, 1 dead, 0 remaining")
     assert "ETA done" in final
+
+
+def test_metrics_are_served_on_loopback_unless_asked(
+    make_client: Callable[..., CMSClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    metrics = pytest.importorskip("cms_outbox.metrics")
+    assert build_parser().parse_args(["run"]).metrics_address == "127.0.0.1"
+    assert inspect.signature(Daemon).parameters["metrics_address"].default == "127.0.0.1"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--metrics-port (default: 127.0.0.1, this host only: the counts are business" in (
+        help_text
+    )
+    assert "0.0.0.0 for a scraper on another host or outside a container" in help_text
+    client = make_client()
+    server = metrics.serve(ActivityTracker(client.engine, settle=1.0), 0)
+    try:
+        assert server.address == "127.0.0.1"
+    finally:
+        server.close()

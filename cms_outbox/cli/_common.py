@@ -16,6 +16,7 @@ from sqlalchemy.exc import ArgumentError
 from .. import config
 from ..client import CMSClient
 from ..config import Settings
+from ..database import display_url
 from ..errors import ConfigurationError, SchemaError
 from ..reader import OutboxReader
 from ..status import format_age, isoformat
@@ -255,23 +256,11 @@ def _require_existing_file(url: str) -> None:
 
 
 def mask_url(url: str) -> str:
-    """The database URL for logs and output: password masked, a SQLite path made absolute.
-
-    A relative SQLite path is relative to the working directory (which ``gunicorn
-    --chdir`` or a unit's ``WorkingDirectory=`` changes): output says where the file is.
-    """
+    """The database URL for logs and output: password masked, a SQLite path made absolute."""
     try:
-        parsed = make_url(url)
+        return display_url(url)
     except ArgumentError:
         return "<invalid database URL>"
-    path = parsed.database
-    if parsed.get_backend_name() == "sqlite" and path and not _in_memory(path):
-        parsed = parsed.set(database=os.path.abspath(path))
-    return parsed.render_as_string(hide_password=True)
-
-
-def _in_memory(path: str) -> bool:
-    return path == ":memory:" or path.startswith("file:")
 
 
 # -- output --------------------------------------------------------------------------------

@@ -68,9 +68,10 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--metrics-address",
-        default="0.0.0.0",
+        default="127.0.0.1",
         metavar="ADDR",
-        help="interface for --metrics-port (default: 0.0.0.0)",
+        help="interface for --metrics-port (default: 127.0.0.1, this host only: the counts "
+        "are business data; 0.0.0.0 for a scraper on another host or outside a container)",
     )
 
     parser = add_command(
