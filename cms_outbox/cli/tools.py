@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import EXIT_OK, add_command, echo, non_negative_int
+from ..sandbox.limits import ACCOUNTING, HEADERS
+from ._common import EXIT_OK, add_command, echo, non_negative_int, positive_int
 
 __all__ = ["register"]
 
@@ -22,10 +23,13 @@ def register(subparsers: Any) -> None:
         description="Serve POST /track/lead and /track/sale as the CMS service does, plus "
         "/_admin/ endpoints (health, accepted, requests, faults, reset, down) for fault "
         "injection, until Ctrl-C or SIGTERM. Prints its URL on stdout once it listens. "
+        "The rate limit (off by default) can change while running: POST /_admin/limits "
+        "with any of requests, window, accounting, headers. "
         "--database-url is accepted for symmetry and not used.",
         examples=[
             "cms-outbox sandbox --port 8765 --token sandbox-token",
             "cms-outbox sandbox --port 0 --rate-limit 60 --latency 50",
+            "cms-outbox sandbox --rate-limit 30 --rate-window 6 --rate-headers x",
             "curl -X POST localhost:8765/_admin/faults -d '{\"force_status\": 503}'",
         ],
         notes="The sandbox token is a throwaway, so unlike `run` it may be a flag.",
@@ -43,7 +47,27 @@ def register(subparsers: Any) -> None:
         "--rate-limit",
         type=non_negative_int,
         metavar="N",
-        help="answer 429 beyond N requests per minute (default: off)",
+        help="answer 429 (with Retry-After) beyond N requests per window (default: off)",
+    )
+    parser.add_argument(
+        "--rate-window",
+        type=positive_int,
+        default=60,
+        metavar="S",
+        help="the rate limit's window in seconds (default: 60)",
+    )
+    parser.add_argument(
+        "--rate-accounting",
+        choices=ACCOUNTING,
+        default="sliding",
+        help="count requests in fixed windows or a sliding one (default: sliding)",
+    )
+    parser.add_argument(
+        "--rate-headers",
+        choices=HEADERS,
+        default="ietf",
+        help="advertise the limit as the IETF draft's RateLimit-Policy/RateLimit, the de "
+        "facto X-RateLimit-*, or not at all (default: ietf)",
     )
     parser.add_argument(
         "--latency",
@@ -69,7 +93,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from ..sandbox import Sandbox, run
+    from ..sandbox import Limits, Sandbox, run
 
     def ready(sandbox: Sandbox) -> None:
         echo(f"CMS sandbox listening on {sandbox.url} (token: {sandbox.token})")
@@ -80,9 +104,11 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         host=args.bind,
         port=args.port,
         token=args.token,
-        rate_limit=args.rate_limit or None,
         latency=args.latency / 1000.0,
         ready=ready,
+        limits=Limits(
+            args.rate_limit or 0, float(args.rate_window), args.rate_accounting, args.rate_headers
+        ),
     )
     return EXIT_OK
 

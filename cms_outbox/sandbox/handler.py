@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from cms_outbox.__version__ import __version__
 from cms_outbox.sandbox.faults import faults_from_json
+from cms_outbox.sandbox.limits import limits_from_json
 from cms_outbox.sandbox.state import Reply, error_reply
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ ADMIN_ROUTES: dict[str, tuple[str, ...]] = {
     "/_admin/accepted": ("GET",),
     "/_admin/requests": ("GET",),
     "/_admin/faults": ("GET", "POST"),
+    "/_admin/limits": ("GET", "POST"),
     "/_admin/reset": ("POST",),
     "/_admin/down": ("POST",),
 }
@@ -289,6 +291,14 @@ class SandboxHandler(BaseHTTPRequestHandler):
                     self._send(error_reply(400, str(exc)))
                     return
             self._send_json({"faults": sandbox.faults.to_json()})
+        elif path == "/_admin/limits":
+            if method == "POST":
+                try:
+                    sandbox._ledger.update_limits(lambda current: limits_from_json(current, body))
+                except (TypeError, ValueError) as exc:
+                    self._send(error_reply(400, str(exc)))
+                    return
+            self._send_json({"limits": sandbox.limits.to_json()})
         elif path == "/_admin/reset":
             sandbox.reset()
             self._send_json({"ok": True})

@@ -14,6 +14,7 @@ from typing import Any, Callable, Union
 
 from cms_outbox.sandbox.faults import Faults
 from cms_outbox.sandbox.handler import SandboxServer
+from cms_outbox.sandbox.limits import Limits
 from cms_outbox.sandbox.state import Accepted, Ledger, RequestRecord
 
 __all__ = ["Sandbox", "run"]
@@ -32,10 +33,14 @@ class Sandbox:
     :param host: interface to listen on.
     :param port: ``0`` picks a free port at ``start()``; it then stays the same
         across ``down()``/``up()`` and restarts.
-    :param rate_limit: requests per minute (sliding 60 s window); ``None``/``0`` = off.
+    :param rate_limit: requests per minute (a sliding 60 s window, advertised in the
+        IETF draft's headers); ``None``/``0`` = off. ``limits`` says more.
+    :param limits: the rate limit in full: quota, window, accounting, headers; it can
+        change while running (``set_limits``, ``POST /_admin/limits``).
     :param latency: baseline ``Faults.latency``; ``clear_faults()``/``reset()`` return
         the faults to ``Faults(latency=latency)``.
     :param seed: seed of the RNG behind ``Faults.error_rate`` (reseeded by ``reset()``).
+    :param clock: epoch seconds for the rate limit's windows (tests pass their own).
     """
 
     def __init__(
@@ -46,14 +51,18 @@ class Sandbox:
         rate_limit: int | None = None,
         latency: float = 0.0,
         *,
+        limits: Limits | None = None,
         seed: int = 0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if rate_limit is not None and (isinstance(rate_limit, bool) or rate_limit < 0):
             raise ValueError(f"rate_limit must be None or an int >= 0, got {rate_limit!r}")
+        if limits is None:
+            limits = Limits(rate_limit or 0)
         self.token = token
         self.host = host
         self._port = port
-        self._ledger = Ledger(token, rate_limit, Faults(latency=latency), seed)
+        self._ledger = Ledger(token, limits, Faults(latency=latency), seed, clock)
         self._lifecycle = threading.RLock()
         self._server: SandboxServer | None = None
         self._thread: threading.Thread | None = None
@@ -174,6 +183,18 @@ class Sandbox:
     def clear_faults(self) -> None:
         self._ledger.clear_faults()
 
+    @property
+    def limits(self) -> Limits:
+        return self._ledger.limits
+
+    def set_limits(self, **changes: Any) -> Limits:
+        """Change some rate-limit fields while running; returns the new ``Limits``.
+
+        :raises TypeError: unknown field.
+        :raises ValueError: invalid value.
+        """
+        return self._ledger.update_limits(lambda current: dataclasses.replace(current, **changes))
+
     def wait_for(self, predicate: Callable[[Sandbox], object], timeout: float = 10.0) -> bool:
         """Poll ``predicate(self)`` until it is true (``True``) or ``timeout`` passes."""
         deadline = time.monotonic() + timeout
@@ -280,13 +301,17 @@ def run(
     rate_limit: int | None = None,
     latency: float = 0.0,
     ready: Ready = None,
+    *,
+    limits: Limits | None = None,
 ) -> None:
     """Serve a sandbox until KeyboardInterrupt, SIGTERM or ``Sandbox.stop()``.
 
     :param ready: called with the started ``Sandbox`` (or, for a
         ``threading.Event``, set) once it accepts connections.
     """
-    sandbox = Sandbox(token=token, host=host, port=port, rate_limit=rate_limit, latency=latency)
+    sandbox = Sandbox(
+        token=token, host=host, port=port, rate_limit=rate_limit, latency=latency, limits=limits
+    )
     terminated: list[int] = []
     previous: Any = None
     in_main = threading.current_thread() is threading.main_thread()

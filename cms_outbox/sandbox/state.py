@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import math
 import random
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from cms_outbox.sandbox.faults import Faults
+from cms_outbox.sandbox.limits import Limiter, Limits
 from cms_outbox.sandbox.protocol import (
     Problem,
     error_body,
@@ -27,8 +26,6 @@ from cms_outbox.sandbox.protocol import (
 )
 
 __all__ = ["Accepted", "Ledger", "Reply", "RequestRecord"]
-
-RATE_WINDOW = 60.0  # seconds: the service's limit is "requests per minute per token"
 
 
 @dataclass(frozen=True)
@@ -107,14 +104,15 @@ class Ledger:
     def __init__(
         self,
         token: str,
-        rate_limit: int | None,
+        limits: Limits,
         baseline: Faults,
         seed: int,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """:param clock: epoch seconds, for the rate limit's windows and its headers."""
         self.lock = threading.Lock()
         self._expected = f"Bearer {token}".encode()
-        self._rate_limit = rate_limit or 0
+        self._limiter = Limiter(limits)
         self._baseline = baseline
         self._seed = seed
         self._clock = clock
@@ -126,7 +124,6 @@ class Ledger:
         self._key_counts: dict[str, int] = {}
         self._invoices: set[str] = set()
         self._associations: dict[str, str] = {}
-        self._window: deque[float] = deque()
 
     # -- views ---------------------------------------------------------------------
 
@@ -174,7 +171,20 @@ class Ledger:
             self._key_counts = {}
             self._invoices = set()
             self._associations = {}
-            self._window.clear()
+            self._limiter.reset()
+
+    # -- rate limit ----------------------------------------------------------------
+
+    @property
+    def limits(self) -> Limits:
+        with self.lock:
+            return self._limiter.limits
+
+    def update_limits(self, update: Callable[[Limits], Limits]) -> Limits:
+        """Change the rate limit while running; requests already counted stay counted."""
+        with self.lock:
+            self._limiter.limits = update(self._limiter.limits)
+            return self._limiter.limits
 
     # -- request records -----------------------------------------------------------
 
@@ -206,12 +216,23 @@ class Ledger:
                 headers=(("WWW-Authenticate", 'Bearer realm="cms"'),),
             )
         with self.lock:
-            limited = self._take_rate_slot()
-            if limited is not None:
-                return limited
+            allowed, headers = self._limiter.admit(self._clock())
+            if not allowed:
+                limits = self._limiter.limits
+                return error_reply(
+                    429,
+                    f"rate limit exceeded: {limits.requests} requests per {limits.window:g}s",
+                    details={"limit": limits.requests, "window": limits.window,
+                             "retryAfter": int(dict(headers)["Retry-After"])},
+                    headers=headers,
+                )  # fmt: skip
             injected = self._injected_status()
-        if injected is not None:
-            return injected
+        reply = injected or self._answer(kind, key, raw)
+        if headers:
+            reply = dataclasses.replace(reply, headers=reply.headers + headers)
+        return reply
+
+    def _answer(self, kind: str, key: str | None, raw: bytes) -> Reply:
         try:
             payload = parse_body(raw)
             validate(kind, payload)
@@ -219,25 +240,6 @@ class Ledger:
             return _problem_reply(problem)
         with self.lock:
             return self._accept(kind, key, payload)
-
-    def _take_rate_slot(self) -> Reply | None:
-        # Sliding window of the requests that counted; a 429 does not count itself.
-        if not self._rate_limit:
-            return None
-        now = self._clock()
-        window = self._window
-        while window and window[0] <= now - RATE_WINDOW:
-            window.popleft()
-        if len(window) >= self._rate_limit:
-            wait = max(1, math.ceil(window[0] + RATE_WINDOW - now))
-            return error_reply(
-                429,
-                f"rate limit exceeded: {self._rate_limit} requests per minute",
-                details={"limit": self._rate_limit, "retryAfter": wait},
-                headers=(("Retry-After", str(wait)),),
-            )
-        window.append(now)
-        return None
 
     def _injected_status(self) -> Reply | None:
         faults = self._faults
