@@ -18,6 +18,7 @@ from . import config, database, migrate, notify
 from .errors import ClientClosed, EventNotFound, InvoiceConflict
 from .events import Event, build_lead, build_sale, sale_differences
 from .flusher import Callback, Flusher, result_of_row
+from .pacing import RateLimit
 from .results import EventState, FlushReport, TrackResult
 from .scheduling import FlushScheduler
 from .status import ActivityTracker, Stats
@@ -44,8 +45,10 @@ class CMSClient:
         ``sqlite:///cms_outbox.db``).
     :param flush: ``"background"`` delivers from this process; ``"off"`` only when
         ``flush()`` is called (or a ``cms-outbox run`` daemon delivers).
-    :param rate_limit: requests per minute for all flushers of this outbox together;
-        ``None`` or ``0`` for no pacing.
+    :param rate_limit: ``"auto"`` (default) paces every flusher of this outbox together
+        at the limit the service advertises or teaches by its 429s, starting from the
+        documented 60/min; a number of requests per minute replaces that start and is a
+        ceiling never exceeded; ``None`` or ``0`` for no pacing.
     :param durability: ``"full"`` fsyncs every enqueue (survives power loss),
         ``"normal"`` trades that for speed (SQLite).
     :param auto_migrate: bring the tables to the current schema; with False only check.
@@ -61,7 +64,7 @@ class CMSClient:
         *,
         engine: Engine | None = None,
         flush: str = "background",
-        rate_limit: int | None = 60,
+        rate_limit: int | str | RateLimit | None = "auto",
         workers: int = 8,
         durability: str = "full",
         auto_migrate: bool = True,
@@ -83,7 +86,7 @@ class CMSClient:
             host=host,
             database_url=database_url,
             flush=flush,
-            rate_limit=rate_limit,
+            rate_limit=RateLimit.parse(rate_limit),
             workers=workers,
             durability=durability,
             auto_migrate=auto_migrate,

@@ -10,11 +10,12 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
+from .pacing import AUTO, RateLimit
 
 __all__ = ["DEFAULT_DATABASE_URL", "DEFAULT_HOST", "Settings", "dashboard_password", "resolve"]
 
@@ -31,7 +32,7 @@ class Settings:
     host: str = DEFAULT_HOST
     database_url: str = DEFAULT_DATABASE_URL
     flush: str = "background"
-    rate_limit: int | None = 60
+    rate_limit: RateLimit = AUTO  # built from "auto", an int or 0/None by RateLimit.parse
     workers: int = 8
     durability: str = "full"
     auto_migrate: bool = True
@@ -51,13 +52,12 @@ class Settings:
     def __post_init__(self) -> None:
         _check_choice("flush", self.flush, ("background", "off"))
         _check_choice("durability", self.durability, ("full", "normal"))
+        object.__setattr__(self, "rate_limit", RateLimit.parse(self.rate_limit))
         # Type first: a "8" or 2.5 from a config file must fail here, not as a TypeError later.
-        for name in ("rate_limit", "workers", "batch_size"):
+        for name in ("workers", "batch_size"):
             _check_number(name, getattr(self, name), integer=True)
         for name in _SECONDS:
             _check_number(name, getattr(self, name))
-        if self.rate_limit is not None and self.rate_limit < 0:
-            raise ConfigurationError(f"rate_limit must be >= 0 or None, got {self.rate_limit!r}")
         for name in ("workers", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -98,14 +98,6 @@ class Settings:
             return self.lease_seconds
         return 2 * self.attempt_timeout + 15.0
 
-    @property
-    def pacing(self) -> int | None:
-        """Requests per minute for all flushers together, or None when unpaced."""
-        return self.rate_limit or None
-
-    def with_token(self, token: str | None) -> Settings:
-        return replace(self, token=token)
-
 
 _SECONDS = (
     "interval", "connect_timeout", "read_timeout", "lease_seconds", "max_age", "retention",
@@ -113,7 +105,7 @@ _SECONDS = (
 )  # fmt: skip
 
 
-_OPTIONAL = ("rate_limit", "lease_seconds")  # None means "no pacing" / "the default lease"
+_OPTIONAL = ("lease_seconds",)  # None means "the default lease"
 
 
 def _check_number(name: str, value: object, *, integer: bool = False) -> None:
@@ -158,6 +150,9 @@ def _is_loopback(hostname: str) -> bool:
 def resolve(environ: Mapping[str, str] | None = None, **explicit: Any) -> Settings:
     """Build ``Settings`` from explicit values (None means unset), then the environment.
 
+    ``rate_limit`` arrives as a ``RateLimit``: the public ``None`` (no pacing) is turned
+    into one by the caller, so None here always means unset.
+
     :raises ConfigurationError: for a setting that cannot work.
     """
     env = os.environ if environ is None else environ
@@ -170,8 +165,6 @@ def resolve(environ: Mapping[str, str] | None = None, **explicit: Any) -> Settin
     for key, variable in fallbacks.items():
         if key not in values and env.get(variable):
             values[key] = env[variable]
-    if "rate_limit" in explicit and explicit["rate_limit"] is None:
-        values["rate_limit"] = None
     return Settings(**values)
 
 

@@ -123,7 +123,7 @@ class Daemon:
                 previous = {
                     signum: signal.signal(signum, self._on_signal) for signum in STOP_SIGNALS
                 }
-            rate = f"{settings.pacing}/min" if settings.pacing else "unlimited"
+            rate = str(settings.rate_limit)
             logger.info(
                 "cms-outbox run: delivering from %s to %s (rate limit %s, %d workers, "
                 "interval %gs%s)",

@@ -7,7 +7,6 @@ passes or it is told to stop; rows it leased but did not send go back unsent.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import random
@@ -19,18 +18,9 @@ from typing import Any, Callable
 
 from .config import Settings
 from .errors import ConfigurationError
-from .policy import (
-    Breaker,
-    Bucket,
-    Verdict,
-    backoff,
-    classify,
-    parse_retry_after,
-    refund,
-    slow_down,
-    speed_up,
-)
-from .policy import take_tokens as bucket_take
+from .pacing import Advert, Budget, Grant, in_force, parse_advert, rate_limited, refund, take
+from .pacing import hear as hear_advert
+from .policy import Answer, Breaker, Decision, Rules, Verdict, decide, expiry
 from .results import EventState, FlushReport, TrackResult
 from .store import Lease, Outcome, Store
 from .transport import Reply, Transport
@@ -65,7 +55,7 @@ class Flusher:
         self._transport: Transport | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pass_lock = threading.Lock()
-        self._slowed = False
+        self._heard: Advert | None = None  # the latest rate-limit headers, not yet applied
         self._pause_cleared = False
         # Outcomes recorded by every pass of this flusher, a failed pass's included.
         self.totals = {"delivered": 0, "retried": 0, "dead": 0}
@@ -149,50 +139,90 @@ class Flusher:
 
     def judge(self, lease: Lease, reply: Reply, now: float) -> Outcome:
         """Turn one reply into the outcome to record, updating breaker and pacing."""
-        verdict = classify(reply.status_code)
-        error = reply.error or _server_error(reply)
-        if verdict in (Verdict.DELIVERED, Verdict.DUPLICATE):
-            self._resume(now)
-            if self._slowed:  # recover from a 429 slow-down, one success at a time
-                self._slowed = self.store.with_bucket(_recover)
-            return _outcome(lease, reply, EventState.DELIVERED, verdict.value)
-        if verdict is Verdict.DEAD:
-            self._resume(now)
-            logger.warning("event %s dead-lettered: %s", lease.event_id, error)
-            return _outcome(lease, reply, EventState.DEAD, "dead", error)
-        if verdict in (Verdict.AUTH, Verdict.OUTAGE):
-            self._pause(verdict.value, now, error)
-            return _outcome(lease, reply, EventState.PENDING, verdict.value, error)
-        self._resume(now)
-        if now - lease.created_at > self.settings.max_age:
-            return self.expired(lease, now, error)
-        retry_after = parse_retry_after(reply.retry_after, now)
-        if reply.status_code == 429 and self.settings.pacing:
-            per_minute = float(self.settings.pacing)
-            pause = retry_after or 1.0
-            self.store.with_bucket(lambda b: (slow_down(b, now, per_minute, pause), None))
-            self._slowed = True
-        delay = backoff(
-            lease.attempts + 1, self.rng, cap=self.settings.max_backoff, retry_after=retry_after
+        finished = reply.finished_at
+        answer = Answer(
+            status_code=reply.status_code,
+            finished_at=finished,
+            error=reply.error or _server_error(reply),
+            retry_after=reply.retry_after,
+            advert=parse_advert(dict(reply.rate_headers), finished),
         )
-        finished = reply.started_at + reply.duration
-        retry = _outcome(lease, reply, EventState.PENDING, "retry", error, finished + delay)
-        return retry
+        decision = decide(answer, lease.attempts, lease.created_at, now, self.rules, self.rng)
+        if decision.breaker is not None:
+            self._pause(decision.breaker, now, decision.error)
+        else:
+            self._resume(now)
+        if decision.verdict is Verdict.DEAD:
+            logger.warning("event %s dead-lettered: %s", lease.event_id, decision.error)
+        if self.settings.rate_limit.paced:
+            self._pace(decision, now)
+        return _outcome(lease, reply, decision)
 
-    def expired(self, lease: Lease, now: float, error: str | None = None) -> Outcome:
-        age_days = (now - lease.created_at) / 86400
-        message = f"expired: not delivered within max_age ({age_days:.1f} days old)"
-        if error:
-            message += f"; last error: {error}"
-        logger.warning("event %s dead-lettered: %s", lease.event_id, message)
+    @property
+    def rules(self) -> Rules:
+        return Rules(max_age=self.settings.max_age, max_backoff=self.settings.max_backoff)
+
+    def expired(self, lease: Lease, now: float) -> Outcome:
+        decision = expiry(now - lease.created_at)
+        logger.warning("event %s dead-lettered: %s", lease.event_id, decision.error)
         return Outcome(
             seq=lease.seq,
-            state=EventState.DEAD,
-            label="expired",
+            state=decision.state,
+            label=decision.label,
             started_at=now,
             duration=0.0,
-            error=message,
+            error=decision.error,
         )
+
+    # -- pacing ----------------------------------------------------------------------
+
+    def take(self, want: int, now: float) -> Grant:
+        """Take up to ``want`` requests from the outbox's shared budget."""
+        heard, self._heard = self._heard, None
+        limit = self.settings.rate_limit
+
+        def change(budget: Budget) -> tuple[Budget, tuple[Budget, Budget, Grant]]:
+            before = budget if heard is None else hear_advert(budget, heard, now)
+            after, grant = take(before, want, now, limit)
+            return after, (budget, after, grant)
+
+        before, after, grant = self.store.with_budget(change)
+        self._log_limit(before, after)
+        return grant
+
+    def give_back(self, count: int) -> None:
+        """Return requests taken for rows that turned out not to be due."""
+        self.store.with_budget(lambda budget: (refund(budget, count), None))
+
+    def _pace(self, decision: Decision, now: float) -> None:
+        advert = decision.advert
+        if decision.pause_until is None:
+            if not advert.empty:
+                self._heard = advert  # applied with the next take: no write per answer
+            return
+        limit = self.settings.rate_limit
+        until = decision.pause_until
+
+        def change(budget: Budget) -> tuple[Budget, tuple[Budget, Budget]]:
+            after = rate_limited(budget, now, until, advert, limit)
+            return after, (budget, after)
+
+        before, after = self.store.with_budget(change)
+        if after.paused_until > max(before.paused_until, now):
+            logger.warning(
+                "rate limited (HTTP 429): every flusher of this outbox pauses for %.1fs",
+                after.paused_until - now,
+            )
+        self._log_limit(before, after)
+
+    def _log_limit(self, before: Budget, after: Budget) -> None:
+        if (before.quota, before.source) == (after.quota, after.source):
+            return
+        quota, source = in_force(after, self.settings.rate_limit)
+        logger.info(
+            "pacing: %.4g requests per %gs (%.1f/min, %s)",
+            quota.requests, quota.window, quota.per_minute, source.value,
+        )  # fmt: skip
 
     def _pause(self, reason: str, now: float, error: str | None) -> None:
         if self.breaker.trip(reason, now, self.rng, error):
@@ -263,6 +293,7 @@ class _Pass:
         self.store = flusher.store
         self.deadline = deadline
         self.stop = stop or threading.Event()
+        self.paced = self.settings.rate_limit.paced
         self.inflight: dict[Future[Reply], Lease] = {}
         self.exhausted = False
         self.counts = {"delivered": 0, "retried": 0, "dead": 0}
@@ -284,14 +315,16 @@ class _Pass:
             stopping = self._stopping() or allowance == 0
             room = 0 if stopping or self.exhausted else self._room(allowance)
             wait_for_token = None
-            if room and self.settings.pacing:
+            if room and self.paced:
                 # Pay before leasing: a leased row never waits for a token (and its lease).
-                room, wait_for_token = self._take_tokens(room, now)
+                grant = self.flusher.take(room, now)
+                room = grant.requests
+                wait_for_token = None if room else grant.wait
             if finished or room:
                 leased = self._exchange(finished, room, now)
                 finished = []
-                if room > leased and self.settings.pacing:
-                    self._refund_tokens(room - leased)
+                if room > leased and self.paced:
+                    self.flusher.give_back(room - leased)
             if stopping:
                 return
             if not self.inflight:
@@ -306,17 +339,6 @@ class _Pass:
         if allowance == 1:  # half-open: one probe, alone
             return 0 if self.inflight else 1
         return max(0, self.settings.workers - len(self.inflight))
-
-    def _take_tokens(self, want: int, now: float) -> tuple[int, float | None]:
-        per_minute = float(self.settings.pacing or 0)
-        granted = self.store.with_bucket(
-            functools.partial(bucket_take, want=want, now=now, per_minute=per_minute)
-        )
-        return (int(granted), None) if granted >= 1 else (0, -granted)
-
-    def _refund_tokens(self, count: int) -> None:
-        per_minute = float(self.settings.pacing or 0)
-        self.store.with_bucket(lambda bucket: (refund(bucket, count, per_minute), None))
 
     def _exchange(self, finished: list[tuple[Outcome, str]], room: int, now: float) -> int:
         """Record what finished, lease what fits and send it; returns how many were leased."""
@@ -406,29 +428,18 @@ class _Pass:
         )
 
 
-def _recover(bucket: Bucket) -> tuple[Bucket, bool]:
-    faster = speed_up(bucket)
-    return faster, faster.rate_factor < 1.0
-
-
-def _outcome(
-    lease: Lease,
-    reply: Reply,
-    state: EventState,
-    label: str,
-    error: str | None = None,
-    next_attempt_at: float | None = None,
-) -> Outcome:
+def _outcome(lease: Lease, reply: Reply, decision: Decision) -> Outcome:
     return Outcome(
         seq=lease.seq,
-        state=state,
-        label=label,
+        state=decision.state,
+        label=decision.label,
         started_at=reply.started_at,
         duration=reply.duration,
         status_code=reply.status_code,
-        error=error,
+        error=decision.error,
         response=reply.body,
-        next_attempt_at=next_attempt_at,
+        next_attempt_at=decision.next_attempt_at,
+        counts=decision.counts,
     )
 
 

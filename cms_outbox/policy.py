@@ -1,27 +1,30 @@
-"""Delivery policy: classify answers, back off with full jitter, pace, break the circuit.
+"""Delivery policy: classify answers, decide each attempt's consequences, break the circuit.
 
-Pure: the clock and the random source are passed in, nothing here does I/O.
+Pure: the clock and the random source are passed in, nothing here does I/O. Pacing
+(the shared request budget) is ``pacing``'s.
 """
 
 from __future__ import annotations
 
 import enum
-import math
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
+from .pacing import DEFAULT_PAUSE, Advert
+from .results import EventState
+
 __all__ = [
+    "Answer",
     "Breaker",
-    "Bucket",
+    "Decision",
+    "Rules",
     "Verdict",
     "backoff",
     "classify",
+    "decide",
+    "expiry",
     "parse_retry_after",
-    "refund",
-    "slow_down",
-    "speed_up",
-    "take_tokens",
 ]
 
 
@@ -85,62 +88,94 @@ def backoff(
     return delay
 
 
-# -- pacing: a token bucket shared through the database ------------------------------
+# -- the delivery decision ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Bucket:
-    """The shared token bucket: tokens at ``tokens_at``, and the 429 slow-down factor."""
+class Answer:
+    """What one attempt brought back: a status (None: no answer at all) and its headers."""
 
-    tokens: float
-    tokens_at: float
-    rate_factor: float
-
-
-# Stay under the allowed rate, with a burst just big enough to absorb wake-up jitter: in
-# any 60 s window a sliding-window limiter sees at most 0.97 * limit + burst <= limit.
-SAFETY = 0.97
-MIN_FACTOR = 1 / 16
+    status_code: int | None
+    finished_at: float
+    error: str | None = None
+    retry_after: str | None = None
+    advert: Advert = Advert()
 
 
-def take_tokens(bucket: Bucket, want: int, now: float, per_minute: float) -> tuple[Bucket, float]:
-    """Refill, then take up to ``want`` whole tokens.
+@dataclass(frozen=True)
+class Rules:
+    """The settings the decision depends on."""
 
-    :returns: the new bucket and either the tokens granted (>= 1) or, when none can be
-        granted, the negative number of seconds until one will be.
+    max_age: float
+    max_backoff: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An attempt's consequences: for the row, for the circuit breaker and for the pacing.
+
+    :param next_attempt_at: when a pending row is due again (None: unchanged).
+    :param counts: whether the attempt counts toward the row's attempts (and so its
+        backoff); a 429 does not.
+    :param breaker: ``"outage"`` or ``"auth"`` trip the circuit; None closes it.
+    :param pause_until: a 429: every flusher of the outbox waits until then.
     """
-    rate = per_minute * SAFETY * bucket.rate_factor / 60.0
-    elapsed = max(0.0, now - bucket.tokens_at)
-    tokens = min(burst(per_minute), bucket.tokens + elapsed * rate)
-    granted = min(want, math.floor(tokens + 1e-9))  # 0.9999999 tokens is one token
-    if granted >= 1:
-        return Bucket(max(0.0, tokens - granted), now, bucket.rate_factor), float(granted)
-    return Bucket(tokens, now, bucket.rate_factor), -max(0.001, (1.0 - tokens) / rate)
+
+    verdict: Verdict
+    state: EventState
+    label: str
+    error: str | None = None
+    next_attempt_at: float | None = None
+    counts: bool = True
+    breaker: str | None = None
+    pause_until: float | None = None
+    advert: Advert = Advert()
 
 
-def burst(per_minute: float) -> float:
-    """Tokens the bucket holds at most."""
-    return max(1.5, per_minute * 0.01)
+def decide(
+    answer: Answer, attempts: int, created_at: float, now: float, rules: Rules, rng: random.Random
+) -> Decision:
+    """The whole delivery decision for one attempt; pure but for ``rng``'s jitter.
+
+    :param attempts: the row's attempts before this one.
+    :param created_at: when the event was stored (``max_age`` counts from there).
+    """
+    verdict = classify(answer.status_code)
+    advert = answer.advert
+    error = answer.error
+    if verdict is Verdict.DELIVERED or verdict is Verdict.DUPLICATE:
+        return Decision(verdict, EventState.DELIVERED, verdict.value, advert=advert)
+    if verdict is Verdict.DEAD:
+        return Decision(verdict, EventState.DEAD, "dead", error, advert=advert)
+    if verdict is Verdict.AUTH or verdict is Verdict.OUTAGE:
+        label = verdict.value
+        return Decision(verdict, EventState.PENDING, label, error, breaker=label)
+    retry_after = parse_retry_after(answer.retry_after, answer.finished_at)
+    if answer.status_code == 429:
+        # Not the event's fault either: due again first thing when the pause ends.
+        if retry_after is not None:
+            until = answer.finished_at + retry_after
+        elif advert.reset_at is not None and advert.reset_at > answer.finished_at:
+            until = advert.reset_at
+        else:
+            until = answer.finished_at + DEFAULT_PAUSE
+        return Decision(
+            verdict, EventState.PENDING, "rate_limited", error, next_attempt_at=until,
+            counts=False, pause_until=until, advert=advert,
+        )  # fmt: skip
+    if now - created_at > rules.max_age:
+        return expiry(now - created_at, error)
+    delay = backoff(attempts + 1, rng, cap=rules.max_backoff, retry_after=retry_after)
+    due = answer.finished_at + delay
+    return Decision(verdict, EventState.PENDING, "retry", error, next_attempt_at=due, advert=advert)
 
 
-def refund(bucket: Bucket, count: int, per_minute: float) -> Bucket:
-    """Give back tokens taken for rows that turned out not to be due."""
-    return replace(bucket, tokens=min(burst(per_minute), bucket.tokens + count))
-
-
-def slow_down(bucket: Bucket, now: float, per_minute: float, pause: float) -> Bucket:
-    """After a 429: halve the rate and spend the next ``pause`` seconds' tokens in advance."""
-    factor = max(MIN_FACTOR, bucket.rate_factor / 2)
-    rate = per_minute * SAFETY * factor / 60.0
-    tokens = min(bucket.tokens, 0.0) - pause * rate
-    return Bucket(tokens, now, factor)
-
-
-def speed_up(bucket: Bucket) -> Bucket:
-    """After an accepted request: recover towards the full rate."""
-    if bucket.rate_factor >= 1.0:
-        return bucket
-    return replace(bucket, rate_factor=min(1.0, bucket.rate_factor * 1.25))
+def expiry(age: float, error: str | None = None) -> Decision:
+    """Dead-letter an event older than ``max_age``: the only way retries end."""
+    message = f"expired: not delivered within max_age ({age / 86400:.1f} days old)"
+    if error:
+        message += f"; last error: {error}"
+    return Decision(Verdict.DEAD, EventState.DEAD, "expired", message)
 
 
 # -- circuit breaker ------------------------------------------------------------------

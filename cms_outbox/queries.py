@@ -72,7 +72,7 @@ CONTROL_ROW = "default"
 # The attempt labels the flusher records (``Outcome.label``), grouped as FlushReport counts them.
 DELIVERED_LABELS = ("delivered", "duplicate")
 DEAD_LABELS = ("dead", "expired")
-RETRIED_LABELS = ("retry", "auth", "outage")
+RETRIED_LABELS = ("retry", "rate_limited", "auth", "outage")
 NO_REQUEST_LABELS = ("expired",)  # dead-lettered by age without sending anything
 
 # What ``events`` lists of each row (the payload for the event name; no last response).

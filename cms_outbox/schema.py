@@ -90,15 +90,25 @@ attempts = Table(
     Index("ix_cms_outbox_attempts_event_seq", "event_seq"),
 )
 
-# One row per outbox: the shared token bucket and the pauses every flusher must see.
+# One row per outbox: the shared pacing budget (``pacing.Budget``) and the pauses every
+# flusher must see.
 control = Table(
     "cms_outbox_control",
     metadata,
     Column("name", String(32), primary_key=True),
     Column("tokens", Double, nullable=False),
     Column("tokens_at", Double, nullable=False),
-    Column("rate_factor", Double, nullable=False),
     Column("outage_since", Double),
     Column("auth_paused_since", Double),
     Column("pause_error", Text),
+    Column("quota_requests", Double, nullable=False, server_default=text("60")),
+    Column("quota_window", Double, nullable=False, server_default=text("60")),
+    Column("limit_source", String(16), nullable=False, server_default=text("'assumed'")),
+    Column("remaining", Integer),
+    Column("reset_at", Double, nullable=False, server_default=text("0")),
+    Column("paused_until", Double, nullable=False, server_default=text("0")),
+    Column("counted_since", Double, nullable=False, server_default=text("0")),
+    Column("counted", Integer, nullable=False, server_default=text("0")),
+    Column("changed_at", Double, nullable=False, server_default=text("0")),
+    Column("probed_from", Double, nullable=False, server_default=text("0")),
 )

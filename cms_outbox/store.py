@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar, Union
@@ -58,13 +58,13 @@ from .driver_errors import storage_error, storage_errors
 from .errors import StorageError
 from .events import Event
 from .group_commit import GroupCommit
-from .policy import Bucket
+from .pacing import Budget, Quota, Source
 from .queries import BLOCKED, CONTROL_ROW, DEAD, DELIVERED, IN_FLIGHT, PENDING
 from .results import EventState
 from .schema import HAS_INVOICE, NOTIFY_CHANNEL, attempts, control, events
 from .write_lock import WriteLock
 
-__all__ = ["Lease", "Outcome", "Store"]
+__all__ = ["Lease", "Outcome", "Store", "budget_of"]
 
 T = TypeVar("T")
 AppConnection = Union[Connection, Session]
@@ -112,6 +112,7 @@ class Outcome:
     error: str | None = None
     response: str | None = None
     next_attempt_at: float | None = None
+    counts: bool = True  # toward the row's attempts; a 429 does not
 
     @property
     def finished_at(self) -> float:
@@ -542,22 +543,21 @@ class Store:
 
     # -- shared pacing and pauses -----------------------------------------------------
 
-    def with_bucket(self, change: Callable[[Bucket], tuple[Bucket, T]]) -> T:
-        """Read the shared token bucket under lock, store ``change``'s bucket, return its result."""
+    def with_budget(self, change: Callable[[Budget], tuple[Budget, T]]) -> T:
+        """Read the shared budget under lock, store ``change``'s budget, return its result."""
         with storage_errors("pacing"), self._writing(self.bookkeeping) as conn:
             _lock_control(conn)
             row = conn.execute(
-                select(control.c.tokens, control.c.tokens_at, control.c.rate_factor)
-                .where(control.c.name == CONTROL_ROW)
-                .with_for_update()
+                select(*_BUDGET_COLUMNS).where(control.c.name == CONTROL_ROW).with_for_update()
             ).one()
-            bucket, result = change(Bucket(*row))
-            conn.execute(
-                update(control)
-                .where(control.c.name == CONTROL_ROW)
-                .values(tokens=bucket.tokens, tokens_at=bucket.tokens_at,
-                        rate_factor=bucket.rate_factor)
-            )  # fmt: skip
+            before = budget_of(row._mapping)
+            budget, result = change(before)
+            if budget != before:
+                conn.execute(
+                    update(control)
+                    .where(control.c.name == CONTROL_ROW)
+                    .values(**_budget_values(budget))
+                )
         return result
 
     def set_pause(
@@ -658,7 +658,7 @@ _APPLY_OUTCOME = (
     .where(events.c.id == bindparam("b_seq"))
     .values(
         state=bindparam("b_state"),
-        attempts=events.c.attempts + 1,
+        attempts=events.c.attempts + bindparam("b_counts", type_=Integer),
         lease_owner=None,
         lease_expires_at=None,
         last_attempt_at=bindparam("b_finished", type_=Double),
@@ -675,6 +675,7 @@ def _applied_row(outcome: Outcome) -> dict[str, Any]:
     delivered = outcome.state is EventState.DELIVERED
     return {
         "b_seq": outcome.seq,
+        "b_counts": 1 if outcome.counts else 0,
         "b_state": outcome.state.value,
         "b_finished": outcome.finished_at,
         "b_next": outcome.next_attempt_at,
@@ -711,6 +712,45 @@ def _redacted(conn: Connection, seq: int) -> str:
     for key in ("customerName", "customerEmail", "customerAvatar"):
         payload.pop(key, None)
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+_BUDGET_COLUMNS = (
+    control.c.tokens, control.c.tokens_at, control.c.quota_requests, control.c.quota_window,
+    control.c.limit_source, control.c.remaining, control.c.reset_at, control.c.paused_until,
+    control.c.counted_since, control.c.counted, control.c.changed_at, control.c.probed_from,
+)  # fmt: skip
+
+
+def budget_of(row: Mapping[Any, Any]) -> Budget:
+    """The pacing budget stored in a control row."""
+    try:
+        source = Source(row["limit_source"])
+    except ValueError:
+        source = Source.ASSUMED  # a word written by a newer version: start over, safely
+    return Budget(
+        tokens=float(row["tokens"]),
+        tokens_at=float(row["tokens_at"]),
+        quota=Quota(float(row["quota_requests"]), float(row["quota_window"])),
+        source=source,
+        remaining=None if row["remaining"] is None else int(row["remaining"]),
+        reset_at=float(row["reset_at"]),
+        paused_until=float(row["paused_until"]),
+        counted_since=float(row["counted_since"]),
+        counted=int(row["counted"]),
+        changed_at=float(row["changed_at"]),
+        probed_from=float(row["probed_from"]),
+    )
+
+
+def _budget_values(budget: Budget) -> dict[str, Any]:
+    return {
+        "tokens": budget.tokens, "tokens_at": budget.tokens_at,
+        "quota_requests": budget.quota.requests, "quota_window": budget.quota.window,
+        "limit_source": budget.source.value, "remaining": budget.remaining,
+        "reset_at": budget.reset_at, "paused_until": budget.paused_until,
+        "counted_since": budget.counted_since, "counted": budget.counted,
+        "changed_at": budget.changed_at, "probed_from": budget.probed_from,
+    }  # fmt: skip
 
 
 def _lock_control(conn: Connection) -> None:

@@ -20,6 +20,11 @@ __all__ = ["MAX_BODY", "Reply", "Transport"]
 
 MAX_BODY = 2048  # characters of a response body kept per attempt
 PATHS = {"lead": "/track/lead", "sale": "/track/sale"}
+# The rate-limit headers pacing reads: the IETF draft's and the de facto X-RateLimit-*.
+RATE_HEADERS = frozenset(
+    ("ratelimit-policy", "ratelimit", "x-ratelimit-limit", "x-ratelimit-remaining",
+     "x-ratelimit-reset")
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,11 @@ class Reply:
     body: str | None = None
     retry_after: str | None = None
     error: str | None = None
+    rate_headers: tuple[tuple[str, str], ...] = ()  # (lower-case name, value) of RateLimit*
+
+    @property
+    def finished_at(self) -> float:
+        return self.started_at + self.duration
 
 
 class Transport:
@@ -88,6 +98,11 @@ class Transport:
             status_code=response.status_code,
             body=response.text[:MAX_BODY],
             retry_after=response.headers.get("Retry-After"),
+            rate_headers=tuple(
+                (name.lower(), value)
+                for name, value in response.headers.items()
+                if name.lower() in RATE_HEADERS
+            ),
         )
 
     def close(self) -> None:

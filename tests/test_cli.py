@@ -537,7 +537,7 @@ def test_run_delivers_serves_metrics_and_stops_on_sigterm(migrated: str, sandbox
             process.communicate()
     assert process.returncode == 0, err
     assert f"delivering from {migrated} to {sandbox.url}" in err
-    assert "rate limit unlimited, 8 workers" in err
+    assert "rate limit unpaced, 8 workers" in err
     assert "stopped after" in err and "delivered 4" in err
     assert TOKEN not in out + err
     assert all(sandbox.accepted_count(i) == 1 for i in [*before, after])

@@ -13,6 +13,7 @@ import pytest
 
 from cms_outbox import CMSClient, ConfigurationError
 from cms_outbox.config import DEFAULT_DATABASE_URL, DEFAULT_HOST, Settings, resolve
+from cms_outbox.pacing import Mode, RateLimit
 
 PRECEDENCE = [
     ("token", "CMS_BEARER_TOKEN", None),
@@ -172,11 +173,22 @@ def test_client_refuses_bad_values_at_construction(tmp_path: Path, name: str, va
     assert not path.exists()
 
 
-@pytest.mark.parametrize(("rate_limit", "pacing"), [(60, 60), (600, 600), (0, None), (None, None)])
+@pytest.mark.parametrize(
+    ("rate_limit", "mode"),
+    [(60, Mode.CEILING), ("auto", Mode.AUTO), (0, Mode.UNPACED), (None, Mode.UNPACED)],
+)
 def test_rate_limit_zero_or_none_disables_pacing(
-    rate_limit: int | None, pacing: int | None
+    tmp_path: Path, rate_limit: int | str | None, mode: Mode
 ) -> None:
-    assert resolve(environ={}, flush="off", rate_limit=rate_limit).pacing == pacing
+    with CMSClient(database_url=f"sqlite:///{tmp_path}/o.db", flush="off",
+                   rate_limit=rate_limit) as client:  # fmt: skip
+        assert client.settings.rate_limit.mode is mode
+        assert client.settings.rate_limit.paced is (mode is not Mode.UNPACED)
+
+
+def test_rate_limit_defaults_to_auto_and_unset_means_unset() -> None:
+    assert resolve(environ={}, flush="off").rate_limit == RateLimit.parse("auto")
+    assert resolve(environ={}, flush="off", rate_limit=None).rate_limit.mode is Mode.AUTO
 
 
 def test_lease_must_outlive_one_http_attempt() -> None:

@@ -1,4 +1,8 @@
-"""Delivery policy: classification, backoff with full jitter, Retry-After, pacing, breaker."""
+"""Delivery policy: classification, backoff with full jitter, Retry-After, the decision, breaker.
+
+The decision is tested by table: an answer, the attempt number and the time go in; the
+row's next state, its due time and the breaker and pacing effects come out. No I/O.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,19 @@ from email.utils import format_datetime
 
 import pytest
 
+from cms_outbox.pacing import DEFAULT_PAUSE, Advert, Quota
 from cms_outbox.policy import (
+    Answer,
     Breaker,
-    Bucket,
+    Decision,
+    Rules,
     Verdict,
     backoff,
     classify,
+    decide,
     parse_retry_after,
-    slow_down,
-    speed_up,
-    take_tokens,
 )
+from cms_outbox.results import EventState
 
 
 @pytest.mark.parametrize(
@@ -62,27 +68,76 @@ def test_retry_after_in_seconds_and_http_date() -> None:
     assert parse_retry_after(None, now) is None
 
 
-def test_token_bucket_paces_at_just_under_the_rate() -> None:
-    bucket, now, sent = Bucket(0.0, 0.0, 1.0), 0.0, 0
-    while now < 60.0:
-        bucket, granted = take_tokens(bucket, 8, now, per_minute=600)
-        if granted >= 1:
-            sent += int(granted)
-            assert granted <= 6  # bursts stay within 1% of the per-minute limit
-        else:
-            now += -granted
-    assert 0.95 * 600 <= sent <= 600
+NOW = 1_800_000_000.0
+DAY = 86400.0
+RULES = Rules(max_age=30 * DAY, max_backoff=300.0)
+ADVERT = Advert(quota=Quota(30, 6), remaining=12, reset_at=NOW + 4)
+PENDING, DELIVERED, DEAD = EventState.PENDING, EventState.DELIVERED, EventState.DEAD
 
 
-def test_429_halves_the_rate_and_pauses_until_retry_after() -> None:
-    bucket = slow_down(Bucket(1.0, 0.0, 1.0), 0.0, per_minute=60, pause=5.0)
-    assert bucket.rate_factor == 0.5
-    _, wait = take_tokens(bucket, 1, 0.0, per_minute=60)
-    assert wait <= -5.0
-    recovered = bucket
-    for _ in range(10):
-        recovered = speed_up(recovered)
-    assert recovered.rate_factor == 1.0
+@pytest.mark.parametrize(
+    ("answer", "attempts", "age", "state", "label", "counts", "breaker", "pause", "due"),
+    [
+        # answer, attempts, age, state, label, counts, breaker, pause, due
+        (Answer(200, NOW), 0, 0.0, DELIVERED, "delivered", True, None, None, None),
+        (Answer(201, NOW, advert=ADVERT), 5, 0.0, DELIVERED, "delivered", True, None, None, None),
+        (Answer(409, NOW), 0, 0.0, DELIVERED, "duplicate", True, None, None, None),
+        (Answer(422, NOW, "HTTP 422: bad"), 0, 0.0, DEAD, "dead", True, None, None, None),
+        (Answer(400, NOW), 3, 0.0, DEAD, "dead", True, None, None, None),
+        (Answer(401, NOW), 0, 0.0, PENDING, "auth", True, "auth", None, None),
+        (Answer(403, NOW), 0, 40 * DAY, PENDING, "auth", True, "auth", None, None),
+        (Answer(None, NOW, "ConnectTimeout"), 0, 40 * DAY, PENDING, "outage", True, "outage",
+         None, None),
+        # 429: every flusher pauses until the service's reset; Retry-After wins
+        (Answer(429, NOW, retry_after="7"), 4, 0.0, PENDING, "rate_limited", False, None,
+         NOW + 7, NOW + 7),
+        (Answer(429, NOW, retry_after="7", advert=ADVERT), 0, 0.0, PENDING, "rate_limited",
+         False, None, NOW + 7, NOW + 7),
+        (Answer(429, NOW, advert=ADVERT), 0, 0.0, PENDING, "rate_limited", False, None,
+         NOW + 4, NOW + 4),
+        (Answer(429, NOW), 0, 0.0, PENDING, "rate_limited", False, None,
+         NOW + DEFAULT_PAUSE, NOW + DEFAULT_PAUSE),
+        (Answer(429, NOW, retry_after="soon"), 0, 0.0, PENDING, "rate_limited", False, None,
+         NOW + DEFAULT_PAUSE, NOW + DEFAULT_PAUSE),
+        # a 429 never dead-letters, however old the event
+        (Answer(429, NOW, retry_after="2"), 9, 40 * DAY, PENDING, "rate_limited", False, None,
+         NOW + 2, NOW + 2),
+        # a 503 with Retry-After: a plain retry, no earlier than it says
+        (Answer(503, NOW, retry_after="30"), 0, 0.0, PENDING, "retry", True, None, None,
+         NOW + 30),
+        # too old: the retry becomes an expiry
+        (Answer(500, NOW), 2, 31 * DAY, DEAD, "expired", True, None, None, None),
+    ],
+)  # fmt: skip
+def test_decision_table(
+    answer: Answer, attempts: int, age: float, state: EventState, label: str, counts: bool,
+    breaker: str | None, pause: float | None, due: float | None,
+) -> None:  # fmt: skip
+    decision = decide(answer, attempts, NOW - age, NOW, RULES, random.Random(0))
+    assert (decision.state, decision.label, decision.counts) == (state, label, counts)
+    assert decision.breaker == breaker
+    assert decision.pause_until == pause
+    assert decision.next_attempt_at == due
+    assert decision.advert == answer.advert or decision.verdict in (Verdict.AUTH, Verdict.OUTAGE)
+
+
+def test_a_retry_is_due_within_the_backoff_ceiling_of_its_attempt() -> None:
+    for attempts, ceiling in [(0, 1.0), (1, 2.0), (4, 16.0), (20, 300.0)]:
+        dues = [
+            decide(Answer(500, NOW), attempts, NOW, NOW, RULES, random.Random(seed))
+            for seed in range(50)
+        ]
+        assert all(NOW <= d.next_attempt_at <= NOW + ceiling for d in dues if d.next_attempt_at)
+        assert {d.label for d in dues} == {"retry"}
+
+
+def test_expired_errors_keep_the_last_error() -> None:
+    decision: Decision = decide(
+        Answer(503, NOW, "HTTP 503"), 1, NOW - 31 * DAY, NOW, RULES, random.Random(0)
+    )
+    assert decision.error is not None
+    assert decision.error.startswith("expired: not delivered within max_age (31.0 days old)")
+    assert decision.error.endswith("last error: HTTP 503")
 
 
 def test_breaker_probes_once_after_a_growing_delay() -> None:

@@ -153,12 +153,13 @@ def test_purge_commits_batch_by_batch_as_it_is_consumed(store: Store) -> None:
     assert store.count_by_state() == {}
 
 
-def test_shared_bucket_is_read_and_written_atomically(store: Store) -> None:
-    from cms_outbox.policy import Bucket
+def test_shared_budget_is_read_and_written_atomically(store: Store) -> None:
+    from cms_outbox.pacing import Budget, Quota, Source
 
-    seen = store.with_bucket(lambda b: (Bucket(5.0, T0, 0.5), b))
-    assert seen.rate_factor == 1.0
-    assert store.with_bucket(lambda b: (b, b)) == Bucket(5.0, T0, 0.5)
+    stored = Budget(5.0, T0, Quota(30, 6), Source.LEARNED, 3, T0 + 4, T0 + 2, T0, 7, T0, 27.0)
+    seen = store.with_budget(lambda b: (stored, b))
+    assert seen == Budget()  # a new outbox assumes the documented 60/min
+    assert store.with_budget(lambda b: (b, b)) == stored
 
 
 def test_fifo_check_is_a_covering_index_seek_on_sqlite(sqlite_url: str) -> None:

@@ -18,6 +18,7 @@ from ..client import CMSClient
 from ..config import Settings
 from ..database import display_url
 from ..errors import ConfigurationError, SchemaError
+from ..pacing import AUTO, RateLimit
 from ..reader import OutboxReader
 from ..status import format_age, isoformat
 
@@ -77,6 +78,12 @@ def optional_duration(text: str) -> float | None:
 
 def positive_int(text: str) -> int:
     return _int(text, minimum=1)
+
+
+def rate_limit(text: str) -> RateLimit:
+    if text.strip().lower() == "auto":
+        return AUTO
+    return RateLimit.parse(_int(text, minimum=0))
 
 
 def non_negative_int(text: str) -> int:
@@ -172,10 +179,11 @@ def add_delivery_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--rate-limit",
-        metavar="N",
-        type=non_negative_int,
-        help="requests per minute for all flushers of this outbox together; 0 = unlimited "
-        "(default: 60)",
+        metavar="N|auto",
+        type=rate_limit,
+        help="requests per minute for all flushers of this outbox together: auto follows "
+        "the service's rate-limit headers and 429s, N is a ceiling, 0 = unpaced "
+        "(default: auto)",
     )
     parser.add_argument(
         "--workers", metavar="N", type=positive_int, help="concurrent requests (default: 8)"
@@ -197,8 +205,7 @@ def resolve_settings(args: argparse.Namespace, *, deliver: bool = False) -> Sett
         explicit["host"] = args.host
         explicit["workers"] = args.workers
         explicit["interval"] = getattr(args, "interval", None)
-        if args.rate_limit is not None:  # None would mean "unpaced" to resolve()
-            explicit["rate_limit"] = args.rate_limit
+        explicit["rate_limit"] = args.rate_limit
     settings = config.resolve(**explicit)
     if deliver and not settings.token:
         raise ConfigurationError(

@@ -1,0 +1,95 @@
+"""Pacing against the real sandbox: advertised limits, 429 pauses shared by every flusher."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import requests
+
+from cms_outbox import CMSClient, EventState
+from cms_outbox.pacing import Budget, Quota, Source
+from cms_outbox.sandbox import Limits, Sandbox
+from tests.conftest import TOKEN
+
+Factory = Callable[..., CMSClient]
+
+
+def budget_of(client: CMSClient) -> Budget:
+    return client.store.with_budget(lambda budget: (budget, budget))
+
+
+def leads(client: CMSClient, count: int, customer: str = "c") -> list[str]:
+    return [client.track_lead("step", customer, click_id="k").event_id for _ in range(count)]
+
+
+def test_advertised_policy_replaces_the_assumed_one_for_every_flusher(
+    make_client: Factory,
+) -> None:
+    with Sandbox(token=TOKEN, limits=Limits(600, 6)) as sandbox:
+        first = make_client(token=TOKEN, host=sandbox.url)
+        other = make_client(token=TOKEN, host=sandbox.url)
+        assert budget_of(other).source is Source.ASSUMED
+        leads(first, 3)
+        assert first.flush(timeout=10).delivered == 3
+        budget = budget_of(other)  # another client of the same outbox sees it
+        assert (budget.quota, budget.source) == (Quota(600, 6), Source.ADVERTISED)
+        assert {r.status for r in sandbox.requests} == {200}
+
+
+def test_explicit_ceiling_is_never_exceeded_whatever_is_advertised(make_client: Factory) -> None:
+    with Sandbox(token=TOKEN, limits=Limits(600, 6)) as sandbox:
+        client = make_client(token=TOKEN, host=sandbox.url, rate_limit=60)
+        leads(client, 4, "a")
+        report = client.flush(timeout=1.6)
+        # burst (3 at 60/min) then one a second: never the 100/s advertised
+        assert 3 <= report.delivered <= 4 and report.pending >= 0
+        times = sorted(r.time for r in sandbox.requests)
+        assert len(times) <= 4 and (len(times) < 4 or times[3] - times[0] >= 0.9)
+
+
+def test_a_429_pauses_every_flusher_and_the_same_event_goes_first(make_client: Factory) -> None:
+    with Sandbox(token=TOKEN, limits=Limits(600, 6)) as sandbox:  # advertised: nothing to learn
+        first = make_client(token=TOKEN, host=sandbox.url)
+        other = make_client(token=TOKEN, host=sandbox.url)
+        ids = leads(first, 3)
+        sandbox.set_faults(force_status=429, force_count=1, retry_after="2")
+        report = first.flush(timeout=0.5)
+        assert (report.delivered, report.pending) == (0, 3)
+        assert budget_of(other).paused_until > sandbox.requests[0].time + 1.5
+        assert other.flush(timeout=0.5).delivered == 0  # the other flusher waits too
+        assert len(sandbox.requests) == 1
+        assert other.flush(timeout=10).delivered == 3
+        keys = [r.idempotency_key for r in sandbox.requests]
+        assert keys == [ids[0], ids[0], ids[1], ids[2]]  # retried first: order holds
+        assert sandbox.requests[1].time - sandbox.requests[0].time >= 1.9
+        row = first.store.get(ids[0])
+        assert row is not None and row["state"] == EventState.DELIVERED.value
+        assert row["attempts"] == 1  # the 429 does not count toward the attempts
+        labels = [a["outcome"] for a in first.store.attempts_of(row["id"])]
+        assert labels == ["rate_limited", "delivered"]
+
+
+def test_remaining_holds_back_until_the_reset_without_a_429(make_client: Factory) -> None:
+    with Sandbox(token=TOKEN, limits=Limits(4, 2)) as sandbox:
+        client = make_client(token=TOKEN, host=sandbox.url, rate_limit=6000)
+        other_traffic: dict[str, Any] = {"headers": {"Authorization": f"Bearer {TOKEN}"}}
+        body = {"eventName": "x", "customerExternalId": "elsewhere", "clickId": "k"}
+        for _ in range(3):  # the same account's other traffic uses most of the window
+            requests.post(f"{sandbox.url}/track/lead", json=body, timeout=5, **other_traffic)
+        leads(client, 6)
+        report = client.flush(timeout=15)
+        assert report.delivered == 6
+        statuses = [r.status for r in sandbox.requests]
+        assert statuses.count(429) <= 1  # the first answer can only tell after the fact
+        assert budget_of(client).source is Source.ADVERTISED
+
+
+def test_without_headers_a_429_teaches_a_lower_limit(make_client: Factory) -> None:
+    with Sandbox(token=TOKEN) as sandbox:
+        client = make_client(token=TOKEN, host=sandbox.url)
+        leads(client, 1)
+        sandbox.set_faults(force_status=429, force_count=1, retry_after="1")
+        assert client.flush(timeout=0.3).delivered == 0
+        budget = budget_of(client)
+        assert (budget.quota, budget.source) == (Quota(30, 60), Source.LEARNED)  # halved
+        assert client.flush(timeout=10).delivered == 1
