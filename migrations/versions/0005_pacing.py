@@ -9,8 +9,8 @@ every flusher keeps after a 429 (``paused_until``) and what learning from 429s n
 Each step checks first, so that a rerun after a kill at any statement succeeds (on
 MySQL every DDL statement commits by itself).
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-01
 """
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
