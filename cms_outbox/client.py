@@ -28,6 +28,7 @@ __all__ = ["CMSClient"]
 
 logger = logging.getLogger(__name__)
 FINAL_STATES = (EventState.DELIVERED.value, EventState.DEAD.value)
+CLOSE_GRACE = 1.0  # seconds close() gives requests in flight, even with no final flush
 
 
 class CMSClient:
@@ -242,8 +243,10 @@ class CMSClient:
                 report = self.flusher.run_pass(deadline=deadline)
                 if report.paused:
                     return result_of_row(self.store.get(event_id) or row)
-            else:
-                time.sleep(min(0.005, remaining))
+                if report.delivered or report.dead or report.retried:
+                    continue  # something was recorded: look again at once
+            # Its request may be in flight in another pass or left behind by one.
+            time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
 
     # -- delivery and inspection ------------------------------------------------------
 
@@ -251,7 +254,10 @@ class CMSClient:
         """Deliver everything due now; return what happened and what is left.
 
         Does not sit out backoff or an outage: with the service down it sends one
-        probe and returns.
+        probe and returns. With ``timeout`` it returns on time whatever the service
+        does: a request still unanswered then finishes in the background and its
+        outcome is recorded when it arrives. The report counts what was delivered
+        meanwhile by any pass of this client, the background flusher's included.
 
         :raises ConfigurationError: no token to send with.
         """
@@ -351,25 +357,28 @@ class CMSClient:
     def close(self) -> None:
         """Stop the background flusher gracefully: a bounded final flush, then release.
 
-        Idempotent. Events not delivered stay stored for next time.
+        Returns within ``final_flush_timeout`` (at least one second, for requests
+        already in flight) whatever the service does; a request still unanswered then
+        is abandoned and its event sent again once its lease expires. Idempotent.
+        Events not delivered stay stored for next time.
         """
         if self._closed:
             return
         self._closed = True
+        deadline = time.monotonic() + max(self.settings.final_flush_timeout, CLOSE_GRACE)
         try:
             if self._scheduler is not None:
-                grace = self.settings.attempt_timeout + 1
-                self._scheduler.stop(grace)
+                self.flusher.leave_by(deadline)
+                self._scheduler.stop(max(0.0, deadline - time.monotonic()))
                 if self.settings.final_flush_timeout > 0 and not self.flusher.breaker.paused:
-                    self._final_flush()
+                    self._final_flush(deadline)
         finally:
-            self.flusher.close()
+            self.flusher.close(deadline)
             self.store.close()
             self._dispose()
 
-    def _final_flush(self) -> None:
+    def _final_flush(self, deadline: float) -> None:
         try:
-            deadline = time.monotonic() + self.settings.final_flush_timeout
             report = self.flusher.run_pass(deadline=deadline)
         except Exception:
             logger.exception("final flush failed; undelivered events stay stored")

@@ -3,6 +3,11 @@
 The pass thread does all database work; worker threads only do HTTP. A pass
 keeps the pool busy until nothing more is due, the circuit opens, the deadline
 passes or it is told to stop; rows it leased but did not send go back unsent.
+
+A deadline is kept whatever the service does: a pass whose deadline passes while
+requests are in flight (a stalled server) returns and leaves them to finish in the
+background; each one's outcome is recorded when it arrives, by the worker thread
+that sent it, and its row stays leased (FIFO holds its customer) until then.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 from .config import Settings
-from .errors import ConfigurationError
+from .errors import ConfigurationError, OutboxError
 from .pacing import Advert, Budget, Grant, in_force, parse_advert, rate_limited, refund, take
 from .pacing import hear as hear_advert
 from .policy import Answer, Breaker, Decision, Rules, Verdict, decide, expiry
@@ -29,6 +34,8 @@ __all__ = ["Flusher", "result_of_row"]
 
 logger = logging.getLogger(__name__)
 Callback = Callable[[TrackResult], Any]
+# Seconds a pass without a deadline waits for a request at a time, to notice leave_by().
+IDLE_WAIT = 0.25
 
 
 class Flusher:
@@ -59,12 +66,29 @@ class Flusher:
         self._pause_cleared = False
         # Outcomes recorded by every pass of this flusher, a failed pass's included.
         self.totals = {"delivered": 0, "retried": 0, "dead": 0}
+        # Requests a pass left in flight at its deadline; recorded as their answers come.
+        self._strays: dict[Future[Reply], Lease] = {}
+        self._verdicts = threading.Lock()  # breaker, pacing and totals: pass and strays
+        self.leave_at: float | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def close(self) -> None:
+    def close(self, deadline: float | None = None) -> None:
+        """Release threads and sessions.
+
+        :param deadline: ``time.monotonic()`` until which to wait for requests still in
+            flight. One answering later is still recorded when it arrives (at interpreter
+            exit, before the process ends); one that never does leaves its row leased
+            until the lease expires, then it is sent again under the same Idempotency-Key.
+        """
+        strays = list(self._strays)
+        if strays and deadline is not None:
+            wait(strays, timeout=max(0.0, deadline - time.monotonic()))
+        abandoned = bool(self._strays)
+        if abandoned:
+            logger.info("%d requests still in flight at close", len(self._strays))
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown(wait=not abandoned, cancel_futures=True)
             self._executor = None
         if self._transport is not None:
             self._transport.close()
@@ -77,6 +101,13 @@ class Flusher:
         self._executor = None
         self._pass_lock = threading.Lock()
         self._pause_cleared = False
+        self._strays = {}
+        self._verdicts = threading.Lock()
+
+    def leave_by(self, deadline: float) -> None:
+        """Make the running pass (and any later one) end by ``deadline`` (``time.monotonic()``),
+        leaving its requests in flight to finish in the background."""
+        self.leave_at = deadline
 
     def hold(self, timeout: float) -> bool:
         """Wait for the running pass and keep new ones from starting (around ``fork()``)."""
@@ -98,21 +129,102 @@ class Flusher:
         stop: threading.Event | None = None,
         probe: bool = False,
     ) -> FlushReport:
-        """Send everything due now; return what happened.
+        """Send everything due now; return what happened by the time it returns.
 
-        :param deadline: ``time.monotonic()`` after which nothing new is leased.
+        The report counts every outcome this flusher recorded meanwhile: those of
+        another pass that was running (waited for until ``deadline`` at most) and of
+        requests an earlier pass left in flight.
+
+        :param deadline: ``time.monotonic()`` by which to return: nothing new is leased
+            after it, and requests still in flight are left to finish in the background.
         :param stop: set to stop leasing; in-flight requests still finish and are recorded.
         :param probe: allow one probe at once even if the circuit is open (explicit flush).
         :raises ConfigurationError: no token to send with.
         :raises StorageError: the database failed (leases simply expire).
         """
-        with self._pass_lock:
-            # Passes never overlap: a row still leased by us was stranded by a pass that
-            # failed (database error); hand it back rather than wait out its lease.
-            self.store.release(self.owner)
+        before = dict(self.totals)
+        if deadline is None:
+            self._pass_lock.acquire()
+        elif not self._pass_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return self._report(before)  # another pass is still running: report its work
+        try:
+            if not self._strays:
+                # Passes never overlap: a row still leased by us was stranded by a pass
+                # that failed (database error); hand it back rather than wait out its lease.
+                self.store.release(self.owner)
             if probe:
                 self.breaker.probe_now()
-            return _Pass(self, deadline, stop).run()
+            _Pass(self, deadline, stop).run()
+        finally:
+            self._pass_lock.release()
+        return self._report(before)
+
+    def _report(self, before: dict[str, int]) -> FlushReport:
+        counts = self.store.count_by_state()
+        delivered, retried, dead = (self.totals[key] - before[key] for key in before)
+        return FlushReport(
+            delivered=delivered,
+            retried=retried,
+            dead=dead,
+            pending=counts.get("pending", 0) + counts.get("in_flight", 0),
+            blocked=counts.get("blocked", 0),
+            paused=self.breaker.paused,
+        )
+
+    @property
+    def strays(self) -> int:
+        """Requests left in flight by a pass that returned at its deadline."""
+        return len(self._strays)
+
+    def adopt(self, inflight: dict[Future[Reply], Lease]) -> None:
+        """Take over requests a pass leaves in flight: each is recorded when it answers."""
+        self._strays.update(inflight)
+        for future in inflight:
+            future.add_done_callback(self._finish_stray)
+
+    def _finish_stray(self, future: Future[Reply]) -> None:
+        lease = self._strays.pop(future, None)
+        if lease is None or future.cancelled():
+            return
+        try:
+            outcome = self.verdict(lease, future.result())
+            applied = self.store.record(
+                self.owner, [outcome], redact=self.settings.redact_after_delivery
+            )
+            self.account([(outcome, lease.event_id)], applied)
+        except OutboxError as exc:
+            logger.warning(
+                "the late answer for event %s was not recorded (%s); it is sent again "
+                "once its lease expires",
+                lease.event_id,
+                exc,
+            )
+
+    def verdict(self, lease: Lease, reply: Reply) -> Outcome:
+        """``judge`` under the lock shared with late answers (breaker and pacing state)."""
+        with self._verdicts:
+            return self.judge(lease, reply, self.clock())
+
+    def account(self, finished: list[tuple[Outcome, str]], applied: list[bool]) -> None:
+        """Count recorded outcomes in ``totals`` and run the callbacks of final ones."""
+        for (outcome, event_id), ok in zip(finished, applied):
+            if not ok:
+                logger.warning(
+                    "lease of event %s expired before its result was recorded; "
+                    "the newer outcome stands",
+                    event_id,
+                )
+                continue
+            if outcome.state is EventState.DELIVERED:
+                key = "delivered"
+            elif outcome.state is EventState.DEAD:
+                key = "dead"
+            else:
+                key = "retried"
+            with self._verdicts:
+                self.totals[key] += 1
+            logger.debug("event %s: %s (HTTP %s)", event_id, outcome.label, outcome.status_code)
+            self.notify(outcome, event_id)
 
     def transport(self) -> Transport:
         if self._transport is None:
@@ -296,16 +408,14 @@ class _Pass:
         self.paced = self.settings.rate_limit.paced
         self.inflight: dict[Future[Reply], Lease] = {}
         self.exhausted = False
-        self.counts = {"delivered": 0, "retried": 0, "dead": 0}
 
-    def run(self) -> FlushReport:
+    def run(self) -> None:
         if not self.store.has_work(self.flusher.clock()):
-            return self._report()  # idle: no tokens taken, nothing leased, nothing written
+            return  # idle: no tokens taken, nothing leased, nothing written
         try:
             self._loop()
         finally:
             self._drain_inflight()
-        return self._report()
 
     def _loop(self) -> None:
         finished: list[tuple[Outcome, str]] = []
@@ -332,13 +442,16 @@ class _Pass:
                     return  # nothing more is due
                 self._sleep(wait_for_token)
                 continue
-            done, _ = wait(self.inflight, timeout=wait_for_token, return_when=FIRST_COMPLETED)
+            done, _ = wait(
+                self.inflight, timeout=self._wait_time(wait_for_token), return_when=FIRST_COMPLETED
+            )
             finished = self._judge(done)
 
     def _room(self, allowance: int | None) -> int:
+        busy = len(self.inflight) + self.flusher.strays
         if allowance == 1:  # half-open: one probe, alone
-            return 0 if self.inflight else 1
-        return max(0, self.settings.workers - len(self.inflight))
+            return 0 if busy else 1
+        return max(0, self.settings.workers - busy)
 
     def _exchange(self, finished: list[tuple[Outcome, str]], room: int, now: float) -> int:
         """Record what finished, lease what fits and send it; returns how many were leased."""
@@ -351,13 +464,13 @@ class _Pass:
             self.settings.lease,
             redact=self.settings.redact_after_delivery,
         )
-        self._account(finished, applied)
+        self.flusher.account(finished, applied)
         if room:
             self.exhausted = len(leases) < room
         expired = [lease for lease in leases if now - lease.created_at > self.settings.max_age]
         if expired:
             dead = [(self.flusher.expired(lease, now), lease.event_id) for lease in expired]
-            self._account(dead, self.store.record(self.flusher.owner, [o for o, _ in dead]))
+            self.flusher.account(dead, self.store.record(self.flusher.owner, [o for o, _ in dead]))
         executor = self.flusher.executor()
         transport = self.flusher.transport()
         for lease in leases:
@@ -370,62 +483,48 @@ class _Pass:
         finished = []
         for future in done:
             lease = self.inflight.pop(future)
-            outcome = self.flusher.judge(lease, future.result(), self.flusher.clock())
-            finished.append((outcome, lease.event_id))
+            finished.append((self.flusher.verdict(lease, future.result()), lease.event_id))
         self.exhausted = False  # a finished row may have unblocked its customer's next one
         return finished
 
-    def _account(self, finished: list[tuple[Outcome, str]], applied: list[bool]) -> None:
-        for (outcome, event_id), ok in zip(finished, applied):
-            if not ok:
-                logger.warning(
-                    "lease of event %s expired before its result was recorded; "
-                    "the newer outcome stands",
-                    event_id,
-                )
-                continue
-            if outcome.state is EventState.DELIVERED:
-                key = "delivered"
-            elif outcome.state is EventState.DEAD:
-                key = "dead"
-            else:
-                key = "retried"
-            self.counts[key] += 1
-            self.flusher.totals[key] += 1
-            logger.debug("event %s: %s (HTTP %s)", event_id, outcome.label, outcome.status_code)
-            self.flusher.notify(outcome, event_id)
-
     def _drain_inflight(self) -> None:
         while self.inflight:
-            done, _ = wait(self.inflight, return_when=FIRST_COMPLETED)
+            timeout = self._wait_time(None)
+            if timeout == 0.0:
+                self.flusher.adopt(self.inflight)  # the deadline passed: answers come later
+                self.inflight = {}
+                return
+            done, _ = wait(self.inflight, timeout=timeout, return_when=FIRST_COMPLETED)
+            if not done:
+                continue
             finished = self._judge(done)
             applied = self.store.record(
                 self.flusher.owner,
                 [outcome for outcome, _ in finished],
                 redact=self.settings.redact_after_delivery,
             )
-            self._account(finished, applied)
+            self.flusher.account(finished, applied)
+
+    def _deadline(self) -> float | None:
+        leave_at = self.flusher.leave_at
+        if self.deadline is None or leave_at is None:
+            return self.deadline if leave_at is None else leave_at
+        return min(self.deadline, leave_at)
+
+    def _wait_time(self, wanted: float | None) -> float:
+        """How long to wait for a request now: ``wanted`` capped by the deadline."""
+        deadline = self._deadline()
+        cap = IDLE_WAIT if deadline is None else max(0.0, deadline - time.monotonic())
+        return cap if wanted is None else min(wanted, cap)
 
     def _stopping(self) -> bool:
         if self.stop.is_set():
             return True
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        deadline = self._deadline()
+        return deadline is not None and time.monotonic() >= deadline
 
     def _sleep(self, seconds: float) -> None:
-        if self.deadline is not None:
-            seconds = min(seconds, max(0.0, self.deadline - time.monotonic()))
-        self.stop.wait(seconds)
-
-    def _report(self) -> FlushReport:
-        counts = self.store.count_by_state()
-        return FlushReport(
-            delivered=self.counts["delivered"],
-            retried=self.counts["retried"],
-            dead=self.counts["dead"],
-            pending=counts.get("pending", 0) + counts.get("in_flight", 0),
-            blocked=counts.get("blocked", 0),
-            paused=self.flusher.breaker.paused,
-        )
+        self.stop.wait(self._wait_time(seconds) if self._deadline() is not None else seconds)
 
 
 def _outcome(lease: Lease, reply: Reply, decision: Decision) -> Outcome:

@@ -6,7 +6,8 @@ let time pass so that leases expire; record outcomes (also late ones, from an ow
 lease was taken over); release; retry dead and blocked events. After every step each
 event's state, owner, due time and attempt count must match the model, and each lease
 must have taken exactly the model's eligible rows: per-customer FIFO, blocking of the
-follow-ups of a dead deferred setup, fencing by owner.
+follow-ups whose governing deferred setup (the customer's latest before them) is dead,
+fencing by owner.
 """
 
 from __future__ import annotations
@@ -80,18 +81,30 @@ class Model:
             for other in self.rows
         )
 
-    def block_followups(self) -> None:
-        for customer in {row.customer for row in self.rows}:
-            mine = [row for row in self.rows if row.customer == customer]
-            dead = [row.seq for row in mine if row.setup and row.state == DEAD]
-            if not dead:
-                continue
-            setup = min(dead)
-            if any(row.setup and row.state == DELIVERED and row.seq < setup for row in mine):
-                continue  # an earlier association exists: the follow-ups can resolve
-            for row in mine:
-                if row.seq > setup and row.state == PENDING and row.followup:
-                    row.state = BLOCKED
+    def governor(self, row: Row) -> Row | None:
+        """The latest deferred setup of the row's customer enqueued before it."""
+        setups = [
+            o for o in self.rows if o.setup and o.customer == row.customer and o.seq < row.seq
+        ]
+        return setups[-1] if setups else None
+
+    def held(self, row: Row) -> bool:
+        governor = self.governor(row)
+        return row.followup and governor is not None and governor.state == DEAD
+
+    def hold_followups(self, customer: str, seq: int) -> None:
+        """Block the follow-ups from ``seq`` on that the same setup governs."""
+        later = [o.seq for o in self.rows if o.customer == customer and o.setup and o.seq > seq]
+        bound = min(later) if later else None
+        for row in self.rows:
+            if (
+                row.customer == customer
+                and row.followup
+                and row.state in (PENDING, BLOCKED)
+                and row.seq >= seq
+                and (bound is None or row.seq < bound)
+            ):
+                row.state, row.owner, row.expires = BLOCKED, None, None
 
     def lease(self, owner: str, limit: int, now: float, duration: float) -> list[int]:
         if now >= self.next_sweep:  # expired leases are reclaimed once per SWEEP_INTERVAL
@@ -99,16 +112,25 @@ class Model:
                 if row.state == IN_FLIGHT and row.expires is not None and row.expires <= now:
                     row.state, row.owner, row.expires = PENDING, None, None
             self.next_sweep = now + SWEEP_INTERVAL
-        # Blocking is not deferred to a sweep: a follow-up of a dead setup is never sent.
-        self.block_followups()
-        eligible = [
-            row
-            for row in self.rows
-            if row.state == PENDING and row.next_at <= now and not self.held_back(row)
-        ][:limit]
-        for row in eligible:
-            row.state, row.owner, row.expires = IN_FLIGHT, owner, now + duration
-        return [row.seq for row in eligible]
+        leased: list[Row] = []
+        while limit > 0:
+            # An eligible follow-up whose governing setup is dead is blocked, not leased.
+            candidates = [
+                row
+                for row in self.rows
+                if row.state == PENDING and row.next_at <= now and not self.held_back(row)
+            ][:limit]
+            held = [row for row in candidates if self.held(row)]
+            sent = [row for row in candidates if not self.held(row)]
+            for row in sent:
+                row.state, row.owner, row.expires = IN_FLIGHT, owner, now + duration
+            for row in held:
+                self.hold_followups(row.customer, row.seq)
+            leased += sent
+            if not held or len(candidates) < limit:
+                break
+            limit -= len(sent)
+        return sorted(row.seq for row in leased)
 
     def record(self, owner: str, outcomes: Sequence[Outcome]) -> list[bool]:
         applied = []
@@ -121,8 +143,10 @@ class Model:
                 if outcome.next_attempt_at is not None:
                     row.next_at = outcome.next_attempt_at
             applied.append(ok)
-        if any(ok and o.state is EventState.DEAD for o, ok in zip(outcomes, applied)):
-            self.block_followups()
+        for outcome, ok in zip(outcomes, applied):
+            row = self.by_seq(outcome.seq)
+            if ok and row is not None and row.setup and outcome.state is EventState.DEAD:
+                self.hold_followups(row.customer, row.seq)  # a dead setup holds its own
         return applied
 
     def release(self, owner: str, seqs: Sequence[int] | None) -> int:
@@ -293,15 +317,8 @@ class EventStateMachine(RuleBasedStateMachine):
     @invariant()
     def blocked_rows_wait_for_a_dead_setup(self) -> None:
         for row in self.model.rows:
-            if row.state == BLOCKED:
-                assert row.followup, row
-                assert any(
-                    other.customer == row.customer
-                    and other.setup
-                    and other.state == DEAD
-                    and other.seq < row.seq
-                    for other in self.model.rows
-                ), row
+            if row.state == BLOCKED:  # held by its governing setup, which is dead
+                assert self.model.held(row), row
             if row.state == IN_FLIGHT:
                 assert row.owner is not None and row.expires is not None
             else:
