@@ -25,6 +25,7 @@ EXPECTED = {
     "backlog": {"rss_mb", "db_bytes", "bytes_per_pending_event", "ratios", "targets"},
     "idle": {"write_bytes_per_10min", "wchar_per_10min", "ratios", "targets"},
     "scaleout": {"results", "ratios", "targets"},
+    "dashboard": {"pages", "ratios", "targets"},
     "tail": {"results", "ratios", "targets"},  # skipped (JSON says why) without PostgreSQL
 }
 

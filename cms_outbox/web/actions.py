@@ -69,6 +69,8 @@ def purge(ctx: Context) -> Response:
     count = 0
     for batch in ctx.store.purge(delivered_before=time.time() - age):
         count += len(batch)
+    for activity in ctx.dashboard.activity:
+        activity.forget()  # the chart counted attempts that are gone now
     log.info("dashboard: purge of delivered events older than %s from %s: %d deleted", text,
              ctx.client, count)  # fmt: skip
     return ctx.render(

@@ -27,6 +27,7 @@ from ..errors import EventNotFound, SchemaError, StorageError, ValidationError
 from ..store import Store
 from . import actions, pages, security
 from .render import register_filters
+from .timeline import Activity
 
 __all__ = ["Dashboard"]
 
@@ -95,6 +96,13 @@ class Dashboard:
         register_filters(self._templates)
         folder = resources.files("cms_outbox.web") / "static"
         self._assets = {name: (folder / name).read_bytes() for name in _ASSETS}
+        # The overview's charts: the last hour per minute, the last day per 15 minutes.
+        self.activity = (
+            Activity(self.engine, span=3600.0, bucket=60.0),
+            Activity(self.engine, span=86400.0, bucket=900.0),
+        )
+        for activity in self.activity:
+            activity.read()  # count the settled past once now, not on the first page
 
     def close(self) -> None:
         """Release the database (an engine passed in stays open: it is the caller's)."""

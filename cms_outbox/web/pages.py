@@ -32,8 +32,7 @@ NOTICES = {
 def overview(ctx: Context) -> Response:
     now = time.time()
     status = queries.overview(ctx.engine, now)
-    hour = queries.timeline(ctx.engine, span=HOUR, bucket=60.0, now=now)
-    day = queries.timeline(ctx.engine, span=DAY, bucket=900.0, now=now)
+    hour, day = (activity.read(now) for activity in ctx.dashboard.activity)
     return ctx.render(
         "overview.html",
         status=status,

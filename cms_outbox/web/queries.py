@@ -1,4 +1,4 @@
-"""The dashboard's reads: overview, activity timeline, a page of events, one event.
+"""The dashboard's reads: overview, a page of events, one event (the chart: ``timeline``).
 
 Each function opens one read transaction through ``cms_outbox.queries.reading``, the
 read path that never takes the write lock, so the dashboard answers while an
@@ -15,14 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Integer, cast, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from ..errors import EventNotFound
 from ..queries import (
     BLOCKED,
     DEAD,
-    DEAD_LABELS,
-    DELIVERED_LABELS,
     IN_FLIGHT,
     PENDING,
     UNFINISHED,
@@ -41,12 +39,10 @@ __all__ = [
     "EventRow",
     "EventView",
     "Overview",
-    "Timeline",
     "event_page",
     "event_view",
     "overview",
     "retryable_ids",
-    "timeline",
 ]
 
 RETRYABLE = (DEAD, BLOCKED)
@@ -128,95 +124,6 @@ def _first_created(conn: Connection, state: str) -> float | None:
         select(events.c.created_at).where(events.c.state == state).order_by(events.c.id).limit(1)
     ).scalar()
     return None if value is None else float(value)
-
-
-# -- timeline --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Timeline:
-    """Attempt outcomes and the backlog per bucket of ``bucket`` seconds, oldest first.
-
-    ``backlog[i]`` is the number of unfinished events at the end of bucket ``i``,
-    worked back from the backlog now: enqueues add to it, deliveries and dead letters
-    take from it. A dead event retried and finished again counts as finished twice, so
-    the past backlog reads slightly high after retries.
-    """
-
-    start: float
-    bucket: float
-    delivered: Sequence[int]
-    retried: Sequence[int]
-    dead: Sequence[int]
-    enqueued: Sequence[int]
-    backlog: Sequence[int]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "start": self.start,
-            "bucket_seconds": self.bucket,
-            "delivered": list(self.delivered),
-            "retried": list(self.retried),
-            "dead": list(self.dead),
-            "enqueued": list(self.enqueued),
-            "backlog": list(self.backlog),
-        }
-
-
-def timeline(engine: Engine, *, span: float, bucket: float, now: float | None = None) -> Timeline:
-    """Delivered, retried and dead attempts, enqueues and the backlog over the last ``span``.
-
-    :raises StorageError: the database failed.
-    """
-    now = time.time() if now is None else now
-    size = max(1, int(round(span / bucket)))
-    # Buckets end at a whole multiple of ``bucket`` after now, so their edges stay put
-    # between refreshes and bars do not jitter.
-    end = (int(now // bucket) + 1) * bucket
-    start = end - size * bucket
-    delivered, retried, dead, enqueued = ([0] * size for _ in range(4))
-    with reading(engine, "reading the outbox activity") as conn:
-        slot = _bucket_of(conn, attempts.c.started_at, start, bucket)
-        for index, outcome, count in conn.execute(
-            select(slot, attempts.c.outcome, func.count())
-            .where(attempts.c.started_at >= start)
-            .group_by(slot, attempts.c.outcome)
-        ).all():
-            index = int(index)
-            if not 0 <= index < size:
-                continue
-            target = (
-                delivered
-                if outcome in DELIVERED_LABELS
-                else dead
-                if outcome in DEAD_LABELS
-                else retried
-            )
-            target[index] += int(count)
-        slot = _bucket_of(conn, events.c.created_at, start, bucket)
-        for index, count in conn.execute(
-            select(slot, func.count()).where(events.c.created_at >= start).group_by(slot)
-        ).all():
-            if 0 <= int(index) < size:
-                enqueued[int(index)] += int(count)
-        backlog_now = int(
-            conn.execute(select(func.count()).where(events.c.state.in_(UNFINISHED))).scalar_one()
-        )
-    backlog = [0] * size
-    level = backlog_now
-    for index in range(size - 1, -1, -1):
-        backlog[index] = max(0, level)
-        level += delivered[index] + dead[index] - enqueued[index]
-    return Timeline(start, bucket, delivered, retried, dead, enqueued, backlog)
-
-
-def _bucket_of(conn: Connection, column: Any, start: float, bucket: float) -> Any:
-    offset = (column - start) / bucket
-    # Times in the window are after ``start``, so truncation is the floor; SQLite's CAST
-    # truncates, PostgreSQL's and MySQL's round, so they take FLOOR.
-    if conn.dialect.name == "sqlite":
-        return cast(offset, Integer)
-    return cast(func.floor(offset), Integer)
 
 
 # -- a page of events ------------------------------------------------------------------
@@ -322,18 +229,22 @@ def retryable_ids(engine: Engine, selection: EventFilter) -> tuple[list[str], bo
     :returns: their event ids, and whether more than ``MAX_BULK`` match.
     :raises StorageError: the database failed.
     """
-    states = [selection.state] if selection.state in RETRYABLE else list(RETRYABLE)
     if selection.state is not None and selection.state not in RETRYABLE:
         return [], False
-    query = (
-        select(events.c.event_id)
-        .where(selection.condition(), events.c.state.in_(states))
-        .order_by(events.c.id)
-        .limit(MAX_BULK + 1)
-    )
+    states = [selection.state] if selection.state is not None else list(RETRYABLE)
+    found: list[tuple[int, str]] = []
     with reading(engine, "selecting events to retry") as conn:
-        found = list(conn.execute(query).scalars())
-    return found[:MAX_BULK], len(found) > MAX_BULK
+        # One (state, id) index range per state: an IN over both would walk the table.
+        for state in states:
+            query = (
+                select(events.c.id, events.c.event_id)
+                .where(selection.condition(), events.c.state == state)
+                .order_by(events.c.id)
+                .limit(MAX_BULK + 1)
+            )
+            found.extend((int(row.id), str(row.event_id)) for row in conn.execute(query))
+    found.sort()
+    return [event_id for _, event_id in found[:MAX_BULK]], len(found) > MAX_BULK
 
 
 def _max_seq(conn: Connection) -> int:

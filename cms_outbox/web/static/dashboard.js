@@ -19,6 +19,10 @@
     body.setAttribute("data-live-state", text);
   }
 
+  function bump(name) {
+    body.setAttribute(name, String(Number(body.getAttribute(name) || "0") + 1));
+  }
+
   function editing() {
     var active = document.activeElement;
     return active && active.closest && active.closest("[data-live] form") !== null &&
@@ -45,8 +49,10 @@
             part.replaceWith(document.importNode(next, true));
           }
         });
-        var count = Number(body.getAttribute("data-live-refreshes") || "0") + 1;
-        body.setAttribute("data-live-refreshes", String(count));
+        bump("data-live-refreshes");
+        if (document.visibilityState !== "visible") {
+          window.cmsOutboxHiddenRefreshes = (window.cmsOutboxHiddenRefreshes || 0) + 1;
+        }
         say("live");
       })
       .catch(function () {
@@ -77,6 +83,7 @@
       start();
     } else {
       stop();
+      bump("data-live-pauses");
       say("paused");
     }
   });
