@@ -26,6 +26,7 @@ EXPECTED = {
     "idle": {"write_bytes_per_10min", "wchar_per_10min", "ratios", "targets"},
     "scaleout": {"results", "ratios", "targets"},
     "dashboard": {"pages", "ratios", "targets"},
+    "dead_setups": {"results", "ratios", "targets"},
     "tail": {"results", "ratios", "targets"},  # skipped (JSON says why) without PostgreSQL
 }
 
