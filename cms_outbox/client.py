@@ -117,7 +117,7 @@ class CMSClient:
         if self._owns_engine and database.is_sqlite(self.engine):
             self._bookkeeping = database.create(self.settings.database_url, durability="normal")
         self.store = Store(self.engine, bookkeeping=self._bookkeeping)
-        self._activity = ActivityTracker(self.engine, settle=self.settings.lease)
+        self._activity = ActivityTracker(self.engine, settle=self.settings.lease_duration)
         self.flusher = Flusher(
             self.store, self.settings, on_delivered=on_delivered, on_dead=on_dead
         )
@@ -404,16 +404,16 @@ class CMSClient:
         if self._closed:
             return
         timeout = self.settings.attempt_timeout + 1
-        for holder in (self.flusher, self.store):
-            if holder.hold(timeout):
-                self._fork_holds.append(holder.release_hold)
+        for part in (self.flusher, self.store):
+            if part.before_fork(timeout):
+                self._fork_holds.append(part.after_fork_in_parent)
 
     def _after_fork_in_parent(self) -> None:
         holds, self._fork_holds = self._fork_holds, []
-        for release in holds:
-            release()
+        for resume in holds:
+            resume()
 
-    def _after_fork(self) -> None:
+    def _after_fork_in_child(self) -> None:
         self._fork_holds = []
         if self._closed:
             return
@@ -421,10 +421,10 @@ class CMSClient:
             self.engine.dispose(close=False)  # the parent's connections are not ours to use
         if self._bookkeeping is not None:
             self._bookkeeping.dispose(close=False)
-        self.store.after_fork()
-        self.flusher.after_fork()
+        self.store.after_fork_in_child()
+        self.flusher.after_fork_in_child()
         if self._scheduler is not None:
-            self._scheduler.after_fork()
+            self._scheduler.after_fork_in_child()
 
 
 _clients: weakref.WeakSet[CMSClient] = weakref.WeakSet()
@@ -474,4 +474,4 @@ def _after_fork_in_child() -> None:
     global _lifecycle_lock
     _lifecycle_lock = threading.Lock()
     for client in list(_clients):
-        client._after_fork()
+        client._after_fork_in_child()

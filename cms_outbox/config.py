@@ -92,7 +92,7 @@ class Settings:
         return self.connect_timeout + self.read_timeout
 
     @property
-    def lease(self) -> float:
+    def lease_duration(self) -> float:
         """How long a leased row stays ours: one attempt plus a generous margin."""
         if self.lease_seconds is not None:
             return self.lease_seconds

@@ -117,7 +117,7 @@ class Daemon:
             if self.metrics_port is not None:
                 from . import metrics  # the optional extra: ConfigurationError when missing
 
-                tracker = ActivityTracker(self.client.engine, settle=settings.lease)
+                tracker = ActivityTracker(self.client.engine, settle=settings.lease_duration)
                 metrics_server = metrics.serve(tracker, self.metrics_port, self.metrics_address)
             if self.handle_signals and threading.current_thread() is threading.main_thread():
                 previous = {

@@ -6,7 +6,7 @@ passes or it is told to stop; rows it leased but did not send go back unsent.
 
 A deadline is kept whatever the service does: a pass whose deadline passes while
 requests are in flight (a stalled server) returns and leaves them to finish in the
-background; each one's outcome is recorded when it arrives, by the worker thread
+background; each one's attempt is recorded when it arrives, by the worker thread
 that sent it, and its row stays leased (FIFO holds its customer) until then.
 """
 
@@ -27,7 +27,7 @@ from .pacing import Advert, Budget, Grant, in_force, parse_advert, rate_limited,
 from .pacing import hear as hear_advert
 from .policy import Answer, Breaker, Decision, Rules, Verdict, decide, expiry
 from .results import EventState, FlushReport, TrackResult
-from .store import Lease, Outcome, Store
+from .store import Attempt, Lease, Store
 from .transport import Reply, Transport
 
 __all__ = ["Flusher", "result_of_row"]
@@ -64,7 +64,7 @@ class Flusher:
         self._pass_lock = threading.Lock()
         self._heard: Advert | None = None  # the latest rate-limit headers, not yet applied
         self._pause_cleared = False
-        # Outcomes recorded by every pass of this flusher, a failed pass's included.
+        # Attempts recorded by every pass of this flusher, a failed pass's included.
         self.totals = {"delivered": 0, "retried": 0, "dead": 0}
         # Requests a pass left in flight at its deadline; recorded as their answers come.
         self._strays: dict[Future[Reply], Lease] = {}
@@ -94,7 +94,7 @@ class Flusher:
             self._transport.close()
             self._transport = None
 
-    def after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
         """In a forked child: fresh owner token, sessions, threads and locks."""
         self.owner = _new_owner()
         self._transport = None
@@ -109,11 +109,11 @@ class Flusher:
         leaving its requests in flight to finish in the background."""
         self.leave_at = deadline
 
-    def hold(self, timeout: float) -> bool:
+    def before_fork(self, timeout: float) -> bool:
         """Wait for the running pass and keep new ones from starting (around ``fork()``)."""
         return self._pass_lock.acquire(timeout=timeout)
 
-    def release_hold(self) -> None:
+    def after_fork_in_parent(self) -> None:
         self._pass_lock.release()
 
     @property
@@ -131,7 +131,7 @@ class Flusher:
     ) -> FlushReport:
         """Send everything due now; return what happened by the time it returns.
 
-        The report counts every outcome this flusher recorded meanwhile: those of
+        The report counts every attempt this flusher recorded meanwhile: those of
         another pass that was running (waited for until ``deadline`` at most) and of
         requests an earlier pass left in flight.
 
@@ -151,7 +151,7 @@ class Flusher:
             if not self._strays:
                 # Passes never overlap: a row still leased by us was stranded by a pass
                 # that failed (database error); hand it back rather than wait out its lease.
-                self.store.release(self.owner)
+                self.store.hand_back(self.owner)
             if probe:
                 self.breaker.probe_now()
             _Pass(self, deadline, stop).run()
@@ -187,11 +187,11 @@ class Flusher:
         if lease is None or future.cancelled():
             return
         try:
-            outcome = self.verdict(lease, future.result())
+            attempt = self.verdict(lease, future.result())
             applied = self.store.record(
-                self.owner, [outcome], redact=self.settings.redact_after_delivery
+                self.owner, [attempt], redact=self.settings.redact_after_delivery
             )
-            self.account([(outcome, lease.event_id)], applied)
+            self.account([(attempt, lease.event_id)], applied)
         except OutboxError as exc:
             logger.warning(
                 "the late answer for event %s was not recorded (%s); it is sent again "
@@ -200,14 +200,14 @@ class Flusher:
                 exc,
             )
 
-    def verdict(self, lease: Lease, reply: Reply) -> Outcome:
+    def verdict(self, lease: Lease, reply: Reply) -> Attempt:
         """``judge`` under the lock shared with late answers (breaker and pacing state)."""
         with self._verdicts:
             return self.judge(lease, reply, self.clock())
 
-    def account(self, finished: list[tuple[Outcome, str]], applied: list[bool]) -> None:
-        """Count recorded outcomes in ``totals`` and run the callbacks of final ones."""
-        for (outcome, event_id), ok in zip(finished, applied):
+    def account(self, finished: list[tuple[Attempt, str]], applied: list[bool]) -> None:
+        """Count recorded attempts in ``totals`` and run the callbacks of final ones."""
+        for (attempt, event_id), ok in zip(finished, applied):
             if not ok:
                 logger.warning(
                     "lease of event %s expired before its result was recorded; "
@@ -215,16 +215,16 @@ class Flusher:
                     event_id,
                 )
                 continue
-            if outcome.state is EventState.DELIVERED:
+            if attempt.state is EventState.DELIVERED:
                 key = "delivered"
-            elif outcome.state is EventState.DEAD:
+            elif attempt.state is EventState.DEAD:
                 key = "dead"
             else:
                 key = "retried"
             with self._verdicts:
                 self.totals[key] += 1
-            logger.debug("event %s: %s (HTTP %s)", event_id, outcome.label, outcome.status_code)
-            self.notify(outcome, event_id)
+            logger.debug("event %s: %s (HTTP %s)", event_id, attempt.outcome, attempt.status_code)
+            self.notify(attempt, event_id)
 
     def transport(self) -> Transport:
         if self._transport is None:
@@ -249,8 +249,8 @@ class Flusher:
 
     # -- verdicts --------------------------------------------------------------------
 
-    def judge(self, lease: Lease, reply: Reply, now: float) -> Outcome:
-        """Turn one reply into the outcome to record, updating breaker and pacing."""
+    def judge(self, lease: Lease, reply: Reply, now: float) -> Attempt:
+        """Turn one reply into the attempt to record, updating breaker and pacing."""
         finished = reply.finished_at
         answer = Answer(
             status_code=reply.status_code,
@@ -268,19 +268,19 @@ class Flusher:
             logger.warning("event %s dead-lettered: %s", lease.event_id, decision.error)
         if self.settings.rate_limit.paced:
             self._pace(decision, now)
-        return _outcome(lease, reply, decision)
+        return _attempt(lease, reply, decision)
 
     @property
     def rules(self) -> Rules:
         return Rules(max_age=self.settings.max_age, max_backoff=self.settings.max_backoff)
 
-    def expired(self, lease: Lease, now: float) -> Outcome:
+    def expired(self, lease: Lease, now: float) -> Attempt:
         decision = expiry(now - lease.created_at)
         logger.warning("event %s dead-lettered: %s", lease.event_id, decision.error)
-        return Outcome(
+        return Attempt(
             seq=lease.seq,
             state=decision.state,
-            label=decision.label,
+            outcome=decision.outcome,
             started_at=now,
             duration=0.0,
             error=decision.error,
@@ -373,25 +373,25 @@ class Flusher:
             error=breaker.error,
         )
 
-    def notify(self, outcome: Outcome, event_id: str) -> None:
-        """Run the user's callback for a final outcome; its failure is logged, not raised."""
+    def notify(self, attempt: Attempt, event_id: str) -> None:
+        """Run the user's callback for a final attempt; its failure is logged, not raised."""
         callback = {EventState.DELIVERED: self.on_delivered, EventState.DEAD: self.on_dead}.get(
-            outcome.state
+            attempt.state
         )
         if callback is None:
             return
         result = TrackResult(
-            success=outcome.state is EventState.DELIVERED,
+            success=attempt.state is EventState.DELIVERED,
             event_id=event_id,
-            state=outcome.state,
-            error=outcome.error,
-            status_code=outcome.status_code,
-            data=_parse_body(outcome.response),
+            state=attempt.state,
+            error=attempt.error,
+            status_code=attempt.status_code,
+            data=_parse_body(attempt.response),
         )
         try:
             callback(result)
         except Exception:
-            logger.exception("the %s callback failed for event %s", outcome.state.value, event_id)
+            logger.exception("the %s callback failed for event %s", attempt.state.value, event_id)
 
 
 class _Pass:
@@ -418,7 +418,7 @@ class _Pass:
             self._drain_inflight()
 
     def _loop(self) -> None:
-        finished: list[tuple[Outcome, str]] = []
+        finished: list[tuple[Attempt, str]] = []
         while True:
             now = self.flusher.clock()
             allowance = self.flusher.breaker.allowance(now)
@@ -453,15 +453,15 @@ class _Pass:
             return 0 if busy else 1
         return max(0, self.settings.workers - busy)
 
-    def _exchange(self, finished: list[tuple[Outcome, str]], room: int, now: float) -> int:
+    def _exchange(self, finished: list[tuple[Attempt, str]], room: int, now: float) -> int:
         """Record what finished, lease what fits and send it; returns how many were leased."""
-        outcomes = [outcome for outcome, _ in finished]
+        attempts = [attempt for attempt, _ in finished]
         applied, leases = self.store.exchange(
             self.flusher.owner,
-            outcomes,
+            attempts,
             room,
             now,
-            self.settings.lease,
+            self.settings.lease_duration,
             redact=self.settings.redact_after_delivery,
         )
         self.flusher.account(finished, applied)
@@ -479,7 +479,7 @@ class _Pass:
                 self.inflight[future] = lease
         return len(leases)
 
-    def _judge(self, done: set[Future[Reply]]) -> list[tuple[Outcome, str]]:
+    def _judge(self, done: set[Future[Reply]]) -> list[tuple[Attempt, str]]:
         finished = []
         for future in done:
             lease = self.inflight.pop(future)
@@ -500,7 +500,7 @@ class _Pass:
             finished = self._judge(done)
             applied = self.store.record(
                 self.flusher.owner,
-                [outcome for outcome, _ in finished],
+                [attempt for attempt, _ in finished],
                 redact=self.settings.redact_after_delivery,
             )
             self.flusher.account(finished, applied)
@@ -527,11 +527,11 @@ class _Pass:
         self.stop.wait(self._wait_time(seconds) if self._deadline() is not None else seconds)
 
 
-def _outcome(lease: Lease, reply: Reply, decision: Decision) -> Outcome:
-    return Outcome(
+def _attempt(lease: Lease, reply: Reply, decision: Decision) -> Attempt:
+    return Attempt(
         seq=lease.seq,
         state=decision.state,
-        label=decision.label,
+        outcome=decision.outcome,
         started_at=reply.started_at,
         duration=reply.duration,
         status_code=reply.status_code,

@@ -79,7 +79,7 @@ class GroupCommit:
             raise entry.error
         return entry.stored
 
-    def hold(self, timeout: float) -> bool:
+    def before_fork(self, timeout: float) -> bool:
         """Wait for the write under way and keep new ones from starting (around ``fork()``)."""
         with self._lock:
             if not self._wait(lambda: not self._leading, timeout):
@@ -87,7 +87,7 @@ class GroupCommit:
             self._leading = True
             return True
 
-    def release_hold(self) -> None:
+    def after_fork_in_parent(self) -> None:
         with self._lock:
             self._leading = False
             if self._waiting:
@@ -109,7 +109,7 @@ class GroupCommit:
         finally:
             self._waiting -= 1
 
-    def after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
         """In a forked child: drop the parent's connection unclosed, and its queue."""
         self._conn = None
         self._forget()

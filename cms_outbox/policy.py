@@ -123,7 +123,7 @@ class Decision:
 
     verdict: Verdict
     state: EventState
-    label: str
+    outcome: str  # the word stored in the attempts table
     error: str | None = None
     next_attempt_at: float | None = None
     counts: bool = True
@@ -148,8 +148,8 @@ def decide(
     if verdict is Verdict.DEAD:
         return Decision(verdict, EventState.DEAD, "dead", error, advert=advert)
     if verdict is Verdict.AUTH or verdict is Verdict.OUTAGE:
-        label = verdict.value
-        return Decision(verdict, EventState.PENDING, label, error, breaker=label)
+        word = verdict.value
+        return Decision(verdict, EventState.PENDING, word, error, breaker=word)
     retry_after = parse_retry_after(answer.retry_after, answer.finished_at)
     if answer.status_code == 429:
         # Not the event's fault either: due again first thing when the pause ends.

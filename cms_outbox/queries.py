@@ -14,7 +14,7 @@ The lease rule's predicate (``leasable``) lives here too: the store leases by it
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,26 +22,29 @@ from sqlalchemy import ColumnElement, Connection, Engine, and_, case, exists, fu
 
 from .database import READ_ONLY
 from .driver_errors import storage_errors
+from .pacing import Budget, Quota, Source
 from .results import EventState
 from .schema import attempts, control, events
 
 __all__ = [
     "BLOCKED",
+    "BUDGET_COLUMNS",
     "CONTROL_ROW",
     "DEAD",
-    "DEAD_LABELS",
+    "DEAD_OUTCOMES",
     "DELIVERED",
-    "DELIVERED_LABELS",
+    "DELIVERED_OUTCOMES",
     "IN_FLIGHT",
-    "NO_REQUEST_LABELS",
+    "NO_REQUEST_OUTCOMES",
     "PENDING",
-    "RETRIED_LABELS",
+    "RETRIED_OUTCOMES",
     "STATES",
     "SUMMARY_COLUMNS",
     "TO_SEND",
     "UNFINISHED",
     "activity_between",
     "attempt_rows",
+    "budget_of",
     "control_row",
     "count_due",
     "counts_by_state",
@@ -69,11 +72,11 @@ TO_SEND = (PENDING, IN_FLIGHT)  # still to be sent
 UNFINISHED = (PENDING, IN_FLIGHT, BLOCKED)  # holds a customer's later events back (FIFO)
 CONTROL_ROW = "default"
 
-# The attempt labels the flusher records (``Outcome.label``), grouped as FlushReport counts them.
-DELIVERED_LABELS = ("delivered", "duplicate")
-DEAD_LABELS = ("dead", "expired")
-RETRIED_LABELS = ("retry", "rate_limited", "auth", "outage")
-NO_REQUEST_LABELS = ("expired",)  # dead-lettered by age without sending anything
+# The attempt outcomes the flusher records (``Attempt.outcome``), grouped as FlushReport counts.
+DELIVERED_OUTCOMES = ("delivered", "duplicate")
+DEAD_OUTCOMES = ("dead", "expired")
+RETRIED_OUTCOMES = ("retry", "rate_limited", "auth", "outage")
+NO_REQUEST_OUTCOMES = ("expired",)  # dead-lettered by age without sending anything
 
 # What ``events`` lists of each row (the payload for the event name; no last response).
 SUMMARY_COLUMNS = (
@@ -186,12 +189,12 @@ def activity_between(
     started = attempts.c.started_at >= start
     if end is not None:
         started = started & (attempts.c.started_at < end)
-    sent = attempts.c.outcome.not_in(NO_REQUEST_LABELS)
+    sent = attempts.c.outcome.not_in(NO_REQUEST_OUTCOMES)
     row = conn.execute(
         select(
-            _count_if(attempts.c.outcome.in_(DELIVERED_LABELS)),
-            _count_if(attempts.c.outcome.in_(RETRIED_LABELS)),
-            _count_if(attempts.c.outcome.in_(DEAD_LABELS)),
+            _count_if(attempts.c.outcome.in_(DELIVERED_OUTCOMES)),
+            _count_if(attempts.c.outcome.in_(RETRIED_OUTCOMES)),
+            _count_if(attempts.c.outcome.in_(DEAD_OUTCOMES)),
             _count_if(sent),
             func.coalesce(func.sum(case((sent, attempts.c.duration), else_=0.0)), 0.0),
             *(_count_if(sent & (attempts.c.duration <= bound)) for bound in buckets),
@@ -215,11 +218,39 @@ def last_failed_attempt(conn: Connection) -> dict[str, Any] | None:
             attempts.c.error,
         )
         .select_from(attempts.outerjoin(events, events.c.id == attempts.c.event_seq))
-        .where(attempts.c.outcome.not_in(DELIVERED_LABELS))
+        .where(attempts.c.outcome.not_in(DELIVERED_OUTCOMES))
         .order_by(attempts.c.started_at.desc(), attempts.c.id.desc())
         .limit(1)
     ).first()
     return None if row is None else dict(row._mapping)
+
+
+BUDGET_COLUMNS = (
+    control.c.tokens, control.c.tokens_at, control.c.quota_requests, control.c.quota_window,
+    control.c.limit_source, control.c.remaining, control.c.reset_at, control.c.paused_until,
+    control.c.counted_since, control.c.counted, control.c.changed_at, control.c.probed_from,
+)  # fmt: skip
+
+
+def budget_of(row: Mapping[Any, Any]) -> Budget:
+    """The pacing budget stored in a control row."""
+    try:
+        source = Source(row["limit_source"])
+    except ValueError:
+        source = Source.ASSUMED  # a word written by a newer version: start over, safely
+    return Budget(
+        tokens=float(row["tokens"]),
+        tokens_at=float(row["tokens_at"]),
+        quota=Quota(float(row["quota_requests"]), float(row["quota_window"])),
+        source=source,
+        remaining=None if row["remaining"] is None else int(row["remaining"]),
+        reset_at=float(row["reset_at"]),
+        paused_until=float(row["paused_until"]),
+        counted_since=float(row["counted_since"]),
+        counted=int(row["counted"]),
+        changed_at=float(row["changed_at"]),
+        probed_from=float(row["probed_from"]),
+    )
 
 
 def control_row(conn: Connection) -> dict[str, Any] | None:

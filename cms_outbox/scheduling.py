@@ -118,7 +118,7 @@ class FlushScheduler:
             scheduler.shutdown(wait=False)
         return idle
 
-    def after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
         """In a forked child the scheduler's threads are gone: start afresh if we were started."""
         was_started = self.started
         self._reset_state()

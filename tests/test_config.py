@@ -194,7 +194,7 @@ def test_rate_limit_defaults_to_auto_and_unset_means_unset() -> None:
 def test_lease_must_outlive_one_http_attempt() -> None:
     with pytest.raises(ConfigurationError, match="lease_seconds"):
         resolve(environ={}, flush="off", connect_timeout=3, read_timeout=10, lease_seconds=12)
-    assert resolve(environ={}, flush="off", read_timeout=10, lease_seconds=60).lease == 60
+    assert resolve(environ={}, flush="off", read_timeout=10, lease_seconds=60).lease_duration == 60
 
 
 def test_settings_are_frozen() -> None:

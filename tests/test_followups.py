@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, event
 
 from cms_outbox import CMSClient, EventState, TrackResult
 from cms_outbox.sandbox import Sandbox
-from cms_outbox.store import Outcome, Store
+from cms_outbox.store import Attempt, Store
 from tests.conftest import TOKEN
 
 Factory = Callable[..., CMSClient]
@@ -176,7 +176,7 @@ def test_lease_work_does_not_grow_with_dead_setups(make_client: Factory, databas
             [leased] = store.lease("probe", 10, now, 60)
         finally:
             event.remove(store.bookkeeping, "before_cursor_execute", count)
-        store.record("probe", [Outcome(leased.seq, EventState.DELIVERED, "delivered", now, 0.1)])
+        store.record("probe", [Attempt(leased.seq, EventState.DELIVERED, "delivered", now, 0.1)])
         return len(seen)
 
     before = statements_of_one_lease(4e9)  # a "now" past every event's next attempt

@@ -114,7 +114,7 @@ def test_decision_table(
     breaker: str | None, pause: float | None, due: float | None,
 ) -> None:  # fmt: skip
     decision = decide(answer, attempts, NOW - age, NOW, RULES, random.Random(0))
-    assert (decision.state, decision.label, decision.counts) == (state, label, counts)
+    assert (decision.state, decision.outcome, decision.counts) == (state, label, counts)
     assert decision.breaker == breaker
     assert decision.pause_until == pause
     assert decision.next_attempt_at == due
@@ -128,7 +128,7 @@ def test_a_retry_is_due_within_the_backoff_ceiling_of_its_attempt() -> None:
             for seed in range(50)
         ]
         assert all(NOW <= d.next_attempt_at <= NOW + ceiling for d in dues if d.next_attempt_at)
-        assert {d.label for d in dues} == {"retry"}
+        assert {d.outcome for d in dues} == {"retry"}
 
 
 def test_expired_errors_keep_the_last_error() -> None:

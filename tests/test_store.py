@@ -10,7 +10,7 @@ import pytest
 from cms_outbox import database, migrate
 from cms_outbox.events import build_lead, build_sale
 from cms_outbox.results import EventState
-from cms_outbox.store import Outcome, Store
+from cms_outbox.store import Attempt, Store
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 T0 = NOW.timestamp()
@@ -30,8 +30,9 @@ def lead(store: Store, customer: str, **fields: object) -> str:
     return event.event_id
 
 
-def outcome(seq: int, state: EventState, at: float = T0, **fields: object) -> Outcome:
-    return Outcome(seq=seq, state=state, label=state.value, started_at=at, duration=0.01, **fields)  # type: ignore[arg-type]
+def outcome(seq: int, state: EventState, at: float = T0, **fields: object) -> Attempt:
+    values = {"outcome": state.value, "started_at": at, "duration": 0.01, **fields}
+    return Attempt(seq=seq, state=state, **values)  # type: ignore[arg-type]
 
 
 def state_of(store: Store, event_id: str) -> str:
@@ -84,8 +85,8 @@ def test_release_returns_unsent_rows(store: Store) -> None:
     lead(store, "a", click_id="x")
     lead(store, "b", click_id="x")
     leased = store.lease("owner", 10, T0, 30)
-    assert store.release("owner", [leased[0].seq]) == 1
-    assert store.release("owner") == 1
+    assert store.hand_back("owner", [leased[0].seq]) == 1
+    assert store.hand_back("owner") == 1
     assert len(store.lease("next", 10, T0, 30)) == 2
 
 
@@ -165,7 +166,7 @@ def test_shared_budget_is_read_and_written_atomically(store: Store) -> None:
 def test_fifo_check_is_a_covering_index_seek_on_sqlite(sqlite_url: str) -> None:
     """Leasing must not slow down as delivered history grows: "an earlier row of this
     customer unfinished" is answered from the (customer, state, id) index alone."""
-    from cms_outbox.store import _ELIGIBLE
+    from cms_outbox.leasing import _ELIGIBLE
 
     engine = database.create(sqlite_url)
     migrate.upgrade(engine)

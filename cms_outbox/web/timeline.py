@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Integer, cast, func, select
 
-from ..queries import DEAD_LABELS, DELIVERED_LABELS, UNFINISHED, reading
+from ..queries import DEAD_OUTCOMES, DELIVERED_OUTCOMES, UNFINISHED, reading
 from ..schema import attempts, events
 
 __all__ = ["SETTLE", "Activity", "Timeline"]
@@ -111,7 +111,9 @@ class Activity:
             .group_by(slot, attempts.c.outcome)
         ).all():
             if int(number) in found:
-                column = 0 if outcome in DELIVERED_LABELS else 2 if outcome in DEAD_LABELS else 1
+                column = (
+                    0 if outcome in DELIVERED_OUTCOMES else 2 if outcome in DEAD_OUTCOMES else 1
+                )
                 found[int(number)][column] += int(count)
         slot = _bucket_of(conn, events.c.created_at, self.bucket)
         for number, count in conn.execute(

@@ -35,7 +35,7 @@ from cms_outbox import store as store_module
 from cms_outbox.events import build_lead
 from cms_outbox.results import EventState
 from cms_outbox.schema import attempts, events
-from cms_outbox.store import Outcome, Store
+from cms_outbox.store import Attempt, Store
 
 # Store.lease reclaims expired leases at most once per SWEEP_INTERVAL seconds of ``now``.
 SWEEP_INTERVAL = float(getattr(store_module, "SWEEP_INTERVAL", 0.0))
@@ -132,7 +132,7 @@ class Model:
             limit -= len(sent)
         return sorted(row.seq for row in leased)
 
-    def record(self, owner: str, outcomes: Sequence[Outcome]) -> list[bool]:
+    def record(self, owner: str, outcomes: Sequence[Attempt]) -> list[bool]:
         applied = []
         for outcome in outcomes:
             row = self.by_seq(outcome.seq)
@@ -149,7 +149,7 @@ class Model:
                 self.hold_followups(row.customer, row.seq)  # a dead setup holds its own
         return applied
 
-    def release(self, owner: str, seqs: Sequence[int] | None) -> int:
+    def hand_back(self, owner: str, seqs: Sequence[int] | None) -> int:
         count = 0
         for row in self.rows:
             if row.state == IN_FLIGHT and row.owner == owner and (seqs is None or row.seq in seqs):
@@ -281,9 +281,9 @@ class EventStateMachine(RuleBasedStateMachine):
         assert [lease.seq for lease in leases] == expected
         self.leased.extend(expected)
 
-    def outcome(self, seq: int, state: EventState, delay: float) -> Outcome:
+    def outcome(self, seq: int, state: EventState, delay: float) -> Attempt:
         retry_at = self.now + delay if state is EventState.PENDING else None
-        return Outcome(seq=seq, state=state, label=state.value, started_at=self.now,
+        return Attempt(seq=seq, state=state, outcome=state.value, started_at=self.now,
                        duration=0.01, next_attempt_at=retry_at)  # fmt: skip
 
     @rule(owner=OWNERS, data=st.data(), everything=st.booleans())
@@ -291,7 +291,7 @@ class EventStateMachine(RuleBasedStateMachine):
         seqs = None
         if not everything and self.leased:
             seqs = data.draw(st.lists(st.sampled_from(self.leased), max_size=3, unique=True))
-        assert self.store.release(owner, seqs) == self.model.release(owner, seqs)
+        assert self.store.hand_back(owner, seqs) == self.model.hand_back(owner, seqs)
 
     @rule(data=st.data(), states=st.lists(st.sampled_from(list(EventState)), max_size=2))
     def retry(self, data: st.DataObject, states: list[EventState]) -> None:
@@ -363,7 +363,7 @@ def dead_setup(store: Store, customer: str) -> None:
     assert store.insert(setup) is None
     [lease] = store.lease("flusher", 10, T0, 30.0)
     assert lease.event_id == setup.event_id
-    rejected = Outcome(seq=lease.seq, state=EventState.DEAD, label="dead", started_at=T0,
+    rejected = Attempt(seq=lease.seq, state=EventState.DEAD, outcome="dead", started_at=T0,
                        duration=0.01, status_code=422)  # fmt: skip
     assert store.record("flusher", [rejected]) == [True]
 
@@ -383,7 +383,7 @@ def test_a_blocked_followup_retried_alone_is_blocked_again_not_leased(store: Sto
     setup_first = build_lead("lead_captured", "alice", "click", mode="deferred", now=at)
     assert store.insert(setup_first) is None and store.insert(followup) is None
     [lease] = store.lease("flusher", 10, T0, 30.0)
-    rejected = Outcome(seq=lease.seq, state=EventState.DEAD, label="dead", started_at=T0,
+    rejected = Attempt(seq=lease.seq, state=EventState.DEAD, outcome="dead", started_at=T0,
                        duration=0.01, status_code=422)  # fmt: skip
     assert store.record("flusher", [rejected]) == [True]
     assert store.count_by_state() == {"dead": 1, "blocked": 1}

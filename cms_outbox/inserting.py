@@ -1,0 +1,70 @@
+"""The statements that store a new event, on every backend.
+
+On SQLite the hot path is one prepared statement on a DB-API connection of its own,
+group-committed (``group_commit``); elsewhere, and inside an application's transaction,
+a Core insert. Either way a sale whose ``invoice_id`` is already stored inserts nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, insert, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from .events import Event
+from .queries import PENDING
+from .schema import HAS_INVOICE, NOTIFY_CHANNEL, events
+
+__all__ = ["COLUMNS", "NOTIFY", "SQLITE_INSERT", "insert_event", "row_values"]
+
+COLUMNS = (
+    "event_id", "kind", "customer_external_id", "click_id", "mode", "invoice_id",
+    "payload", "state", "attempts", "next_attempt_at", "created_at",
+)  # fmt: skip
+# The enqueue hot path on SQLite: one prepared statement on a DB-API connection of its
+# own, group-committed. SQLAlchemy Core's per-statement overhead alone would double its cost.
+SQLITE_INSERT = (
+    f"INSERT INTO {events.name} ({', '.join(COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(COLUMNS))}) "
+    "ON CONFLICT(invoice_id) WHERE invoice_id IS NOT NULL DO NOTHING"
+)
+NOTIFY = text(f"NOTIFY {NOTIFY_CHANNEL}")
+
+
+def insert_event(conn: Connection, event: Event) -> bool:
+    """Insert ``event`` as pending in ``conn``'s transaction; False when its invoice id is taken.
+
+    PostgreSQL listeners are notified at commit.
+    """
+    values = dict(zip(COLUMNS, row_values(event)))
+    dialect = conn.dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        module = sqlite if dialect == "sqlite" else postgresql
+        statement = (
+            module.insert(events)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=["invoice_id"], index_where=HAS_INVOICE)
+            .returning(events.c.id)
+        )
+        stored = len(conn.execute(statement).all())
+        if stored and dialect == "postgresql":  # delivered to listeners at commit
+            conn.execute(NOTIFY)
+    else:
+        savepoint = conn.begin_nested()  # a failed INSERT must not abort the caller's work
+        try:
+            stored = conn.execute(insert(events).values(values)).rowcount
+            savepoint.commit()
+        except SQLAlchemyError:
+            savepoint.rollback()
+            stored = 0
+    return stored == 1
+
+
+def row_values(event: Event) -> tuple[Any, ...]:
+    """The values of ``COLUMNS`` for a new pending ``event``."""
+    return (
+        event.event_id, event.kind, event.customer_external_id, event.click_id, event.mode,
+        event.invoice_id, event.payload, PENDING, 0, event.created_at, event.created_at,
+    )  # fmt: skip
