@@ -44,15 +44,40 @@ class CMSClient:
     :param host: API base (default: env ``CMS_HOST``, else ``https://api.cme.sh``).
     :param database_url: outbox database (default: env ``CMS_OUTBOX_URL``, else
         ``sqlite:///cms_outbox.db``).
+    :param engine: an SQLAlchemy ``Engine`` of the application's instead of
+        ``database_url``; used as it is and never disposed of.
     :param flush: ``"background"`` delivers from this process; ``"off"`` only when
         ``flush()`` is called (or a ``cms-outbox run`` daemon delivers).
     :param rate_limit: ``"auto"`` (default) paces every flusher of this outbox together
         at the limit the service advertises or teaches by its 429s, starting from the
         documented 60/min; a number of requests per minute replaces that start and is a
         ceiling never exceeded; ``None`` or ``0`` for no pacing.
+    :param workers: concurrent requests of this client's flusher.
     :param durability: ``"full"`` fsyncs every enqueue (survives power loss),
         ``"normal"`` trades that for speed (SQLite).
     :param auto_migrate: bring the tables to the current schema; with False only check.
+    :param interval: seconds between the background flusher's passes when idle (an
+        enqueue wakes it at once).
+    :param max_age: seconds after which an event still not delivered is dead-lettered
+        (default: 30 days); the only way retries end.
+    :param retention: seconds delivered events are kept before the hourly purge
+        (default: 7 days; dead ones: 30 days).
+    :param connect_timeout: seconds to connect to the service (default: 3.05).
+    :param read_timeout: seconds to wait for its answer (default: 10).
+    :param lease_seconds: how long a leased event stays this flusher's before another
+        may take it (default: twice one attempt's timeouts plus 15 s); must outlive one
+        attempt.
+    :param final_flush_timeout: seconds ``close()`` (and interpreter exit) spends
+        delivering what is due (default: 5; 0 for none).
+    :param allow_insecure: allow ``http://`` to a host that is not loopback (the token
+        would travel in clear text).
+    :param redact_after_delivery: drop the customer's name, email and avatar from the
+        stored payload once delivered.
+    :param on_delivered: called with the ``TrackResult`` of each event this client's
+        flusher delivers (in the flusher's thread; an exception is logged).
+    :param on_dead: the same for each event it dead-letters.
+    :param clock: the current time as an aware ``datetime``; event timestamps, due
+        times, ``max_age``, retention and ``stats()`` read it (tests inject one).
     :raises ConfigurationError: a setting that cannot work.
     :raises SchemaError: the database is not at this version's schema.
     """
@@ -117,10 +142,13 @@ class CMSClient:
         if self._owns_engine and database.is_sqlite(self.engine):
             self._bookkeeping = database.create(self.settings.database_url, durability="normal")
         self.store = Store(self.engine, bookkeeping=self._bookkeeping)
-        self._activity = ActivityTracker(self.engine, settle=self.settings.lease_duration)
-        self.flusher = Flusher(
-            self.store, self.settings, on_delivered=on_delivered, on_dead=on_dead
+        self._activity = ActivityTracker(
+            self.engine, settle=self.settings.lease_duration, since=self._now()
         )
+        self.flusher = Flusher(
+            self.store, self.settings, on_delivered=on_delivered, on_dead=on_dead,
+            clock=self._now,
+        )  # fmt: skip
         self._scheduler: FlushScheduler | None = None
         if self.settings.flush == "background":
             self._scheduler = self._new_scheduler()
@@ -278,7 +306,7 @@ class CMSClient:
 
     def purge_expired(self) -> int:
         """Delete delivered and dead events older than the retention periods; how many."""
-        now = time.time()
+        now = self._now()
         batches = self.store.purge(
             delivered_before=now - self.settings.retention,
             dead_before=now - self.settings.dead_retention,
@@ -300,7 +328,7 @@ class CMSClient:
         """
         self._check_open()
         states = [EventState.DEAD] * dead + [EventState.BLOCKED] * blocked
-        count = self.store.retry(list(event_ids), states=states)
+        count = self.store.retry(list(event_ids), states=states, now=self._now())
         if count and self._scheduler is not None:
             self._scheduler.wake()
         return count
@@ -326,7 +354,7 @@ class CMSClient:
         :raises StorageError: the database failed.
         """
         self._check_open()
-        now = time.time()
+        now = self._now()
         count = 0
         for batch in self.store.purge(
             delivered_before=None if delivered_older_than is None else now - delivered_older_than,
@@ -350,7 +378,7 @@ class CMSClient:
         :raises StorageError: the database failed.
         """
         self._check_open()
-        return self._activity.stats()
+        return self._activity.stats(self._now())
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -392,6 +420,10 @@ class CMSClient:
         bookkeeping: Engine | None = getattr(self, "_bookkeeping", None)
         if bookkeeping is not None:
             bookkeeping.dispose()
+
+    def _now(self) -> float:
+        """The injected clock as epoch seconds: event times, due times, retention."""
+        return self._clock().timestamp()
 
     def _check_open(self) -> None:
         if self._closed:

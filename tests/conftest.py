@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import pytest
@@ -99,3 +100,16 @@ def accepted_in_order(sandbox: Sandbox) -> dict[str, list[str]]:
         assert accepted.idempotency_key is not None
         seen[accepted.customer_external_id].append(accepted.idempotency_key)
     return seen
+
+
+class FakeClock:
+    """An injectable clock (``CMSClient(clock=...)``) that moves only when told to."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime.now(timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)

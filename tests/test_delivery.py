@@ -13,7 +13,7 @@ import pytest
 
 from cms_outbox import CMSClient, EventState, StorageError, TrackResult
 from cms_outbox.sandbox import Sandbox
-from tests.conftest import TOKEN, accepted_in_order, wait_until
+from tests.conftest import TOKEN, FakeClock, accepted_in_order, wait_until
 
 Factory = Callable[..., CMSClient]
 
@@ -244,12 +244,13 @@ def test_connection_refused_keeps_events_pending(make_client: Factory, sandbox: 
 def test_max_age_is_the_only_way_retries_dead_letter(
     make_client: Factory, sandbox: Sandbox
 ) -> None:
-    client = connect(make_client, sandbox, max_age=0.5)
+    clock = FakeClock()
+    client = connect(make_client, sandbox, max_age=0.5, clock=clock)
     event = client.track_lead("signup", "user-1", click_id="c")
     sandbox.set_faults(force_status=503)
     client.flush()
     assert client.result(event.event_id).state is EventState.PENDING
-    time.sleep(1.6)  # older than max_age, and past the first backoff (under a second)
+    clock.advance(1.6)  # older than max_age, and past the first backoff (under a second)
     client.flush()
     result = client.result(event.event_id)
     assert result.state is EventState.DEAD and "max_age" in (result.error or "")

@@ -150,3 +150,27 @@ def test_the_daemon_and_the_stats_value_are_exported() -> None:
     assert dataclasses.is_dataclass(Stats)
     with pytest.raises(dataclasses.FrozenInstanceError):
         Stats(0.0, 0, 0, 0, 0, 0, None).pending = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("documented", [CMSClient, cms_outbox.Daemon])
+def test_every_constructor_parameter_is_documented(documented: type) -> None:
+    import inspect
+
+    names = [name for name in inspect.signature(documented.__init__).parameters if name != "self"]
+    doc = documented.__doc__ or ""
+    assert [name for name in names if f":param {name}:" not in doc] == []
+
+
+def test_contributing_describes_every_test_marker() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    block = re.search(r"^markers = \[(.*?)^\]", (root / "pyproject.toml").read_text(), re.S | re.M)
+    assert block is not None
+    names = re.findall(r'^\s*"([\w-]+):', block.group(1), re.M)
+    assert "slow" in names
+    guide = (root / "CONTRIBUTING.md").read_text()
+    assert '-m "not slow"' in guide
+    for name in names:
+        assert f"| `{name}` |" in guide, f"CONTRIBUTING.md does not describe the {name} marker"
