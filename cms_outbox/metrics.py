@@ -12,6 +12,11 @@ down, not even across purges.
 - ``cms_outbox_pending`` (pending or in flight), ``cms_outbox_oldest_pending_age_seconds``
   (0 when nothing is pending), ``cms_outbox_events{state=...}``
 - ``cms_outbox_request_duration_seconds``: a histogram of HTTP attempts
+- ``cms_outbox_pacing_requests_per_minute{source=...}`` (the limit every flusher paces
+  at; source ``assumed``, ``configured``, ``advertised`` or ``learned``),
+  ``cms_outbox_pacing_remaining`` (requests the service still allows in its window; absent
+  when it did not say), ``cms_outbox_pacing_pause_seconds`` (left of a 429 pause, 0 when
+  none); absent until a paced flusher has run
 """
 
 from __future__ import annotations
@@ -84,7 +89,37 @@ def families(activity: Activity) -> list[Metric]:
             sum_value=activity.duration_sum,
         )
     )
+    result.extend(_pacing(activity))
     return result
+
+
+def _pacing(activity: Activity) -> list[Metric]:
+    pacing = activity.pacing
+    if pacing is None:
+        return []
+    rate = GaugeMetricFamily(
+        "cms_outbox_pacing_requests_per_minute",
+        "The request rate every flusher of the outbox paces at, and where it came from.",
+        labels=["source"],
+    )
+    rate.add_metric([pacing.source], pacing.per_minute)
+    families: list[Metric] = [
+        rate,
+        GaugeMetricFamily(
+            "cms_outbox_pacing_pause_seconds",
+            "Seconds left of the pause a 429 imposed on every flusher (0 when none).",
+            value=pacing.pause_seconds,
+        ),
+    ]
+    if pacing.remaining is not None:
+        families.append(
+            GaugeMetricFamily(
+                "cms_outbox_pacing_remaining",
+                "Requests the service still allows before its window resets.",
+                value=pacing.remaining,
+            )
+        )
+    return families
 
 
 class OutboxCollector(Collector):

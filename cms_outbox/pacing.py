@@ -159,6 +159,8 @@ class Budget:
         last 429 pause): a 429 inside it measures the service's real quota.
     :param changed_at: when a 429 or a probe last changed a learned quota.
     :param probed_from: the requests of the quota before the last upward probe (0: none).
+    :param ceiling: the explicit ``rate_limit`` of the flusher that took last (requests
+        per minute, 0: none), so that ``status`` can tell what is in force.
     """
 
     tokens: float = 0.0
@@ -172,6 +174,12 @@ class Budget:
     counted: int = 0
     changed_at: float = 0.0
     probed_from: float = 0.0
+    ceiling: float = 0.0
+
+    @property
+    def limit(self) -> RateLimit:
+        """The rate limit setting ``ceiling`` records."""
+        return RateLimit(Mode.CEILING, int(self.ceiling)) if self.ceiling else AUTO
 
 
 @dataclass(frozen=True)
@@ -204,6 +212,9 @@ def burst(quota: Quota) -> float:
 def take(budget: Budget, want: int, now: float, limit: RateLimit) -> tuple[Budget, Grant]:
     """Refill, then take up to ``want`` requests: none during a pause or past ``remaining``."""
     budget = _probe(budget, now)
+    ceiling = float(limit.per_minute) if limit.mode is Mode.CEILING else 0.0
+    if ceiling != budget.ceiling:
+        budget = replace(budget, ceiling=ceiling)
     if now < budget.paused_until:
         return budget, Grant(0, budget.paused_until - now)
     remaining = budget.remaining

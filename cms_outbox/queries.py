@@ -229,7 +229,14 @@ BUDGET_COLUMNS = (
     control.c.tokens, control.c.tokens_at, control.c.quota_requests, control.c.quota_window,
     control.c.limit_source, control.c.remaining, control.c.reset_at, control.c.paused_until,
     control.c.counted_since, control.c.counted, control.c.changed_at, control.c.probed_from,
+    control.c.ceiling,
 )  # fmt: skip
+
+
+def control_row(conn: Connection) -> dict[str, Any] | None:
+    """The outbox's control row: the shared token bucket and the pauses in effect."""
+    row = conn.execute(select(control).where(control.c.name == CONTROL_ROW)).first()
+    return None if row is None else dict(row._mapping)
 
 
 def budget_of(row: Mapping[Any, Any]) -> Budget:
@@ -250,13 +257,8 @@ def budget_of(row: Mapping[Any, Any]) -> Budget:
         counted=int(row["counted"]),
         changed_at=float(row["changed_at"]),
         probed_from=float(row["probed_from"]),
+        ceiling=float(row["ceiling"]),
     )
-
-
-def control_row(conn: Connection) -> dict[str, Any] | None:
-    """The outbox's control row: the shared token bucket and the pauses in effect."""
-    row = conn.execute(select(control).where(control.c.name == CONTROL_ROW)).first()
-    return None if row is None else dict(row._mapping)
 
 
 # -- events ----------------------------------------------------------------------------------

@@ -115,4 +115,5 @@ control = Table(
     Column("counted", Integer, nullable=False, server_default=text("0")),
     Column("changed_at", Double, nullable=False, server_default=text("0")),
     Column("probed_from", Double, nullable=False, server_default=text("0")),
+    Column("ceiling", Double, nullable=False, server_default=text("0")),
 )

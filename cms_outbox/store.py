@@ -384,6 +384,7 @@ def _budget_values(budget: Budget) -> dict[str, Any]:
         "reset_at": budget.reset_at, "paused_until": budget.paused_until,
         "counted_since": budget.counted_since, "counted": budget.counted,
         "changed_at": budget.changed_at, "probed_from": budget.probed_from,
+        "ceiling": budget.ceiling,
     }  # fmt: skip
 
 

@@ -27,6 +27,7 @@ EXPECTED = {
     "scaleout": {"results", "ratios", "targets"},
     "dashboard": {"pages", "ratios", "targets"},
     "dead_setups": {"results", "ratios", "targets"},
+    "pacing": {"results", "ratios", "targets"},
     "tail": {"results", "ratios", "targets"},  # skipped (JSON says why) without PostgreSQL
 }
 

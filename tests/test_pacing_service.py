@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 from typing import Any, Callable
 
+import pytest
 import requests
 
 from cms_outbox import CMSClient, EventState
+from cms_outbox.cli import main as cli_main
 from cms_outbox.pacing import Budget, Quota, Source
 from cms_outbox.sandbox import Limits, Sandbox
+from cms_outbox.status import ActivityTracker, outbox_status
 from tests.conftest import TOKEN, wait_until
 
 Factory = Callable[..., CMSClient]
@@ -100,3 +106,59 @@ def test_without_headers_a_429_teaches_a_lower_limit(make_client: Factory) -> No
         budget = budget_of(client)
         assert (budget.quota, budget.source) == (Quota(30, 60), Source.LEARNED)  # halved
         assert wait_until(lambda: client.flush(timeout=10).delivered == 1, timeout=15, step=0.05)
+
+
+def test_status_and_metrics_show_the_pacing_in_force_and_its_source(
+    make_client: Factory, sqlite_url: str
+) -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from cms_outbox.metrics import OutboxCollector
+
+    with Sandbox(token=TOKEN, limits=Limits(600, 6, "fixed")) as sandbox:
+        client = make_client(token=TOKEN, host=sandbox.url)
+        assert outbox_status(client.engine).pacing is None  # no paced flusher yet
+        leads(client, 2)
+        client.flush(timeout=10)
+        pacing = outbox_status(client.engine).pacing
+        assert pacing is not None
+        assert (pacing.requests, pacing.window, pacing.source) == (600, 6, "advertised")
+        assert pacing.remaining is not None and pacing.remaining <= 598
+        assert pacing.paused_until is None
+        shown = json.loads(main_output(["status", "--json", "--database-url", sqlite_url]))
+        assert shown["pacing"]["source"] == "advertised"
+        assert shown["pacing"]["per_minute"] == 6000.0
+        assert shown["pacing"]["window_seconds"] == 6.0
+        text = main_output(["status", "--database-url", sqlite_url])
+        assert "600 per 6s = 6000.0/min (advertised)" in text
+
+        sandbox.set_faults(force_status=429, force_count=1, retry_after="30")
+        leads(client, 1, "other")
+        client.flush(timeout=0.2)
+        paused = outbox_status(client.engine).pacing
+        assert paused is not None and paused.paused_until is not None
+        assert 28 <= paused.pause_seconds <= 30
+        assert "PAUSED after a 429 until" in main_output(["status", "--database-url", sqlite_url])
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(OutboxCollector(ActivityTracker(client.engine)))
+        metrics = generate_latest(registry).decode()
+        assert 'cms_outbox_pacing_requests_per_minute{source="advertised"} 6000.0' in metrics
+        assert "cms_outbox_pacing_pause_seconds 2" in metrics  # 28-30 s left
+
+
+def test_an_explicit_ceiling_shows_as_configured(make_client: Factory) -> None:
+    with Sandbox(token=TOKEN) as sandbox:  # no headers: nothing advertised
+        client = make_client(token=TOKEN, host=sandbox.url, rate_limit=120)
+        leads(client, 1)
+        client.flush(timeout=5)
+        pacing = outbox_status(client.engine).pacing
+        assert pacing is not None
+        assert (pacing.per_minute, pacing.source) == (120, "configured")
+
+
+def main_output(argv: list[str]) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli_main(argv) == 0
+    return out.getvalue()

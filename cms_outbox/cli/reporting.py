@@ -47,7 +47,14 @@ JSON keys (stable; keys are only ever added):
   pause                       {reason: "outage"|"auth", since, error} while delivery is
                               paused, else null
   delivered_last_minute       events delivered in the last 60 seconds
-  delivered_last_hour         events delivered in the last 3600 seconds"""
+  delivered_last_hour         events delivered in the last 3600 seconds
+  pacing                      {requests, window_seconds, per_minute, source, remaining,
+                              window_resets_at, paused_until, pause_seconds}: the limit
+                              every flusher paces at and where it came from ("assumed",
+                              "configured", "advertised", "learned"), the requests the
+                              service still allows before window_resets_at (null when it
+                              did not say) and the end of a 429 pause (null when none);
+                              null until a paced flusher has run"""
 
 
 def register(subparsers: Any) -> None:
@@ -184,9 +191,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         lines.append(
             ("delivery", f"{what} since {format_time(pause.since, now)}: {shorten(pause.error)}")
         )
+    lines.append(("pacing", _pacing(status.pacing, now)))
     for label, value in lines:
         echo(f"{label:<15} {value}")
     return EXIT_OK
+
+
+def _pacing(pacing: reports.Pacing | None, now: float) -> str:
+    if pacing is None:
+        return "- (no paced flusher has run yet)"
+    text = (
+        f"{pacing.requests:g} per {pacing.window:g}s = {pacing.per_minute:.1f}/min "
+        f"({pacing.source})"
+    )
+    if pacing.paused_until is not None:
+        text += f"; PAUSED after a 429 until {format_time(pacing.paused_until, now)}"
+    elif pacing.remaining is not None and pacing.window_resets_at is not None:
+        text += f"; {pacing.remaining} left until {format_time(pacing.window_resets_at, now)}"
+    return text
 
 
 def _next_attempt(status: reports.OutboxStatus) -> str:

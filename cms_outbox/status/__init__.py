@@ -3,6 +3,7 @@
 - ``counts``: how many events are where (``status``)
 - ``health``: whether that is healthy (``health``)
 - ``activity``: what happened since a moment (``stats()``, metrics)
+- ``pacing``: how fast the flushers may send (``status``, metrics)
 - ``detail``: what is stored (``events``, ``show``)
 
 Every query comes from ``cms_outbox.queries`` and runs in a read transaction that never
@@ -23,6 +24,7 @@ from .detail import (
 )
 from .formatting import format_age, isoformat
 from .health import Health, check_health
+from .pacing import Pacing
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -34,6 +36,7 @@ __all__ = [
     "Health",
     "LastError",
     "OutboxStatus",
+    "Pacing",
     "Pause",
     "Stats",
     "check_health",

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from .. import queries
 from ..queries import IN_FLIGHT, PENDING
 from .formatting import json_fields
+from .pacing import Pacing, pacing_of
 
 __all__ = ["DURATION_BUCKETS", "Activity", "ActivityTracker", "Stats"]
 
@@ -62,6 +63,7 @@ class Activity:
     duration_buckets: tuple[int, ...]
     counts: Mapping[str, int]
     oldest_pending_age: float | None
+    pacing: Pacing | None = None  # None until a paced flusher has run
 
     @property
     def pending(self) -> int:
@@ -118,6 +120,7 @@ class ActivityTracker:
             totals = [a + b for a, b in zip(self._folded, recent)]
             counts = queries.counts_by_state(conn)
             oldest = queries.oldest_unsent_at(conn)
+            control = queries.control_row(conn)
         enqueued, delivered, retried, dead, requests, duration_sum = totals[:6]
         return Activity(
             since=self.since,
@@ -130,6 +133,7 @@ class ActivityTracker:
             duration_buckets=tuple(int(value) for value in totals[6:]),
             counts=counts,
             oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
+            pacing=pacing_of(control, now),
         )
 
     def stats(self, now: float | None = None) -> Stats:

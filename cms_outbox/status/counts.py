@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine
 from .. import queries
 from ..queries import IN_FLIGHT, PENDING
 from .formatting import isoformat, json_fields
+from .pacing import Pacing, pacing_of
 
 __all__ = ["LastError", "OutboxStatus", "Pause", "count_due", "outbox_status"]
 
@@ -62,6 +63,7 @@ class OutboxStatus:
     pause: Pause | None
     delivered_last_minute: int
     delivered_last_hour: int
+    pacing: Pacing | None = None  # None until a paced flusher has run
 
     @property
     def to_send(self) -> int:
@@ -91,6 +93,7 @@ class OutboxStatus:
             "pause": None if self.pause is None else self.pause.to_json(),
             "delivered_last_minute": self.delivered_last_minute,
             "delivered_last_hour": self.delivered_last_hour,
+            "pacing": None if self.pacing is None else self.pacing.to_json(),
         }
 
 
@@ -105,6 +108,7 @@ def outbox_status(engine: Engine, now: float | None = None) -> OutboxStatus:
     with queries.reading(engine, "reading the outbox status") as conn:
         first_try, retrying, next_at = queries.pending_summary(conn)
         last_delivery, last_minute, last_hour = queries.deliveries(conn, now)
+        control = queries.control_row(conn)
         return OutboxStatus(
             now=now,
             counts=queries.counts_by_state(conn),
@@ -115,9 +119,10 @@ def outbox_status(engine: Engine, now: float | None = None) -> OutboxStatus:
             next_attempt_at=next_at,
             last_delivery_at=last_delivery,
             last_error=_last_error(conn),
-            pause=_pause(conn),
+            pause=_pause(control),
             delivered_last_minute=last_minute,
             delivered_last_hour=last_hour,
+            pacing=pacing_of(control, now),
         )
 
 
@@ -144,8 +149,7 @@ def _last_error(conn: Connection) -> LastError | None:
     )
 
 
-def _pause(conn: Connection) -> Pause | None:
-    row = queries.control_row(conn)
+def _pause(row: Mapping[str, Any] | None) -> Pause | None:
     if row is None:
         return None
     if row["auth_paused_since"] is not None:
