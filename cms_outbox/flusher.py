@@ -88,7 +88,11 @@ class Flusher:
         if abandoned:
             logger.info("%d requests still in flight at close", len(self._strays))
         if self._executor is not None:
-            self._executor.shutdown(wait=not abandoned, cancel_futures=True)
+            # With a deadline, never wait for the workers: a pass that has not yet handed
+            # its requests over (it does so at the same deadline) would hold us up to a
+            # whole read timeout. The workers end with their request.
+            wait_for_workers = deadline is None and not abandoned
+            self._executor.shutdown(wait=wait_for_workers, cancel_futures=True)
             self._executor = None
         if self._transport is not None:
             self._transport.close()

@@ -41,7 +41,7 @@ def test_flush_returns_on_time_while_a_request_stalls_and_records_it_later(
 ) -> None:
     client = connect(make_client, sandbox)
     event = client.track_lead("signup", "user-1", click_id="c")
-    sandbox.set_faults(stall=3.0)  # answers after 3 s, within the 10 s read timeout
+    sandbox.set_faults(stall=5.0)  # answers after 5 s, within the 10 s read timeout
     report, elapsed = timed(lambda: client.flush(timeout=1.0))
     assert elapsed <= 1.0 + MARGIN
     assert (report.delivered, report.pending) == (0, 1)
@@ -105,6 +105,18 @@ def test_close_keeps_its_deadline_with_a_request_in_flight(
     assert reader.result(event.event_id).state is EventState.IN_FLIGHT
     sandbox.stop()  # the connection drops: that late outcome is still recorded
     assert wait_until(lambda: reader.result(event.event_id).state is EventState.PENDING)
+
+
+def test_close_without_background_flusher_keeps_its_deadline(
+    make_client: Factory, sandbox: Sandbox
+) -> None:
+    client = connect(make_client, sandbox, final_flush_timeout=1.0)
+    client.track_lead("signup", "user-1", click_id="c")
+    sandbox.set_faults(stall=30.0)
+    assert client.flush(timeout=0.2).pending == 1  # its request is left in flight
+    _, elapsed = timed(client.close)
+    assert elapsed <= 1.0 + MARGIN
+    sandbox.stop()
 
 
 def test_flush_keeps_its_deadline_when_the_probe_of_a_paused_breaker_stalls(
