@@ -105,7 +105,7 @@ def test_wire_request_carries_the_documented_headers(
     }  # fmt: skip
     delivered = client.result(result.event_id)
     assert delivered.state is EventState.DELIVERED and delivered.status_code == 200
-    assert delivered.data["success"] is True
+    assert isinstance(delivered.data, dict) and delivered.data["success"] is True
 
 
 def test_retry_after_on_429_is_honoured(make_client: Factory, sandbox: Sandbox) -> None:

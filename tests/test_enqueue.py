@@ -220,8 +220,12 @@ BAD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "amount": st.none() | st.floats() | st.booleans() | st.integers(max_value=-1) | st.text(),
     "currency": st.none() | NOT_TEXT | st.text().filter(lambda c: not is_currency_like(c)),
 }  # fmt: skip
-LEAD = {"event_name": "signup", "customer_external_id": "user_1", "click_id": "id_1"}
-SALE = {**LEAD, "invoice_id": "inv_1", "amount": 100, "currency": "USD"}
+LEAD: dict[str, Any] = {
+    "event_name": "signup",
+    "customer_external_id": "user_1",
+    "click_id": "id_1",
+}
+SALE: dict[str, Any] = {**LEAD, "invoice_id": "inv_1", "amount": 100, "currency": "USD"}
 SALE_ONLY = ("invoice_id", "amount", "currency")
 
 

@@ -394,9 +394,9 @@ MAX_OFFSET = timedelta(hours=23)
 OFFSETS = st.builds(timezone, st.timedeltas(min_value=-MAX_OFFSET, max_value=MAX_OFFSET))
 # Years 1970-9998, per the events module's range; any fixed UTC offset or naive (meaning UTC).
 GOOD_MOMENT = st.datetimes(
-    datetime(1970, 1, 2), datetime(9998, 12, 30), timezones=st.none() | OFFSETS
+    datetime(1970, 1, 2), datetime(9998, 12, 30), timezones=st.one_of(st.none(), OFFSETS)
 )
-TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cc",)), min_size=1, max_size=30)
+TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cc"]), min_size=1, max_size=30)
 # Plausible text around one lone surrogate: valid-looking, yet not encodable as UTF-8.
 SURROGATE_TEXT = st.builds("{}{}{}".format, TEXT, st.characters(categories=["Cs"]), TEXT)
 JUNK = st.one_of(WEIRD_TEXT, HUGE_TEXT, SURROGATE_TEXT, OTHER_JUNK)

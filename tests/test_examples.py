@@ -291,7 +291,9 @@ def test_gunicorn_workers_each_deliver_and_nothing_is_sent_twice(
     booted = re.compile(r"Booting worker with pid: (\d+)")
     assert wait_until(lambda: len(booted.findall(server.log())) >= 4, timeout=STARTUP)
 
-    calls = [(f"{base}/signup/user_{n % 50}?click_id=clk_{n}", {}) for n in range(200)]
+    calls: list[tuple[str, dict[str, Any]]] = [
+        (f"{base}/signup/user_{n % 50}?click_id=clk_{n}", {}) for n in range(200)
+    ]
     responses = post_all(calls, threads=8)
     assert [r.status_code for r in responses] == [200] * 200, server.log()
     enqueued_by = {r.json()["event_id"]: r.json()["pid"] for r in responses}

@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -86,7 +87,7 @@ def test_upgrade_from_an_earlier_revision_keeps_rows_and_sale_dedupe(
     migrate.upgrade(engine, start)
     assert migrate.current_revision(engine) == start
     assert ("cms_outbox_control" in tables(engine)) is (start != "0001")
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"event_id": "e-1", "kind": "lead", "customer_external_id": "user_1", "invoice_id": None,
          "payload": '{"eventName":"signup","customerExternalId":"user_1"}'},
         {"event_id": "e-2", "kind": "sale", "customer_external_id": "user_1",
@@ -110,7 +111,9 @@ def test_upgrade_from_an_earlier_revision_keeps_rows_and_sale_dedupe(
         again = client.track_sale("buy", "user_1", "inv-1", 100, "USD")
         assert again.event_id == "e-2"  # the invoice is still the sale's natural key
         later = client.track_lead("signup", "user_2")
-        assert client.store.get(later.event_id)["id"] > client.store.get("e-2")["id"]
+        later_row, earlier_row = client.store.get(later.event_id), client.store.get("e-2")
+        assert later_row is not None and earlier_row is not None
+        assert later_row["id"] > earlier_row["id"]
     assert migrate.current_revision(engine) == migrate.head_revision()
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM cms_outbox_events")).scalar_one() == 3

@@ -20,6 +20,7 @@ LISTEN connection shows in ``pg_stat_activity``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import shutil
@@ -162,10 +163,18 @@ def run_daemon(
     )  # fmt: skip
 
 
+def _ended_or_listening(daemon: Daemon, engine: Engine) -> bool:
+    return daemon.process.poll() is not None or daemon.listening(engine)
+
+
+def _accepted_once(sandbox: Sandbox, event_id: str) -> bool:
+    return sandbox.accepted_count(event_id) == 1
+
+
 def wait_listening(engine: Engine, started: Sequence[Daemon]) -> None:
     for daemon in started:
         ready = wait_until(
-            lambda d=daemon: d.process.poll() is not None or d.listening(engine),
+            functools.partial(_ended_or_listening, daemon, engine),
             timeout=READY_TIMEOUT,
             step=0.1,
         )
@@ -431,7 +440,8 @@ def test_transactional_outbox_rollback_never_sends_commit_wakes_an_idle_daemon(
         committed = []
         for n in range(10):
             event_id, committing_at = _commit(engine, sign_up, f"user-{n}@example.com")
-            assert wait_until(lambda key=event_id: sandbox.accepted_count(key) == 1, timeout=30)
+            accepted_once = functools.partial(_accepted_once, sandbox, event_id)
+            assert wait_until(accepted_once, timeout=30)
             [accepted] = [a for a in sandbox.accepted if a.idempotency_key == event_id]
             latencies.append(accepted.received_at - committing_at)
             committed.append(event_id)

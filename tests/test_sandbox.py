@@ -89,7 +89,8 @@ def test_lead_success_body_satisfies_both_documented_shapes(sb, http):
     assert body["success"] is True
     assert body["message"] == "Event tracked successfully"
     stamp = datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00"))
-    assert stamp.utcoffset() is not None and stamp.utcoffset().total_seconds() == 0
+    offset = stamp.utcoffset()
+    assert offset is not None and offset.total_seconds() == 0
     # SDK model shape: TrackResponse(status: StrictBool, data: StrictStr)
     assert body["status"] is True
     assert body["data"] == "lead:signup:cust-1"
@@ -801,6 +802,8 @@ def test_official_sdk_reports_401_for_a_bad_token(sb):
     finally:
         close_sdk(client)
     assert raised.value.status == 401
-    assert json.loads(raised.value.body)["type"] == "unauthorized"
-    assert raised.value.data.status_code == 401  # parsed by the SDK's ErrorResponse model
+    assert json.loads(raised.value.body or "")["type"] == "unauthorized"
+    assert (
+        raised.value.data is not None and raised.value.data.status_code == 401
+    )  # parsed by the SDK's ErrorResponse model
     assert sb.accepted == []

@@ -141,7 +141,7 @@ def test_the_same_snippets_give_the_same_accepted_events_as_the_official_sdk(
 
 # -- a reused invoice id ----------------------------------------------------------------
 
-SALE = {
+SALE: dict[str, Any] = {
     "event_name": "purchase",
     "customer_external_id": "user_42",
     "invoice_id": "inv_1",

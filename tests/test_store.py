@@ -25,7 +25,7 @@ def store(database_url: str) -> Iterator[Store]:
 
 
 def lead(store: Store, customer: str, **fields: object) -> str:
-    event = build_lead("signup", customer, now=NOW, **fields)  # type: ignore[arg-type]
+    event = build_lead("signup", customer, now=NOW, **fields)
     assert store.insert(event) is None
     return event.event_id
 

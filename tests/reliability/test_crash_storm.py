@@ -12,6 +12,7 @@ none dead.
 
 from __future__ import annotations
 
+import functools
 import random
 import signal
 import time
@@ -23,7 +24,12 @@ import pytest
 
 from cms_outbox.sandbox import Sandbox
 
-from .conftest import Launcher, integrity, query, states, wait_for
+from .conftest import Child, Launcher, integrity, query, states, wait_for
+
+
+def _delivered_or_dead(path: Path, flusher: Child, target: int) -> bool:
+    return states(path).get("delivered", 0) >= target or not flusher.alive
+
 
 SEED = 20250611
 EVENTS = 10_000
@@ -58,7 +64,7 @@ def test_flusher_killed_again_and_again_delivers_every_event_once_in_order(
         # delivered a seeded number of events, so every kill lands mid-work on any machine.
         target = states(path).get("delivered", 0) + rng.randint(*DELIVERIES_PER_KILL)
         wait_for(
-            lambda f=flusher, n=target: states(path).get("delivered", 0) >= n or not f.alive,
+            functools.partial(_delivered_or_dead, path, flusher, target),
             120,
             f"flusher {kill} to deliver up to {target}",
         )

@@ -9,6 +9,7 @@ kill may or may not be there (its call never returned), never anything else.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -18,6 +19,11 @@ from cms_outbox import CMSClient, EventState, migrate
 from cms_outbox.sandbox.protocol import validate
 
 from .conftest import Child, Launcher, integrity, query, wait_for
+
+
+def _returned(child: Child, count: int) -> bool:
+    return len(child.lines()) >= count
+
 
 SEED = 4242
 ROUNDS = 8  # two writers per round, both killed: 16 SIGKILLs
@@ -54,7 +60,7 @@ def test_writers_killed_mid_call_keep_every_returned_event(
             # Killed after a seeded number of returned calls (progress, not the clock), so
             # the kill always lands while the writer is busy in its next call.
             returned = len(child.lines()) + rng.randint(1, 12)
-            wait_for(lambda c=child, n=returned: len(c.lines()) >= n, 60, "returned calls")
+            wait_for(functools.partial(_returned, child, returned), 60, "returned calls")
             child.kill()
 
     assert integrity(path) == "ok"
