@@ -240,3 +240,21 @@ def run(*command: str, cwd: Path | None = None) -> str:
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{command} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
+
+
+def test_pacing_revisions_resume_after_a_kill_and_keep_the_control_row(engine: Engine) -> None:
+    """0005/0007 as a killed run on MySQL would leave them: some columns added, no version."""
+    migrate.upgrade(engine, "0004")
+    with engine.begin() as conn:  # the first statements of 0005 ran, then the process died
+        conn.execute(text("ALTER TABLE cms_outbox_control ADD COLUMN quota_requests "
+                          "DOUBLE PRECISION DEFAULT 60 NOT NULL"))  # fmt: skip
+        conn.execute(text("UPDATE cms_outbox_control SET tokens = 2.5"))
+    migrate.upgrade(engine)
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    columns = {c["name"] for c in inspect(engine).get_columns("cms_outbox_control")}
+    assert {"quota_requests", "limit_source", "paused_until", "ceiling"} <= columns
+    assert "rate_factor" not in columns
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT tokens, quota_requests, quota_window, limit_source "
+                                "FROM cms_outbox_control")).one()  # fmt: skip
+    assert tuple(row) == (2.5, 60.0, 60.0, "assumed")

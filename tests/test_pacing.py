@@ -193,3 +193,20 @@ def test_a_429_without_any_end_pauses_the_default_time() -> None:
 def test_refund_gives_back_tokens_and_remaining() -> None:
     budget = Budget(tokens=0.0, remaining=3, counted=4)
     assert refund(budget, 2) == replace(budget, tokens=2.0, remaining=5, counted=2)
+
+
+@pytest.mark.parametrize(
+    ("flag", "parsed"),
+    [("auto", AUTO), ("AUTO", AUTO), ("0", UNPACED), ("90", RateLimit(Mode.CEILING, 90))],
+)
+def test_rate_limit_flag_reads_auto_or_a_number(flag: str, parsed: RateLimit) -> None:
+    from cms_outbox.cli._common import rate_limit
+
+    assert rate_limit(flag) == parsed
+
+
+def test_a_bad_rate_limit_flag_is_one_line_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    from cms_outbox.cli import main
+
+    assert main(["flush", "--rate-limit", "fast"]) == 2
+    assert "argument --rate-limit: invalid integer 'fast'" in capsys.readouterr().err
