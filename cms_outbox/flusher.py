@@ -21,10 +21,10 @@ import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
+from .advert import parse_advert
 from .config import Settings
 from .errors import ConfigurationError, OutboxError
-from .pacing import Advert, Budget, Grant, in_force, parse_advert, rate_limited, refund, take
-from .pacing import hear as hear_advert
+from .pacer import Pacer
 from .policy import Answer, Breaker, Decision, Rules, Verdict, decide, expiry
 from .results import EventState, FlushReport, TrackResult
 from .store import Attempt, Lease, Store
@@ -62,7 +62,7 @@ class Flusher:
         self._transport: Transport | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pass_lock = threading.Lock()
-        self._heard: Advert | None = None  # the latest rate-limit headers, not yet applied
+        self.pacer = Pacer(store, settings.rate_limit)
         self._pause_cleared = False
         # Attempts recorded by every pass of this flusher, a failed pass's included.
         self.totals = {"delivered": 0, "retried": 0, "dead": 0}
@@ -107,6 +107,7 @@ class Flusher:
         self._pause_cleared = False
         self._strays = {}
         self._verdicts = threading.Lock()
+        self.pacer = Pacer(self.store, self.settings.rate_limit)
 
     def leave_by(self, deadline: float) -> None:
         """Make the running pass (and any later one) end by ``deadline`` (``time.monotonic()``),
@@ -270,8 +271,11 @@ class Flusher:
             self._resume(now)
         if decision.verdict is Verdict.DEAD:
             logger.warning("event %s dead-lettered: %s", lease.event_id, decision.error)
-        if self.settings.rate_limit.paced:
-            self._pace(decision, now)
+        if self.pacer.paced:
+            if decision.pause_until is not None:
+                self.pacer.refused(now, decision.pause_until, decision.advert)
+            else:
+                self.pacer.heard(decision.advert)
         return _attempt(lease, reply, decision)
 
     @property
@@ -289,56 +293,6 @@ class Flusher:
             duration=0.0,
             error=decision.error,
         )
-
-    # -- pacing ----------------------------------------------------------------------
-
-    def take(self, want: int, now: float) -> Grant:
-        """Take up to ``want`` requests from the outbox's shared budget."""
-        heard, self._heard = self._heard, None
-        limit = self.settings.rate_limit
-
-        def change(budget: Budget) -> tuple[Budget, tuple[Budget, Budget, Grant]]:
-            before = budget if heard is None else hear_advert(budget, heard, now)
-            after, grant = take(before, want, now, limit)
-            return after, (budget, after, grant)
-
-        before, after, grant = self.store.with_budget(change)
-        self._log_limit(before, after)
-        return grant
-
-    def give_back(self, count: int) -> None:
-        """Return requests taken for rows that turned out not to be due."""
-        self.store.with_budget(lambda budget: (refund(budget, count), None))
-
-    def _pace(self, decision: Decision, now: float) -> None:
-        advert = decision.advert
-        if decision.pause_until is None:
-            if not advert.empty:
-                self._heard = advert  # applied with the next take: no write per answer
-            return
-        limit = self.settings.rate_limit
-        until = decision.pause_until
-
-        def change(budget: Budget) -> tuple[Budget, tuple[Budget, Budget]]:
-            after = rate_limited(budget, now, until, advert, limit)
-            return after, (budget, after)
-
-        before, after = self.store.with_budget(change)
-        if after.paused_until > max(before.paused_until, now):
-            logger.warning(
-                "rate limited (HTTP 429): every flusher of this outbox pauses for %.1fs",
-                after.paused_until - now,
-            )
-        self._log_limit(before, after)
-
-    def _log_limit(self, before: Budget, after: Budget) -> None:
-        if (before.quota, before.source) == (after.quota, after.source):
-            return
-        quota, source = in_force(after, self.settings.rate_limit)
-        logger.info(
-            "pacing: %.4g requests per %gs (%.1f/min, %s)",
-            quota.requests, quota.window, quota.per_minute, source.value,
-        )  # fmt: skip
 
     def _pause(self, reason: str, now: float, error: str | None) -> None:
         if self.breaker.trip(reason, now, self.rng, error):
@@ -409,7 +363,7 @@ class _Pass:
         self.store = flusher.store
         self.deadline = deadline
         self.stop = stop or threading.Event()
-        self.paced = self.settings.rate_limit.paced
+        self.paced = flusher.pacer.paced
         self.inflight: dict[Future[Reply], Lease] = {}
         self.exhausted = False
 
@@ -431,14 +385,14 @@ class _Pass:
             wait_for_token = None
             if room and self.paced:
                 # Pay before leasing: a leased row never waits for a token (and its lease).
-                grant = self.flusher.take(room, now)
+                grant = self.flusher.pacer.take(room, now)
                 room = grant.requests
                 wait_for_token = None if room else grant.wait
             if finished or room:
                 leased = self._exchange(finished, room, now)
                 finished = []
                 if room > leased and self.paced:
-                    self.flusher.give_back(room - leased)
+                    self.flusher.pacer.give_back(room - leased)
             if stopping:
                 return
             if not self.inflight:

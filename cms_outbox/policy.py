@@ -11,7 +11,8 @@ import random
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from .pacing import DEFAULT_PAUSE, Advert
+from .advert import Advert
+from .pacing import DEFAULT_PAUSE
 from .results import EventState
 
 __all__ = [

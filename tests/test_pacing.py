@@ -7,13 +7,13 @@ from dataclasses import replace
 import pytest
 
 from cms_outbox import ConfigurationError
+from cms_outbox.advert import Advert, parse_advert
 from cms_outbox.pacing import (
     ASSUMED,
     AUTO,
     BURST,
     DEFAULT_PAUSE,
     UNPACED,
-    Advert,
     Budget,
     Grant,
     Mode,
@@ -23,7 +23,6 @@ from cms_outbox.pacing import (
     burst,
     hear,
     in_force,
-    parse_advert,
     rate_limited,
     refund,
     take,

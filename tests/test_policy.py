@@ -12,7 +12,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from cms_outbox.pacing import DEFAULT_PAUSE, Advert, Quota
+from cms_outbox.advert import Advert, Quota
+from cms_outbox.pacing import DEFAULT_PAUSE
 from cms_outbox.policy import (
     Answer,
     Breaker,

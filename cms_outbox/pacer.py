@@ -1,0 +1,87 @@
+"""One flusher's side of the shared pacing budget: take, give back, hear the service.
+
+``pacing`` decides; this applies its decisions to the budget in the store, under the
+control row's lock, and logs when the limit in force or a 429 pause changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .advert import Advert
+from .pacing import Budget, Grant, RateLimit, hear, in_force, rate_limited, refund, take
+from .store import Store
+
+__all__ = ["Pacer"]
+
+logger = logging.getLogger(__name__)
+
+
+class Pacer:
+    """Takes from the outbox's shared budget at the limit in force.
+
+    Headers heard on ordinary answers wait for the next ``take`` (a write per answer
+    would double the flusher's writes); a 429 is applied at once, so that every other
+    flusher pauses too.
+    """
+
+    def __init__(self, store: Store, limit: RateLimit) -> None:
+        self.store = store
+        self.limit = limit
+        self._heard: Advert | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def paced(self) -> bool:
+        return self.limit.paced
+
+    def take(self, want: int, now: float) -> Grant:
+        """Up to ``want`` requests that may start now, or how long to wait for one."""
+        with self._lock:
+            heard, self._heard = self._heard, None
+        limit = self.limit
+
+        def change(budget: Budget) -> tuple[Budget, tuple[Budget, Budget, Grant]]:
+            heard_budget = budget if heard is None else hear(budget, heard, now)
+            after, grant = take(heard_budget, want, now, limit)
+            return after, (budget, after, grant)
+
+        before, after, grant = self.store.with_budget(change)
+        self._log_limit(before, after)
+        return grant
+
+    def give_back(self, count: int) -> None:
+        """Return requests taken for rows that turned out not to be due."""
+        self.store.with_budget(lambda budget: (refund(budget, count), None))
+
+    def heard(self, advert: Advert) -> None:
+        """Remember an ordinary answer's rate-limit headers for the next ``take``."""
+        if not advert.empty:
+            with self._lock:
+                self._heard = advert
+
+    def refused(self, now: float, pause_until: float, advert: Advert) -> None:
+        """A 429: pause every flusher of the outbox until ``pause_until``; learn from it."""
+        limit = self.limit
+
+        def change(budget: Budget) -> tuple[Budget, tuple[Budget, Budget]]:
+            after = rate_limited(budget, now, pause_until, advert, limit)
+            return after, (budget, after)
+
+        before, after = self.store.with_budget(change)
+        if after.paused_until > max(before.paused_until, now):
+            logger.warning(
+                "rate limited (HTTP 429): every flusher of this outbox pauses for %.1fs",
+                after.paused_until - now,
+            )
+        self._log_limit(before, after)
+
+    def _log_limit(self, before: Budget, after: Budget) -> None:
+        if (before.quota, before.source) == (after.quota, after.source):
+            return
+        quota, source = in_force(after, self.limit)
+        logger.info(
+            "pacing: %.4g requests per %gs (%.1f/min, %s)",
+            quota.requests, quota.window, quota.per_minute, source.value,
+        )  # fmt: skip
