@@ -310,6 +310,7 @@ class CMSClient:
         batches = self.store.purge(
             delivered_before=now - self.settings.retention,
             dead_before=now - self.settings.dead_retention,
+            acknowledge=False,  # housekeeping, not an operator looking at what went wrong
         )
         return sum(len(batch) for batch in batches)
 
@@ -319,6 +320,8 @@ class CMSClient:
         """Make dead or blocked events pending and due now; their attempt history is kept.
 
         Retrying a dead deferred setup also releases its customer's blocked follow-ups.
+        Like a purge, it acknowledges what is dead or blocked: `health` flags only what
+        goes wrong after it.
 
         :param event_ids: these events (those that are dead or blocked).
         :param dead: every dead event.
@@ -343,7 +346,8 @@ class CMSClient:
     ) -> int:
         """Delete delivered and dead events (with their attempts) older than the given ages.
 
-        Memory stays flat however many events go: they are deleted in batches.
+        Memory stays flat however many events go: they are deleted in batches. Unless a
+        dry run, it acknowledges what is dead or blocked (see `health`).
 
         :param delivered_older_than: seconds since delivery; None keeps every delivered event.
         :param dead_older_than: seconds since the last attempt; None keeps every dead event.

@@ -60,6 +60,7 @@ __all__ = [
     "pending_summary",
     "reading",
     "sale_by_invoice",
+    "unacknowledged",
 ]
 
 STATES = tuple(state.value for state in EventState)
@@ -129,6 +130,33 @@ def has_work(conn: Connection, now: float) -> bool:
     return bool(
         conn.execute(select(exists().where(leasable(now)) | exists().where(expired))).scalar_one()
     )
+
+
+def unacknowledged(conn: Connection, since: float | None) -> tuple[int, int]:
+    """Dead and blocked events that are new since the acknowledgement at ``since``.
+
+    Dead: it went dead (its last attempt, or its expiry) after ``since``. Blocked: it was
+    enqueued after ``since``, or its customer's deferred setup went dead after it. With
+    ``since`` None (never acknowledged), every dead and blocked event is new.
+    """
+    if since is None:
+        counts = counts_by_state(conn)
+        return counts[DEAD], counts[BLOCKED]
+    went_dead = func.coalesce(events.c.last_attempt_at, events.c.created_at) > since
+    setup = events.alias("setup")
+    setup_died = exists(setup.c.id).where(
+        setup.c.customer_external_id == events.c.customer_external_id,
+        setup.c.mode == "deferred",
+        setup.c.state == DEAD,
+        func.coalesce(setup.c.last_attempt_at, setup.c.created_at) > since,
+    )
+    dead, blocked = conn.execute(
+        select(
+            _count_if(and_(events.c.state == DEAD, went_dead)),
+            _count_if(and_(events.c.state == BLOCKED, (events.c.created_at > since) | setup_died)),
+        ).where(events.c.state.in_((DEAD, BLOCKED)))
+    ).one()
+    return int(dead or 0), int(blocked or 0)
 
 
 # -- counts ------------------------------------------------------------------------------

@@ -116,4 +116,6 @@ control = Table(
     Column("changed_at", Double, nullable=False, server_default=text("0")),
     Column("probed_from", Double, nullable=False, server_default=text("0")),
     Column("ceiling", Double, nullable=False, server_default=text("0")),
+    # The last operator retry or purge: health calls what went dead after it new.
+    Column("acknowledged_at", Double),
 )

@@ -17,8 +17,10 @@ from typing import Any, Callable, TypeVar, Union
 
 from sqlalchemy import (
     Connection,
+    Double,
     Engine,
     and_,
+    bindparam,
     delete,
     func,
     select,
@@ -254,6 +256,8 @@ class Store:
         """Make dead or blocked events pending and due now; attempt history is kept.
 
         Retrying a dead deferred setup also releases its customer's blocked follow-ups.
+        It is an operator's acknowledgement: ``health`` calls only events that go dead (or
+        blocked) after it new.
 
         :param event_ids: these events (if dead or blocked).
         :param states: every event in these states (``dead`` and/or ``blocked``).
@@ -291,6 +295,7 @@ class Store:
                            events.c.customer_external_id.in_(list(set(setups))))
                     .values(back_to_pending)
                 ).rowcount  # fmt: skip
+            conn.execute(_ACKNOWLEDGE, {"now": now})
         return int(count)
 
     def purge(
@@ -300,11 +305,15 @@ class Store:
         dead_before: float | None = None,
         dry_run: bool = False,
         batch_size: int = 1000,
+        acknowledge: bool = True,
     ) -> Iterator[list[str]]:
         """Delete delivered and dead events older than the cut-offs, with their attempts.
 
         Works in batches of ``batch_size`` rows per transaction, so a large purge never
         holds a long lock, nor more than one batch in memory.
+
+        :param acknowledge: an operator's purge (not a dry run) acknowledges what is dead
+            and blocked, as ``retry`` does; the retention purge does not.
 
         :returns: an iterator of batches: the ``event_id`` of each event deleted (or, with
             ``dry_run``, that would be), yielded once its batch is committed.
@@ -321,8 +330,12 @@ class Store:
             return
         selection = conditions[0] if len(conditions) == 1 else conditions[0] | conditions[1]
         after = 0
+        unacknowledged = acknowledge and not dry_run
         while True:
             with storage_errors("purging events"), self._writing(self.engine) as conn:
+                if unacknowledged:
+                    conn.execute(_ACKNOWLEDGE, {"now": time.time()})
+                    unacknowledged = False
                 rows = conn.execute(
                     select(events.c.id, events.c.event_id)
                     .where(selection, events.c.id > after)
@@ -374,6 +387,13 @@ class Store:
                 .values(outage_since=outage_since, auth_paused_since=auth_paused_since,
                         pause_error=error)
             )  # fmt: skip
+
+
+_ACKNOWLEDGE = (
+    update(control)
+    .where(control.c.name == CONTROL_ROW)
+    .values(acknowledged_at=bindparam("now", type_=Double))
+)
 
 
 def _budget_values(budget: Budget) -> dict[str, Any]:

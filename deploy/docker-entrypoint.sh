@@ -24,6 +24,9 @@
 #   STOPSIGNAL SIGTERM
 #   HEALTHCHECK --interval=30s --timeout=10s --start-period=30s \
 #     CMD cms-outbox health --max-pending-age 10m
+# The check also fails on events gone dead or blocked since the last retry or purge: an
+# alert, not a reason to restart. A probe that restarts (Kubernetes livenessProbe) should
+# add `--max-dead any --max-blocked any`.
 #
 # Metrics for a scraper outside the container: `--metrics-port 9464 --metrics-address
 # 0.0.0.0` (the daemon serves them on 127.0.0.1 by default).

@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import status as reports
 from ..results import EventState
+from ..status.health import ANY, NEW, Limit
 from ._common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -54,7 +55,10 @@ JSON keys (stable; keys are only ever added):
                               "configured", "advertised", "learned"), the requests the
                               service still allows before window_resets_at (null when it
                               did not say) and the end of a 429 pause (null when none);
-                              null until a paced flusher has run"""
+                              null until a paced flusher has run
+  acknowledged_at             the last operator retry or purge, or null (never)
+  new_dead                    dead events that went dead after acknowledged_at (all if null)
+  new_blocked                 blocked events enqueued, or whose setup went dead, after it"""
 
 
 def register(subparsers: Any) -> None:
@@ -123,13 +127,18 @@ def register(subparsers: Any) -> None:
         "health",
         cmd_health,
         summary="exit 0 when healthy, 1 otherwise, with a one-line reason",
-        description="Liveness and cron check. Unhealthy (exit 1) when the oldest pending "
-        "event is older than --max-pending-age, when there are more than --max-dead dead "
-        "events, or while the service rejects the token (auth pause).",
+        description="Probe and cron check. Unhealthy (exit 1) when the oldest pending "
+        "event is older than --max-pending-age, when an event went dead or blocked since "
+        "the last `retry` or `purge` (by default; --max-dead and --max-blocked tune it), "
+        "or while the service rejects the token (auth pause). A dead or blocked event is "
+        "a lost conversion until someone acts; a retry or purge acknowledges those there "
+        "are.",
         examples=[
             "cms-outbox health --max-pending-age 10m",
-            "cms-outbox health --max-pending-age 1h --max-dead 0 || alert",
+            "cms-outbox health --max-dead 5 --max-blocked any || alert",
         ],
+        notes="For a liveness probe that restarts the daemon (a restart fixes neither a dead\n"
+        "nor a blocked event): cms-outbox health --max-dead any --max-blocked any",
     )
     parser.add_argument(
         "--max-pending-age",
@@ -140,11 +149,33 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--max-dead",
-        type=non_negative_int,
+        type=limit,
+        default=NEW,
         metavar="N",
-        help="dead events allowed (default: not checked)",
+        help="dead events allowed: a number in all, 'new' for none since the last retry or "
+        "purge, 'any' to not check (default: new)",
+    )
+    parser.add_argument(
+        "--max-blocked",
+        type=limit,
+        default=NEW,
+        metavar="N",
+        help="blocked events allowed, likewise (default: new)",
     )
     parser.add_argument("--json", action="store_true", help="{healthy, reasons, summary}")
+
+
+def limit(text: str) -> Limit:
+    """``new``, ``any`` or a count >= 0."""
+    word = text.strip().lower()
+    if word in (NEW, ANY):
+        return word
+    try:
+        return non_negative_int(word)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"invalid limit {text!r}: use a number, 'new' or 'any'"
+        ) from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -162,6 +193,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         "delivered": f"{status.delivered_last_minute} in the last minute, "
         f"{status.delivered_last_hour} in the last hour",
     }
+    since = (
+        "ever (never retried or purged)"
+        if status.acknowledged_at is None
+        else f"since the last retry or purge, {format_time(status.acknowledged_at, now)}"
+    )
+    for state, new in (("dead", status.new_dead), ("blocked", status.new_blocked)):
+        if counts[state]:
+            details[state] = f"{new} new {since}"
     echo(f"outbox: {database}")
     echo()
     echo(
@@ -323,7 +362,10 @@ def cmd_health(args: argparse.Namespace) -> int:
     with open_reader(settings) as reader:
         status = reader.status()
     health = reports.check_health(
-        status, max_pending_age=args.max_pending_age, max_dead=args.max_dead
+        status,
+        max_pending_age=args.max_pending_age,
+        max_dead=args.max_dead,
+        max_blocked=args.max_blocked,
     )
     if args.json:
         echo_json(health.to_json())

@@ -23,7 +23,7 @@ from .detail import (
     resolve_event_id,
 )
 from .formatting import format_age, isoformat
-from .health import Health, check_health
+from .health import Health, Limit, check_health
 from .pacing import Pacing
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "EventSummary",
     "Health",
     "LastError",
+    "Limit",
     "OutboxStatus",
     "Pacing",
     "Pause",

@@ -48,7 +48,9 @@ class OutboxStatus:
     """What ``cms-outbox status`` shows; ``counts`` has every state, zeros included.
 
     ``pending_due`` counts the pending events a flusher could lease right now (due,
-    and not held back by an earlier event of the same customer).
+    and not held back by an earlier event of the same customer). ``new_dead`` and
+    ``new_blocked`` count those that went wrong since ``acknowledged_at``, the last
+    operator retry or purge (None: never; then every one is new).
     """
 
     now: float
@@ -63,6 +65,9 @@ class OutboxStatus:
     pause: Pause | None
     delivered_last_minute: int
     delivered_last_hour: int
+    acknowledged_at: float | None
+    new_dead: int
+    new_blocked: int
     pacing: Pacing | None = None  # None until a paced flusher has run
 
     @property
@@ -93,6 +98,9 @@ class OutboxStatus:
             "pause": None if self.pause is None else self.pause.to_json(),
             "delivered_last_minute": self.delivered_last_minute,
             "delivered_last_hour": self.delivered_last_hour,
+            "acknowledged_at": isoformat(self.acknowledged_at),
+            "new_dead": self.new_dead,
+            "new_blocked": self.new_blocked,
             "pacing": None if self.pacing is None else self.pacing.to_json(),
         }
 
@@ -109,6 +117,8 @@ def outbox_status(engine: Engine, now: float | None = None) -> OutboxStatus:
         first_try, retrying, next_at = queries.pending_summary(conn)
         last_delivery, last_minute, last_hour = queries.deliveries(conn, now)
         control = queries.control_row(conn)
+        acknowledged_at = None if control is None else _float(control["acknowledged_at"])
+        new_dead, new_blocked = queries.unacknowledged(conn, acknowledged_at)
         return OutboxStatus(
             now=now,
             counts=queries.counts_by_state(conn),
@@ -122,6 +132,9 @@ def outbox_status(engine: Engine, now: float | None = None) -> OutboxStatus:
             pause=_pause(control),
             delivered_last_minute=last_minute,
             delivered_last_hour=last_hour,
+            acknowledged_at=acknowledged_at,
+            new_dead=new_dead,
+            new_blocked=new_blocked,
             pacing=pacing_of(control, now),
         )
 
@@ -147,6 +160,10 @@ def _last_error(conn: Connection) -> LastError | None:
         outcome=str(row["outcome"]),
         message=row["error"],
     )
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _pause(row: Mapping[str, Any] | None) -> Pause | None:
