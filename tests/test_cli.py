@@ -21,7 +21,7 @@ import pytest
 from cms_outbox import CMSClient
 from cms_outbox.cli import build_parser, main
 from cms_outbox.sandbox import Sandbox
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, wait_until
 
 COMMANDS = [
     "run", "flush", "status", "events", "show", "health", "retry", "purge", "migrate",
@@ -522,6 +522,8 @@ def test_run_delivers_serves_metrics_and_stops_on_sigterm(migrated: str, sandbox
         with seed(migrated) as client:
             after = lead(client, "after")
         assert sandbox.wait_for(lambda sb: sb.accepted_count(after) == 1, 10)
+        # The sandbox counts a request before the daemon records its answer: wait for that.
+        assert wait_until(lambda: _scrape(port)["cms_outbox_pending"] == 0, timeout=10)
         metrics = _scrape(port)
         assert metrics["cms_outbox_enqueued_total"] >= 1
         assert metrics["cms_outbox_delivered_total"] >= 1

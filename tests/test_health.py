@@ -162,7 +162,9 @@ def test_the_health_unit_command_flags_dead_events_without_the_token(
     outbox_env.write_text(f"CMS_OUTBOX_URL={sqlite_url}\n")
     env = app_env("unused")
     del env["CMS_OUTBOX_URL"]
-    env.update(line.split("=", 1) for line in outbox_env.read_text().splitlines())
+    for line in outbox_env.read_text().splitlines():
+        name, value = line.split("=", 1)
+        env[name] = value
 
     def run_unit() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
