@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from importlib import resources
+from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
@@ -17,7 +18,7 @@ from werkzeug.test import Client, TestResponse
 from cms_outbox import CMSClient, EventState, SchemaError
 from cms_outbox.sandbox import Sandbox
 from cms_outbox.schema import events
-from cms_outbox.web import Dashboard
+from cms_outbox.web import Dashboard, queries
 from cms_outbox.web.filters import EventFilter
 from tests.conftest import TOKEN
 
@@ -114,6 +115,8 @@ def test_overview_counts_states_and_charts_attempts_from_the_tables(
     # Both charts count the attempts recorded in the last hour and day.
     assert after.count("delivered 3") == 2 and after.count("dead 1") == 2
     assert "nothing pending" in after
+    assert re.search(r'id="pacing">\d+ requests per \d+ s \((assumed|advertised|learned)\)', after)
+    assert "circuit closed" in after
 
 
 def test_events_filter_by_every_field_and_the_url_is_the_filter(
@@ -138,6 +141,7 @@ def test_events_filter_by_every_field_and_the_url_is_the_filter(
     assert ids("state=dead") == {sale.event_id}
     assert ids("customer=alice") == {lead.event_id, sale.event_id}
     assert ids("event_name=newsletter") == {other.event_id}
+    assert ids("event_name=Newsletter") == set()  # exact, case included
     assert ids("invoice=inv-7") == {sale.event_id}
     assert ids("status_code=422") == {sale.event_id}
     assert ids("min_attempts=2") == {sale.event_id}
@@ -190,6 +194,25 @@ def test_keyset_pages_walk_every_event_once_both_ways(
     assert newer is not None
     back = listed_ids(text(browser.get(newer.group(1).replace("&amp;", "&"))))
     assert back == seen[50:100]
+
+
+def test_a_filter_no_index_narrows_is_searched_window_by_window(
+    outbox: CMSClient, dashboards: Callable[..., Dashboard], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queries, "SCAN_WINDOW", 10)
+    rare = [outbox.track_lead("rare", "c1", click_id="k").event_id]
+    rare += [outbox.track_lead("common", "c2", click_id="k").event_id for _ in range(25)]
+    browser = Browser(dashboards(outbox.settings.database_url))
+    path, found, pages = "/events?event_name=rare", [], 0
+    while path:
+        html = text(browser.get(path))
+        pages += 1
+        found += listed_ids(html)
+        if not listed_ids(html):
+            assert 'id="searched"' in html  # says how far it looked, and offers to go on
+        older = re.search(r'id="older" href="([^"]+)"', html)
+        path = older.group(1).replace("&amp;", "&") if older else ""
+    assert found == rare[:1] and pages == 3
 
 
 def test_event_detail_shows_every_attempt_the_payload_and_the_customer_in_fifo_order(
@@ -317,6 +340,8 @@ def test_read_only_hides_and_refuses_every_action(
         html = text(browser.get(page))
         assert '<form method="post"' not in html and "Retry" not in html, page
         assert 'id="read-only"' in html
+    for page in ("/retry?state=dead", "/purge?older_than=1d"):
+        assert browser.get(page).status_code == 403, page
     for method in ("POST", "PUT", "DELETE", "PATCH"):
         for path in (f"/events/{dead}/retry", "/retry", "/purge"):
             response = browser.client.open(
@@ -463,3 +488,54 @@ def test_a_database_failure_is_a_plain_503_and_a_missing_file_is_refused(
     with pytest.raises(SchemaError, match="no outbox database"):
         Dashboard(f"sqlite:///{tmp_path / 'typo.db'}")
     assert not (tmp_path / "typo.db").exists()
+
+
+def test_the_readme_mounts_it_in_flask_behind_the_applications_login(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Dashboard") :]
+    code = re.search(r"```python\n(.+?)\n```", section, re.S)
+    assert code is not None
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"__name__": "readme_dashboard"}
+    exec(compile(code.group(1), "README.md", "exec"), namespace)
+    try:
+        app = Client(namespace["app"].wsgi_app)
+        remote = {"REMOTE_ADDR": "10.0.0.7", "HTTP_HOST": "app.example"}
+        assert app.get("/outbox/", environ_overrides=remote).status_code == 401
+        page = app.get("/outbox/events", environ_overrides={**remote, "REMOTE_USER": "ops"})
+        assert page.status_code == 200 and 'action="/outbox/events"' in text(page)
+    finally:
+        namespace["dashboard"].close()
+        namespace["client"].close()
+
+
+def test_fastapi_mounts_it_through_a_wsgi_adapter(
+    outbox: CMSClient, dashboards: Callable[..., Dashboard]
+) -> None:
+    import asyncio
+
+    import httpx
+    from a2wsgi import WSGIMiddleware
+    from fastapi import FastAPI
+
+    event_id = outbox.track_lead("signup", "c1", click_id="k").event_id
+    dashboard = dashboards(
+        outbox.settings.database_url,
+        authorize=lambda environ: environ.get("HTTP_X_OPS_SESSION") == "valid",
+    )
+    app = FastAPI()
+    app.mount("/outbox", WSGIMiddleware(dashboard))  # type: ignore[arg-type]
+
+    async def visit() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            refused = await client.get("/outbox/")
+            page = await client.get(f"/outbox/events/{event_id}",
+                                    headers={"X-Ops-Session": "valid"})  # fmt: skip
+            return refused, page
+
+    refused, page = asyncio.run(visit())
+    assert refused.status_code == 401
+    assert page.status_code == 200 and 'href="/outbox/events"' in page.text

@@ -26,8 +26,8 @@ from ..__version__ import __version__
 from ..errors import EventNotFound, SchemaError, StorageError, ValidationError
 from ..store import Store
 from . import actions, pages, security
+from .overview import Activity
 from .render import register_filters
-from .timeline import Activity
 
 __all__ = ["Dashboard"]
 
@@ -50,6 +50,7 @@ _URLS = Map(
     strict_slashes=False,
 )
 _ACTIONS = {"retry_one", "retry_selected", "purge"}
+_CONFIRMATIONS = {"confirm_retry", "confirm_purge"}  # the forms that lead to an action
 
 
 class Dashboard:
@@ -139,6 +140,8 @@ class Dashboard:
             return self._error(request, exc.code or 400, exc.description or "Not found.")
         if endpoint == "asset":
             return self._asset(values["name"])
+        if endpoint in _CONFIRMATIONS and self.read_only:
+            return self._error(request, 403, "This dashboard is read-only.")
         if endpoint in _ACTIONS and not self._csrf_ok(request):
             log.warning("dashboard: refused %s %s without a valid CSRF token", request.method,
                         request.path)  # fmt: skip
@@ -159,7 +162,7 @@ class Dashboard:
         except StorageError as exc:
             log.warning("dashboard: %s", exc, exc_info=exc.__cause__ is not None)
             return self._error(request, 503, str(exc))  # plain words; the driver's is chained
-        if endpoint in _ACTIONS:
+        if endpoint in _ACTIONS or endpoint in _CONFIRMATIONS:
             response.headers["Cache-Control"] = "no-store"
         return response
 

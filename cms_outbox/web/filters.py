@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, and_, true
+from sqlalchemy import ColumnElement, and_, func, true
 
 from ..errors import ValidationError
 from ..results import EventState
@@ -69,10 +69,6 @@ class EventFilter:
         )
 
     @property
-    def is_empty(self) -> bool:
-        return all(getattr(self, item.name) is None for item in fields(self))
-
-    @property
     def needs_scan(self) -> bool:
         """True when no index narrows the rows: only unindexed fields, or only a busy state.
 
@@ -108,11 +104,8 @@ class EventFilter:
         params = {**self.values(), **{k: str(v) for k, v in extra.items() if v is not None}}
         return urlencode(params)
 
-    def with_state(self, state: str | None) -> EventFilter:
-        return replace(self, state=state)
-
-    def condition(self) -> ColumnElement[bool]:
-        """The filter as a WHERE clause over ``cms_outbox_events``."""
+    def condition(self, dialect: str) -> ColumnElement[bool]:
+        """The filter as a WHERE clause over ``cms_outbox_events`` for ``dialect``."""
         clauses: list[ColumnElement[bool]] = []
         if self.state is not None:
             clauses.append(events.c.state == self.state)
@@ -132,8 +125,18 @@ class EventFilter:
             # The payload is compact JSON written by the library, so the name appears as
             # exactly this text; quotes inside other strings are escaped and cannot match.
             needle = '"eventName":' + json.dumps(self.event_name, ensure_ascii=False)
-            clauses.append(events.c.payload.contains(needle, autoescape=True))
+            clauses.append(_contains(events.c.payload, needle, dialect))
         return and_(true(), *clauses)
+
+
+def _contains(column: ColumnElement[str], needle: str, dialect: str) -> ColumnElement[bool]:
+    # Exact and case-sensitive: SQLite's LIKE ignores ASCII case, so "Signup" would match
+    # "signup"; instr() and strpos() compare bytes and skip LIKE's pattern matching.
+    if dialect == "sqlite":
+        return func.instr(column, needle) > 0
+    if dialect == "postgresql":
+        return func.strpos(column, needle) > 0
+    return column.contains(needle, autoescape=True)
 
 
 def parse_time(name: str, text: str | None) -> float | None:

@@ -10,6 +10,7 @@ from werkzeug.wrappers import Response
 from ..errors import ValidationError
 from . import queries
 from .filters import STATES, EventFilter
+from .overview import overview as overview_now
 from .render import chart
 
 if TYPE_CHECKING:
@@ -31,8 +32,10 @@ NOTICES = {
 
 def overview(ctx: Context) -> Response:
     now = time.time()
-    status = queries.overview(ctx.engine, now)
-    hour, day = (activity.read(now) for activity in ctx.dashboard.activity)
+    status = overview_now(ctx.engine, now)
+    hour, day = (
+        activity.read(now, unfinished=status.backlog) for activity in ctx.dashboard.activity
+    )
     return ctx.render(
         "overview.html",
         status=status,
@@ -54,12 +57,11 @@ def events(ctx: Context) -> Response:
     except ValidationError as exc:
         selection, before, after, error = EventFilter(), None, None, exc
     page = None
-    retryable: list[str] = []
-    more = False
+    retryable = 0
     if error is None:
         page = queries.event_page(ctx.engine, selection, before=before, after=after)
         if not ctx.read_only:
-            retryable, more = queries.retryable_ids(ctx.engine, selection)
+            retryable = queries.retryable_count(ctx.engine, selection)
     return ctx.render(
         "events.html",
         http_status=400 if error else 200,
@@ -68,8 +70,8 @@ def events(ctx: Context) -> Response:
         values=selection.values() if error is None else dict(args.items()),
         page=page,
         states=STATES,
-        retryable=len(retryable),
-        more_retryable=more,
+        retryable=min(retryable, queries.MAX_BULK),
+        more_retryable=retryable > queries.MAX_BULK,
         max_bulk=queries.MAX_BULK,
         scan_window=queries.SCAN_WINDOW,
     )

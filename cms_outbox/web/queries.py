@@ -1,4 +1,4 @@
-"""The dashboard's reads: overview, a page of events, one event (the chart: ``timeline``).
+"""The dashboard's reads of events: a filtered page of them, and one with its context.
 
 Each function opens one read transaction through ``cms_outbox.queries.reading``, the
 read path that never takes the write lock, so the dashboard answers while an
@@ -10,7 +10,6 @@ million events stored (``benchmarks/dashboard.py``).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,11 +20,8 @@ from ..errors import EventNotFound
 from ..queries import (
     BLOCKED,
     DEAD,
-    IN_FLIGHT,
     PENDING,
     UNFINISHED,
-    control_row,
-    counts_by_state,
     reading,
 )
 from ..schema import attempts, events
@@ -38,92 +34,19 @@ __all__ = [
     "EventPage",
     "EventRow",
     "EventView",
-    "Overview",
     "event_page",
     "event_view",
-    "overview",
+    "retryable_count",
     "retryable_ids",
 ]
 
 RETRYABLE = (DEAD, BLOCKED)
 # Sequence ids searched per page by a filter no index narrows (an event name alone).
-SCAN_WINDOW = 100_000
+SCAN_WINDOW = 50_000
 # Most events one "retry all matching" action takes; the page says when more match.
 MAX_BULK = 1000
 # Neighbours of an event shown on each side in its customer's FIFO order.
 NEIGHBOURS = 10
-
-
-# -- overview --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Overview:
-    """The outbox now: counts, the oldest event to send, pauses and pacing."""
-
-    now: float
-    counts: Mapping[str, int]
-    oldest_pending_at: float | None
-    pause_reason: str | None  # "outage" or "auth" while delivery is paused
-    pause_since: float | None
-    pause_error: str | None
-    pacing: Mapping[str, float]  # the shared token bucket's fields, as stored
-
-    @property
-    def backlog(self) -> int:
-        return sum(self.counts[state] for state in UNFINISHED)
-
-    @property
-    def oldest_pending_age(self) -> float | None:
-        if self.oldest_pending_at is None:
-            return None
-        return max(0.0, self.now - self.oldest_pending_at)
-
-
-def overview(engine: Engine, now: float | None = None) -> Overview:
-    """Counts per state, the oldest pending event, the delivery pause and pacing state.
-
-    :raises StorageError: the database failed.
-    """
-    now = time.time() if now is None else now
-    with reading(engine, "reading the outbox overview") as conn:
-        counts = counts_by_state(conn)
-        oldest = [_first_created(conn, state) for state in (PENDING, IN_FLIGHT)]
-        known = [moment for moment in oldest if moment is not None]
-        values = control_row(conn)
-    pause_reason = pause_since = pause_error = None
-    pacing: dict[str, float] = {}
-    if values is not None:
-        if values.get("auth_paused_since") is not None:
-            pause_reason, pause_since = "auth", float(values["auth_paused_since"])
-        elif values.get("outage_since") is not None:
-            pause_reason, pause_since = "outage", float(values["outage_since"])
-        if pause_reason is not None:
-            pause_error = values.get("pause_error")
-        pacing = {
-            key: float(value)
-            for key, value in values.items()
-            if key not in ("name", "outage_since", "auth_paused_since", "pause_error")
-            and isinstance(value, (int, float))
-        }
-    return Overview(
-        now=now,
-        counts=counts,
-        oldest_pending_at=min(known) if known else None,
-        pause_reason=pause_reason,
-        pause_since=pause_since,
-        pause_error=pause_error,
-        pacing=pacing,
-    )
-
-
-def _first_created(conn: Connection, state: str) -> float | None:
-    # The first in enqueue order, found by the (state, id) index in one seek; a min() over
-    # created_at would read every row of a large backlog.
-    value = conn.execute(
-        select(events.c.created_at).where(events.c.state == state).order_by(events.c.id).limit(1)
-    ).scalar()
-    return None if value is None else float(value)
 
 
 # -- a page of events ------------------------------------------------------------------
@@ -182,7 +105,7 @@ def event_page(
 
     :raises StorageError: the database failed.
     """
-    condition = selection.condition()
+    condition = selection.condition(engine.dialect.name)
     with reading(engine, "listing events") as conn:
         window_floor: int | None = None
         window_ceiling: int | None = None
@@ -238,13 +161,34 @@ def retryable_ids(engine: Engine, selection: EventFilter) -> tuple[list[str], bo
         for state in states:
             query = (
                 select(events.c.id, events.c.event_id)
-                .where(selection.condition(), events.c.state == state)
+                .where(selection.condition(engine.dialect.name), events.c.state == state)
                 .order_by(events.c.id)
                 .limit(MAX_BULK + 1)
             )
             found.extend((int(row.id), str(row.event_id)) for row in conn.execute(query))
     found.sort()
     return [event_id for _, event_id in found[:MAX_BULK]], len(found) > MAX_BULK
+
+
+def retryable_count(engine: Engine, selection: EventFilter) -> int:
+    """How many dead and blocked events match ``selection``, counted up to ``MAX_BULK + 1``.
+
+    :raises StorageError: the database failed.
+    """
+    if selection.state is not None and selection.state not in RETRYABLE:
+        return 0
+    states = [selection.state] if selection.state is not None else list(RETRYABLE)
+    total = 0
+    with reading(engine, "counting events to retry") as conn:
+        for state in states:
+            matching = (
+                select(events.c.id)
+                .where(selection.condition(engine.dialect.name), events.c.state == state)
+                .limit(MAX_BULK + 1)
+                .subquery()
+            )
+            total += int(conn.execute(select(func.count()).select_from(matching)).scalar_one())
+    return min(total, MAX_BULK + 1)
 
 
 def _max_seq(conn: Connection) -> int:

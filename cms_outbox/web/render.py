@@ -13,7 +13,7 @@ from typing import Any
 
 from jinja2 import Environment
 
-from .timeline import Timeline
+from .overview import Timeline
 
 __all__ = ["Chart", "chart", "format_age", "register_filters"]
 

@@ -1,9 +1,10 @@
-"""The overview's activity chart: attempt outcomes, enqueues and the backlog per bucket.
+"""The overview's reads: the outbox now, and the activity chart.
 
-Counted from the attempts and events tables. A bucket that ended more than ``SETTLE``
-seconds ago no longer changes (an attempt is recorded within its timeout of starting),
-so each ``Activity`` counts it once and keeps the four numbers; only the recent buckets
-are read again on each refresh. That keeps the day chart of a busy outbox cheap: a
+The chart shows attempt outcomes, enqueues and the backlog per bucket, counted from
+the attempts and events tables. A bucket that ended more than ``SETTLE`` seconds ago
+no longer changes (an attempt is recorded within its timeout of starting), so each
+``Activity`` counts it once and keeps the four numbers; only the recent buckets are
+read again on each refresh. That keeps the day chart of a busy outbox cheap: a
 day holds about 100,000 attempts at 60 requests a minute. The backlog line is worked
 out on every read from the backlog now, so nothing kept can drift from the tables.
 """
@@ -12,20 +13,100 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Integer, cast, func, select
 
-from ..queries import DEAD_OUTCOMES, DELIVERED_OUTCOMES, UNFINISHED, reading
+from ..queries import (
+    DEAD_OUTCOMES,
+    DELIVERED_OUTCOMES,
+    IN_FLIGHT,
+    PENDING,
+    UNFINISHED,
+    control_row,
+    counts_by_state,
+    reading,
+)
 from ..schema import attempts, events
 
-__all__ = ["SETTLE", "Activity", "Timeline"]
+__all__ = ["SETTLE", "Activity", "Overview", "Timeline", "overview"]
 
 # Seconds after which a bucket's counts are final: longer than any attempt takes to be
 # recorded (connect + read timeout, 13 s by default) plus commit-order slack.
 SETTLE = 120.0
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The outbox now: counts, the oldest event to send, pauses and pacing."""
+
+    now: float
+    counts: Mapping[str, int]
+    oldest_pending_at: float | None
+    pause_reason: str | None  # "outage" or "auth" while delivery is paused
+    pause_since: float | None
+    pause_error: str | None
+    pacing: Mapping[str, Any]  # the shared pacing budget's columns, as stored
+
+    @property
+    def backlog(self) -> int:
+        return sum(self.counts[state] for state in UNFINISHED)
+
+    @property
+    def oldest_pending_age(self) -> float | None:
+        if self.oldest_pending_at is None:
+            return None
+        return max(0.0, self.now - self.oldest_pending_at)
+
+
+def overview(engine: Engine, now: float | None = None) -> Overview:
+    """Counts per state, the oldest pending event, the delivery pause and pacing state.
+
+    :raises StorageError: the database failed.
+    """
+    now = time.time() if now is None else now
+    with reading(engine, "reading the outbox overview") as conn:
+        counts = counts_by_state(conn)
+        oldest = [_first_created(conn, state) for state in (PENDING, IN_FLIGHT)]
+        known = [moment for moment in oldest if moment is not None]
+        values = control_row(conn)
+    pause_reason = pause_since = pause_error = None
+    pacing: dict[str, Any] = {}
+    if values is not None:
+        if values.get("auth_paused_since") is not None:
+            pause_reason, pause_since = "auth", float(values["auth_paused_since"])
+        elif values.get("outage_since") is not None:
+            pause_reason, pause_since = "outage", float(values["outage_since"])
+        if pause_reason is not None:
+            pause_error = values.get("pause_error")
+        pacing = {
+            key: value
+            for key, value in values.items()
+            if key not in ("name", "outage_since", "auth_paused_since", "pause_error")
+        }
+    return Overview(
+        now=now,
+        counts=counts,
+        oldest_pending_at=min(known) if known else None,
+        pause_reason=pause_reason,
+        pause_since=pause_since,
+        pause_error=pause_error,
+        pacing=pacing,
+    )
+
+
+def _first_created(conn: Connection, state: str) -> float | None:
+    # The first in enqueue order, found by the (state, id) index in one seek; a min() over
+    # created_at would read every row of a large backlog.
+    value = conn.execute(
+        select(events.c.created_at).where(events.c.state == state).order_by(events.c.id).limit(1)
+    ).scalar()
+    return None if value is None else float(value)
+
+
+# -- the activity chart ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -62,8 +143,8 @@ class Activity:
         with self._lock:
             self._settled.clear()
 
-    def read(self, now: float | None = None) -> Timeline:
-        """The chart now.
+    def read(self, now: float | None = None, *, unfinished: int | None = None) -> Timeline:
+        """The chart now; ``unfinished`` is the backlog now, if the caller just counted it.
 
         :raises StorageError: the database failed.
         """
@@ -81,7 +162,7 @@ class Activity:
             with reading(self.engine, "reading the outbox activity") as conn:
                 if missing:
                     counts.update(self._count(conn, missing[0], last))
-                backlog_now = int(
+                backlog_now = unfinished if unfinished is not None else int(
                     conn.execute(
                         select(func.count()).where(events.c.state.in_(UNFINISHED))
                     ).scalar_one()
