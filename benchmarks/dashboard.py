@@ -166,20 +166,27 @@ def pages(pick: dict[str, str]) -> dict[str, str]:
     }
 
 
-def measure(url: str, paths: dict[str, str]) -> dict[str, list[float]]:
+def measure(url: str, paths: dict[str, str]) -> dict[str, tuple[list[float], list[float]]]:
+    """Per page: wall-clock and CPU milliseconds of each request but the first.
+
+    The CPU time (this thread's, SQLite included: it runs in the calling thread) is
+    what the page itself costs; on a machine shared with other work the wall clock
+    also counts the time spent waiting for a core.
+    """
     dashboard = Dashboard(url)
     client = Client(dashboard)
-    times: dict[str, list[float]] = {}
+    times: dict[str, tuple[list[float], list[float]]] = {}
     try:
         for name, path in paths.items():
-            samples = []
+            wall, cpu = [], []
             for _ in range(REPEATS):
-                started = time.perf_counter()
+                started, started_cpu = time.perf_counter(), time.thread_time()
                 response = client.get(path, environ_overrides=LOCAL)
                 body = response.get_data()
-                samples.append((time.perf_counter() - started) * 1000)
+                wall.append((time.perf_counter() - started) * 1000)
+                cpu.append((time.thread_time() - started_cpu) * 1000)
                 assert response.status_code == 200, (name, response.status_code, body[:500])
-            times[name] = samples[1:]  # the first warms SQLite's page cache
+            times[name] = (wall[1:], cpu[1:])  # the first warms SQLite's page cache
     finally:
         dashboard.close()
     return times
@@ -204,23 +211,32 @@ def main() -> None:
         large_times = measure(f"sqlite:///{folder / f'large-{large}.db'}", pages(large_pick))
     rows = []
     results = {}
-    for (name, few), many in zip(small_times.items(), large_times.values()):
+    for (name, (few, _)), (many, many_cpu) in zip(small_times.items(), large_times.values()):
         results[name] = {
             "small_median_ms": round(median(few), 1),
             "large_median_ms": round(median(many), 1),
             "large_worst_ms": round(max(many), 1),
+            "large_median_cpu_ms": round(median(many_cpu), 1),
+            "large_worst_cpu_ms": round(max(many_cpu), 1),
             "large_vs_small": ratio(median(many), median(few)),
         }
-        rows.append([name, median(few), median(many), max(many), ratio(median(many), median(few))])
+        rows.append([name, median(few), median(many), max(many), median(many_cpu),
+                     max(many_cpu), ratio(median(many), median(few))])  # fmt: skip
     table(
         f"Page times, ms ({small:,} vs {large:,} events; database {size_mb:.0f} MB, "
         f"built in {build_s:.0f} s)",
-        ["page", f"median {small:,}", f"median {large:,}", f"worst {large:,}", "ratio"],
+        ["page", f"median {small:,}", f"median {large:,}", f"worst {large:,}",
+         "median CPU", "worst CPU", "ratio"],
         rows,
-    )
-    worst = max(max(many) for many in large_times.values())
+    )  # fmt: skip
+    worst_wall = max(item["large_worst_ms"] for item in results.values())
+    worst_cpu = max(item["large_worst_cpu_ms"] for item in results.values())
     slowest = max(results, key=lambda name: results[name]["large_worst_ms"])
-    targets = {"worst_page_ms": target(f"worst page ({slowest})", worst, "<", LIMIT_MS)}
+    costliest = max(results, key=lambda name: results[name]["large_worst_cpu_ms"])
+    targets = {
+        "worst_page_ms": target(f"worst page ({slowest})", worst_wall, "<", LIMIT_MS),
+        "worst_page_cpu_ms": target(f"worst page CPU ({costliest})", worst_cpu, "<", LIMIT_MS),
+    }
     emit(
         {
             "benchmark": "dashboard",

@@ -21,12 +21,13 @@ from sqlalchemy import Connection, Engine, Integer, cast, func, select
 
 from ..queries import (
     DEAD_OUTCOMES,
+    DELIVERED,
     DELIVERED_OUTCOMES,
     IN_FLIGHT,
     PENDING,
+    STATES,
     UNFINISHED,
     control_row,
-    counts_by_state,
     reading,
 )
 from ..schema import attempts, events
@@ -68,7 +69,10 @@ def overview(engine: Engine, now: float | None = None) -> Overview:
     """
     now = time.time() if now is None else now
     with reading(engine, "reading the outbox overview") as conn:
-        counts = counts_by_state(conn)
+        if conn.dialect.name == "postgresql":
+            # One snapshot for the several counts, as SQLite's read transaction gives.
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        counts = _counts(conn)
         oldest = [_first_created(conn, state) for state in (PENDING, IN_FLIGHT)]
         known = [moment for moment in oldest if moment is not None]
         values = control_row(conn)
@@ -95,6 +99,23 @@ def overview(engine: Engine, now: float | None = None) -> Overview:
         pause_error=pause_error,
         pacing=pacing,
     )
+
+
+def _counts(conn: Connection) -> dict[str, int]:
+    """Events per state, delivered as the total less the others.
+
+    Counting per state walks the (state, id) index, a string comparison per row, a
+    million rows for a week of deliveries; the total comes from the smallest index and
+    the unfinished and dead states are short ranges of the state index.
+    """
+    counts = {
+        state: int(conn.execute(select(func.count()).where(events.c.state == state)).scalar_one())
+        for state in STATES
+        if state != DELIVERED
+    }
+    total = int(conn.execute(select(func.count()).select_from(events)).scalar_one())
+    counts[DELIVERED] = max(0, total - sum(counts.values()))
+    return {state: counts[state] for state in STATES}
 
 
 def _first_created(conn: Connection, state: str) -> float | None:
