@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable
 from importlib import resources
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from sqlalchemy import Engine
@@ -168,7 +169,8 @@ class Dashboard:
 
     def _csrf_ok(self, request: Request) -> bool:
         origin = request.headers.get("Origin")
-        if origin is not None and origin != request.host_url.rstrip("/"):
+        # The host only: behind a TLS-terminating proxy the scheme seen here is http.
+        if origin is not None and urlsplit(origin).netloc != request.host:
             return False
         return security.csrf_valid(
             request.cookies.get(security.CSRF_COOKIE), request.form.get(security.CSRF_FIELD)
