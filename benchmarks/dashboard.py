@@ -9,7 +9,7 @@ customers per 1,000 events and twenty event names. Then it requests every page o
 application's own time) several times and reports the median and worst, and the
 ratio large/small per page. The target: every page under 200 ms at the large size.
 
-    python benchmarks/dashboard.py [--quick] [--keep DIR]
+    python benchmarks/dashboard.py [--quick] [--keep DIR] [--database-url POSTGRES_URL]
 
 ``--keep DIR`` builds the databases there once and reuses them on later runs (the large
 one takes a couple of minutes to build).
@@ -25,30 +25,105 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from _common import emit, median, ratio, table, target
+from sqlalchemy import create_engine, insert
+from sqlalchemy.engine import make_url
 from werkzeug.test import Client
 
 from cms_outbox import CMSClient
+from cms_outbox.schema import attempts, events
 from cms_outbox.web import Dashboard
 
 LOCAL = {"REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "127.0.0.1"}
 WEEK = 7 * 86400.0
+EVENT_COLUMNS = (
+    "id", "event_id", "kind", "customer_external_id", "click_id", "mode", "invoice_id",
+    "payload", "state", "attempts", "next_attempt_at", "created_at", "last_attempt_at",
+    "delivered_at", "last_status_code", "last_error", "last_response",
+)  # fmt: skip
+ATTEMPT_COLUMNS = ("event_seq", "started_at", "duration", "status_code", "outcome", "error",
+                   "response")  # fmt: skip
 NAMES = [f"event_{n:02d}" for n in range(20)]
 RARE = "rare_event"  # a handful of events: the filter no index narrows
 LIMIT_MS = 200.0
 REPEATS = 7
 
 
-def build(path: Path, size: int, now: float) -> dict[str, str]:
+class Rows:
+    """Bulk inserts: raw ``sqlite3`` for a file, SQLAlchemy batches for a server."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.sqlite = url.startswith("sqlite:")
+        if self.sqlite:
+            self.conn: Any = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+            self.conn.execute("PRAGMA synchronous = OFF")
+            self.conn.execute("BEGIN")
+        else:
+            self.engine = create_engine(url)
+
+    def add(self, event_rows: list[tuple[Any, ...]], attempt_rows: list[tuple[Any, ...]]) -> None:
+        if self.sqlite:
+            self.conn.executemany(
+                f"INSERT INTO cms_outbox_events ({', '.join(EVENT_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})",
+                event_rows,
+            )
+            self.conn.executemany(
+                f"INSERT INTO cms_outbox_attempts ({', '.join(ATTEMPT_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(ATTEMPT_COLUMNS))})",
+                attempt_rows,
+            )
+            return
+        with self.engine.begin() as conn:
+            conn.execute(insert(events), [dict(zip(EVENT_COLUMNS, row)) for row in event_rows])
+            conn.execute(
+                insert(attempts), [dict(zip(ATTEMPT_COLUMNS, row)) for row in attempt_rows]
+            )
+
+    def close(self) -> None:
+        if self.sqlite:
+            self.conn.execute("COMMIT")
+            self.conn.execute("ANALYZE")
+            self.conn.close()
+            return
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE cms_outbox_events")
+            conn.exec_driver_sql("VACUUM ANALYZE cms_outbox_attempts")
+        self.engine.dispose()
+
+
+def server_size_mb(url: str) -> float:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        size = conn.exec_driver_sql(
+            "SELECT pg_total_relation_size('cms_outbox_events') "
+            "+ pg_total_relation_size('cms_outbox_attempts')"
+        ).scalar_one()
+    engine.dispose()
+    return float(size) / 2**20
+
+
+def reset(url: str) -> None:
+    """Drop the outbox tables of a server database (the benchmark builds its own)."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for table in ("cms_outbox_attempts", "cms_outbox_events", "cms_outbox_control",
+                      "cms_outbox_alembic_version"):  # fmt: skip
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table} CASCADE")
+    engine.dispose()
+
+
+def build(url: str, size: int, now: float) -> dict[str, str]:
     """Fill an outbox with ``size`` events; returns ids and values the pages look up."""
-    url = f"sqlite:///{path}"
+    if not url.startswith("sqlite:"):
+        reset(url)
     CMSClient(database_url=url, flush="off").close()  # migrate to the head
     rng = random.Random(size)
     customers = max(10, size * 3 // 10)
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA synchronous = OFF")
-    conn.execute("BEGIN")
+    sink = Rows(url)
     pick: dict[str, str] = {}
     event_rows = []
     attempt_rows = []
@@ -109,23 +184,10 @@ def build(path: Path, size: int, now: float) -> dict[str, str]:
         if seq == size // 2:
             pick["customer"] = customer
         if len(event_rows) >= 50_000 or seq == size:
-            conn.executemany(
-                "INSERT INTO cms_outbox_events (id, event_id, kind, customer_external_id, "
-                "click_id, mode, invoice_id, payload, state, attempts, next_attempt_at, "
-                "created_at, last_attempt_at, delivered_at, last_status_code, last_error, "
-                f"last_response) VALUES ({', '.join('?' * 17)})",
-                event_rows,
-            )
-            conn.executemany(
-                "INSERT INTO cms_outbox_attempts (event_seq, started_at, duration, status_code, "
-                "outcome, error, response) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                attempt_rows,
-            )
+            sink.add(event_rows, attempt_rows)
             event_rows.clear()
             attempt_rows.clear()
-    conn.execute("COMMIT")
-    conn.execute("ANALYZE")
-    conn.close()
+    sink.close()
     pick["middle"] = str(size // 2)
     pick["window_since"] = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(now - 3 * 86400))
     pick["window_until"] = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(now - 3 * 86400 + 3600))
@@ -138,7 +200,7 @@ def prepared(path: Path, size: int) -> dict[str, str]:
     if path.exists() and picks.exists():
         return dict(json.loads(picks.read_text()))
     path.unlink(missing_ok=True)
-    pick = build(path, size, time.time())
+    pick = build(f"sqlite:///{path}", size, time.time())
     picks.write_text(json.dumps(pick))
     return pick
 
@@ -171,7 +233,8 @@ def measure(url: str, paths: dict[str, str]) -> dict[str, tuple[list[float], lis
 
     The CPU time (this thread's, SQLite included: it runs in the calling thread) is
     what the page itself costs; on a machine shared with other work the wall clock
-    also counts the time spent waiting for a core.
+    also counts the time spent waiting for a core. On PostgreSQL the server's work is
+    in the wall clock only.
     """
     dashboard = Dashboard(url)
     client = Client(dashboard)
@@ -196,19 +259,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20,000 events, for CI")
     parser.add_argument("--keep", metavar="DIR", help="build the databases here once, reuse")
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="measure on this PostgreSQL database instead of SQLite files (its cms_outbox_* "
+        "tables are dropped and rebuilt, small outbox first, then large)",
+    )
     args = parser.parse_args()
     large = 20_000 if args.quick else 1_000_000
     small = 1_000
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(args.keep or scratch)
-        folder.mkdir(parents=True, exist_ok=True)
-        built = time.perf_counter()
-        small_pick = prepared(folder / "small.db", small)
-        large_pick = prepared(folder / f"large-{large}.db", large)
+    backend = "sqlite"
+    built = time.perf_counter()
+    if args.database_url:
+        backend = make_url(args.database_url).get_backend_name()
+        small_pick = build(args.database_url, small, time.time())
+        small_times = measure(args.database_url, pages(small_pick))
+        large_pick = build(args.database_url, large, time.time())
         build_s = time.perf_counter() - built
-        size_mb = (folder / f"large-{large}.db").stat().st_size / 2**20
-        small_times = measure(f"sqlite:///{folder / 'small.db'}", pages(small_pick))
-        large_times = measure(f"sqlite:///{folder / f'large-{large}.db'}", pages(large_pick))
+        size_mb = server_size_mb(args.database_url)
+        large_times = measure(args.database_url, pages(large_pick))
+        reset(args.database_url)
+    else:
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(args.keep or scratch)
+            folder.mkdir(parents=True, exist_ok=True)
+            small_pick = prepared(folder / "small.db", small)
+            large_pick = prepared(folder / f"large-{large}.db", large)
+            build_s = time.perf_counter() - built
+            size_mb = (folder / f"large-{large}.db").stat().st_size / 2**20
+            small_times = measure(f"sqlite:///{folder / 'small.db'}", pages(small_pick))
+            large_times = measure(f"sqlite:///{folder / f'large-{large}.db'}", pages(large_pick))
     rows = []
     results = {}
     for (name, (few, _)), (many, many_cpu) in zip(small_times.items(), large_times.values()):
@@ -223,7 +303,7 @@ def main() -> None:
         rows.append([name, median(few), median(many), max(many), median(many_cpu),
                      max(many_cpu), ratio(median(many), median(few))])  # fmt: skip
     table(
-        f"Page times, ms ({small:,} vs {large:,} events; database {size_mb:.0f} MB, "
+        f"Page times, ms, {backend} ({small:,} vs {large:,} events; database {size_mb:.0f} MB, "
         f"built in {build_s:.0f} s)",
         ["page", f"median {small:,}", f"median {large:,}", f"worst {large:,}",
          "median CPU", "worst CPU", "ratio"],
@@ -241,6 +321,7 @@ def main() -> None:
         {
             "benchmark": "dashboard",
             "quick": args.quick,
+            "backend": backend,
             "events": {"small": small, "large": large},
             "database_mb": round(size_mb, 1),
             "pages": results,
