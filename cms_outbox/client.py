@@ -2,33 +2,34 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy import Engine
 
-from . import config, database, migrate, notify
+from . import config, database, lifecycle, migrate, notify
 from .errors import ClientClosed, EventNotFound, InvoiceConflict
 from .events import Event, build_lead, build_sale, sale_differences
 from .flusher import Callback, Flusher, result_of_row
 from .pacing import RateLimit
 from .results import EventState, FlushReport, TrackResult
-from .scheduling import FlushScheduler
 from .status import ActivityTracker, Stats
 from .store import AppConnection, Store
+
+if TYPE_CHECKING:
+    from .scheduling import FlushScheduler
 
 __all__ = ["CMSClient"]
 
 logger = logging.getLogger(__name__)
 FINAL_STATES = (EventState.DELIVERED.value, EventState.DEAD.value)
 CLOSE_GRACE = 1.0  # seconds close() gives requests in flight, even with no final flush
+UNDELIVERED = (EventState.PENDING, EventState.IN_FLIGHT, EventState.BLOCKED)
 
 
 class CMSClient:
@@ -131,6 +132,9 @@ class CMSClient:
             self.settings.database_url, durability=self.settings.durability
         )
         self._closed = False
+        self._close_lock = threading.RLock()  # a signal handler may close mid-close
+        self._close_deferred = False
+        self._flushed = False  # flush() was called: this client took on delivery
         self._fork_holds: list[Callable[[], None]] = []
         try:
             migrate.ensure_schema(self.engine, auto_migrate=self.settings.auto_migrate)
@@ -153,10 +157,12 @@ class CMSClient:
         if self.settings.flush == "background":
             self._scheduler = self._new_scheduler()
             self._scheduler.start()
-        _register_lifecycle(self)
+        lifecycle.register(self)
 
     def _new_scheduler(self) -> FlushScheduler:
         """Passes of this client's flusher, woken by NOTIFY, with hourly purges (or a daemon's)."""
+        from .scheduling import FlushScheduler  # APScheduler only when a flusher starts
+
         return FlushScheduler(
             lambda stop: self.flusher.run_pass(stop=stop),
             interval=self.settings.interval,
@@ -290,6 +296,7 @@ class CMSClient:
         :raises ConfigurationError: no token to send with.
         """
         self._check_open()
+        self._flushed = True
         deadline = None if timeout is None else time.monotonic() + timeout
         return self.flusher.run_pass(deadline=deadline, probe=True)
 
@@ -391,32 +398,71 @@ class CMSClient:
 
         Returns within ``final_flush_timeout`` (at least one second, for requests
         already in flight) whatever the service does; a request still unanswered then
-        is abandoned and its event sent again once its lease expires. Idempotent.
-        Events not delivered stay stored for next time.
+        is abandoned and its event sent again once its lease expires. Idempotent, and
+        safe from any thread or a signal handler. Events not delivered stay stored for
+        next time, and one WARNING line says how many and where.
         """
-        if self._closed:
-            return
-        self._closed = True
+        with self._close_lock:
+            if self._closed and not self._close_deferred:
+                return
+            self._closed = True
+            # From a signal handler that interrupted this thread inside a write or a pass,
+            # every wait would wait for ourselves: stop new work now and finish the close
+            # at exit (or at the next close()), once the interrupted work has unwound.
+            self._close_deferred = self.store.busy_here or self.flusher.busy_here
+            if self._close_deferred:
+                if self._scheduler is not None:
+                    self._scheduler.stop_event.set()
+                return
         deadline = time.monotonic() + max(self.settings.final_flush_timeout, CLOSE_GRACE)
         try:
+            report = None
             if self._scheduler is not None:
                 self.flusher.leave_by(deadline)
                 self._scheduler.stop(max(0.0, deadline - time.monotonic()))
                 if self.settings.final_flush_timeout > 0 and not self.flusher.breaker.paused:
-                    self._final_flush(deadline)
+                    report = self._final_flush(deadline)
+            if self._scheduler is not None or self._flushed:
+                self._warn_undelivered(report)
         finally:
             self.flusher.close(deadline)
             self.store.close()
             self._dispose()
 
-    def _final_flush(self, deadline: float) -> None:
+    def _final_flush(self, deadline: float) -> FlushReport | None:
         try:
-            report = self.flusher.run_pass(deadline=deadline)
-        except Exception:
-            logger.exception("final flush failed; undelivered events stay stored")
+            return self.flusher.run_pass(deadline=deadline)
+        except Exception as exc:  # a traceback at exit helps no one: say what failed
+            logger.warning("final flush failed: %s", exc)
+            logger.debug("final flush failed", exc_info=True)
+            return None
+
+    def _warn_undelivered(self, report: FlushReport | None) -> None:
+        try:
+            if report is None:
+                counts = self.store.count_by_state()
+                waiting = sum(counts.get(state.value, 0) for state in UNDELIVERED)
+                blocked = counts.get(EventState.BLOCKED.value, 0)
+            else:
+                waiting, blocked = report.pending + report.blocked, report.blocked
+        except Exception as exc:
+            logger.warning("could not count undelivered events in %s: %s", self.outbox, exc)
             return
-        if report.pending:
-            logger.info("%d events stay stored for the next flusher", report.pending)
+        if waiting:
+            held = f", {blocked} of them blocked behind a dead setup" if blocked else ""
+            logger.warning(
+                "%d %s not delivered yet%s, stored in %s: the next start of a client on "
+                "this outbox or `cms-outbox run` delivers them",
+                waiting, "event" if waiting == 1 else "events", held, self.outbox,
+            )  # fmt: skip
+
+    @property
+    def outbox(self) -> str:
+        """The outbox database's URL, without credentials (for messages)."""
+        url = self.engine.url.set(username=None, password=None)
+        if database.is_sqlite(self.engine) and url.database:
+            url = url.set(database=os.path.abspath(url.database))  # where to find it later
+        return url.render_as_string(hide_password=True)
 
     def _dispose(self) -> None:
         if self._owns_engine:
@@ -461,53 +507,3 @@ class CMSClient:
         self.flusher.after_fork_in_child()
         if self._scheduler is not None:
             self._scheduler.after_fork_in_child()
-
-
-_clients: weakref.WeakSet[CMSClient] = weakref.WeakSet()
-_lifecycle_lock = threading.Lock()
-_hooks_installed = False
-
-
-def _register_lifecycle(client: CMSClient) -> None:
-    """Close open clients at interpreter exit; give forked children working clients."""
-    global _hooks_installed
-    with _lifecycle_lock:
-        _clients.add(client)
-        if _hooks_installed:
-            return
-        _hooks_installed = True
-    # threading's exit hooks run before concurrent.futures stops accepting work (and
-    # before atexit's), so the final flush can still use the worker pool.
-    register = getattr(threading, "_register_atexit", atexit.register)
-    register(_close_all)
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(
-            before=_before_fork,
-            after_in_parent=_after_fork_in_parent,
-            after_in_child=_after_fork_in_child,
-        )
-
-
-def _close_all() -> None:
-    for client in list(_clients):
-        try:
-            client.close()
-        except Exception:
-            logger.exception("closing %r at exit failed", client)
-
-
-def _before_fork() -> None:
-    for client in list(_clients):
-        client._before_fork()
-
-
-def _after_fork_in_parent() -> None:
-    for client in list(_clients):
-        client._after_fork_in_parent()
-
-
-def _after_fork_in_child() -> None:
-    global _lifecycle_lock
-    _lifecycle_lock = threading.Lock()
-    for client in list(_clients):
-        client._after_fork_in_child()

@@ -69,8 +69,10 @@ class Pass:
             if stopping:
                 return
             if not self.inflight:
-                if wait_for_token is None:
-                    return  # nothing more is due
+                # Nothing more is due, or the next token would be waited for in vain (a
+                # short script's exit flush must not sit out a token it does not need).
+                if wait_for_token is None or not self.store.has_work(now):
+                    return
                 self._sleep(wait_for_token)
                 continue
             done, _ = wait(

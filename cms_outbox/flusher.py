@@ -60,6 +60,7 @@ class Flusher:
         self._transport: Transport | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pass_lock = threading.Lock()
+        self._pass_thread: int | None = None
         self.pacer = Pacer(store, settings.rate_limit)
         self._pause_cleared = False
         # Attempts recorded by every pass of this flusher, a failed pass's included.
@@ -123,6 +124,11 @@ class Flusher:
     def busy(self) -> bool:
         return self._pass_lock.locked()
 
+    @property
+    def busy_here(self) -> bool:
+        """A pass runs in this very thread (seen from a signal handler that interrupted it)."""
+        return self._pass_thread == threading.get_ident()
+
     # -- one pass ------------------------------------------------------------------------
 
     def run_pass(
@@ -150,6 +156,7 @@ class Flusher:
             self._pass_lock.acquire()
         elif not self._pass_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return self._report(before)  # another pass is still running: report its work
+        self._pass_thread = threading.get_ident()
         try:
             if not self._strays:
                 # Passes never overlap: a row still leased by us was stranded by a pass
@@ -159,6 +166,7 @@ class Flusher:
                 self.breaker.probe_now()
             Pass(self, deadline, stop).run()
         finally:
+            self._pass_thread = None
             self._pass_lock.release()
         return self._report(before)
 

@@ -52,11 +52,13 @@ class GroupCommit:
 
     def _forget(self) -> None:
         # Entered as the plain lock (C speed) on the lone caller's path; waited on as
-        # the condition only when a write is under way.
-        self._lock = threading.Lock()
+        # the condition only when a write is under way. Reentrant: close() from a signal
+        # handler may interrupt this thread while it holds the lock.
+        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._queue: list[_Entry] = []
         self._leading = False
+        self._leader: int | None = None  # the thread writing the batch under way
         self._waiting = 0
 
     def insert(self, params: Sequence[Any]) -> bool:
@@ -72,6 +74,7 @@ class GroupCommit:
             batch = None
             if not entry.done:
                 self._leading = True
+                self._leader = threading.get_ident()
                 batch, self._queue = self._queue, []
         if batch is not None:
             self._lead(batch)
@@ -92,6 +95,11 @@ class GroupCommit:
             self._leading = False
             if self._waiting:
                 self._cond.notify_all()
+
+    @property
+    def busy_here(self) -> bool:
+        """This very thread leads the write under way (seen from a signal handler)."""
+        return self._leader == threading.get_ident()
 
     def close(self) -> None:
         """Close the connection once the write under way (if any) is done."""
@@ -127,6 +135,7 @@ class GroupCommit:
                 for entry in batch:
                     entry.done = True
                 self._leading = False
+                self._leader = None
                 if self._waiting:
                     self._cond.notify_all()
 

@@ -1,22 +1,35 @@
-"""Alembic glue: our own version table, upgrade to head, and the head check."""
+"""Alembic glue: our own version table, upgrade to head, and the head check.
+
+Starting a client must stay cheap for a short script: the head check is one query, and
+Alembic (a tenth of a second to import) is imported only when a migration must run.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from .database import READ_ONLY
 from .driver_errors import storage_error
 from .errors import SchemaError
 
-__all__ = ["VERSION_TABLE", "current_revision", "ensure_schema", "head_revision", "upgrade"]
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+__all__ = [
+    "VERSION_TABLE",
+    "current_revision",
+    "ensure_schema",
+    "head_revision",
+    "known_revisions",
+    "upgrade",
+]
 
 # Separate from the application's "alembic_version" so both histories live in one database.
 VERSION_TABLE = "cms_outbox_alembic_version"
@@ -33,17 +46,44 @@ def _script_location() -> str:
 
 
 def _config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", _script_location())
     config.attributes["connection"] = connection
     return config
 
 
+_REVISION = re.compile(r"^revision(?:\s*:[^=]+)?\s*=\s*[\"']([^\"']+)[\"']", re.M)
+_DOWN = re.compile(r"^down_revision(?:\s*:[^=]+)?\s*=\s*(?:None|[\"']([^\"']+)[\"'])", re.M)
+
+
+@functools.lru_cache(maxsize=1)
+def _revisions() -> tuple[str, frozenset[str]]:
+    """The head and every known revision, read from the revision files (not via Alembic)."""
+    known: set[str] = set()
+    parents: set[str] = set()
+    for path in (Path(_script_location()) / "versions").glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        revision = _REVISION.search(source)
+        if revision is None:
+            continue
+        known.add(revision.group(1))
+        down = _DOWN.search(source)
+        if down is not None and down.group(1):
+            parents.add(down.group(1))
+    (head,) = known - parents  # one line of history
+    return head, frozenset(known)
+
+
 def head_revision() -> str:
     """The newest revision this version of cms_outbox knows."""
-    head = ScriptDirectory.from_config(_config()).get_current_head()
-    assert head is not None
-    return head
+    return _revisions()[0]
+
+
+def known_revisions() -> frozenset[str]:
+    """Every revision this version of cms_outbox knows."""
+    return _revisions()[1]
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -51,8 +91,15 @@ def current_revision(engine: Engine) -> str | None:
     try:
         with engine.connect() as connection:
             connection.execution_options(**{READ_ONLY: True})  # never wait behind a writer
-            context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-            return context.get_current_revision()
+            try:
+                return connection.execute(
+                    text(f"SELECT version_num FROM {VERSION_TABLE}")
+                ).scalar_one_or_none()
+            except SQLAlchemyError:
+                connection.rollback()
+                if not inspect(connection).has_table(VERSION_TABLE):
+                    return None
+                raise
     except SQLAlchemyError as exc:
         raise storage_error("reading the outbox schema version", exc) from exc
 
@@ -62,6 +109,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
     :raises StorageError: when the database refuses.
     """
+    from alembic import command
+
     try:
         with engine.begin() as connection:
             command.upgrade(_config(connection), revision)
@@ -79,8 +128,7 @@ def ensure_schema(engine: Engine, *, auto_migrate: bool) -> None:
     head = head_revision()
     if current == head:
         return
-    known = {script.revision for script in ScriptDirectory.from_config(_config()).walk_revisions()}
-    if current is not None and current not in known:
+    if current is not None and current not in known_revisions():
         raise SchemaError(
             f"the outbox database is at revision {current!r}, newer than this cms_outbox "
             f"(head {head!r}): upgrade cms_outbox"

@@ -102,9 +102,10 @@ SAFETY = 0.97
 # The budget holds at most this many requests, so that after a quiet spell a handful of
 # events (a short script's, at interpreter exit) leave in one round...
 BURST = 5
-# ...but never more than this share of the window's quota: a sliding-window limiter must
-# not see the burst plus a window's worth of paced requests.
-BURST_SHARE = 0.05
+# ...but never more than this share of the window's quota (the whole BURST at the assumed
+# 60 per minute): a sliding-window limiter must not see the burst plus a window's worth
+# of paced requests.
+BURST_SHARE = 1 / 12
 # A 429 that names no end pauses this long.
 DEFAULT_PAUSE = 5.0
 # A learned limit is probed 10 % upward after this many quiet windows (at least QUIET_MIN

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from apscheduler.job import Job
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.schedulers.base import STATE_STOPPED, BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from .errors import OutboxError
@@ -27,6 +27,35 @@ __all__ = ["FlushScheduler"]
 logger = logging.getLogger(__name__)
 ERROR_LOG_EVERY = 60.0  # seconds between repeats of the same failing-pass log line
 MAX_RETRY_DELAY = 30.0  # seconds between passes while they keep failing
+
+
+class _StopSafe:
+    """APScheduler 3 races its own shutdown: a job run that ends as ``shutdown()`` begins
+    makes the scheduler thread look for the job among the not-yet-started ones and print
+    ``JobLookupError``, or submit to an executor already shut down. Processing jobs
+    under the job store lock, and not at all once stopped, closes that window."""
+
+    _jobstores_lock: Any
+    state: int
+
+    def _process_jobs(self) -> float | None:
+        with self._jobstores_lock:  # reentrant; shutdown() takes it too
+            if self.state == STATE_STOPPED:
+                return None
+            try:
+                return super()._process_jobs()  # type: ignore[misc, no-any-return]
+            except JobLookupError:
+                if self.state == STATE_STOPPED:
+                    return None
+                raise
+
+
+class _BackgroundScheduler(_StopSafe, BackgroundScheduler):  # type: ignore[misc]
+    pass
+
+
+class _BlockingScheduler(_StopSafe, BlockingScheduler):  # type: ignore[misc]
+    pass
 
 
 class FlushScheduler:
@@ -69,7 +98,7 @@ class FlushScheduler:
 
     def start(self) -> None:
         """Start a ``BackgroundScheduler`` in this process; returns at once."""
-        self._scheduler = BackgroundScheduler(timezone=timezone.utc)
+        self._scheduler = _BackgroundScheduler(timezone=timezone.utc)
         self._add_jobs(self._scheduler)
         self._scheduler.start()
         self._start_listening()
@@ -81,7 +110,7 @@ class FlushScheduler:
         scheduler down, the running pass stops leasing, finishes its requests and
         hands unsent rows back.
         """
-        scheduler = self._scheduler = BlockingScheduler(timezone=timezone.utc)
+        scheduler = self._scheduler = _BlockingScheduler(timezone=timezone.utc)
         self._add_jobs(scheduler)
 
         def watch() -> None:

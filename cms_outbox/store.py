@@ -10,10 +10,11 @@ in plain words.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Any, Callable, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union
 
 from sqlalchemy import (
     Connection,
@@ -27,7 +28,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from . import inserting, leasing, queries
 from .driver_errors import storage_error, storage_errors
@@ -41,10 +41,15 @@ from .results import EventState
 from .schema import attempts, control, events
 from .write_lock import WriteLock
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
 __all__ = ["AppConnection", "Attempt", "Lease", "Store"]
 
 T = TypeVar("T")
-AppConnection = Union[Connection, Session]
+# A Session only ever comes from an application that imported the ORM itself: the outbox
+# does not import it (a third of SQLAlchemy's import time, for a short script's start).
+AppConnection = Union[Connection, "Session"]
 
 # Seconds between sweeps for expired leases while leasing.
 SWEEP_INTERVAL = 1.0
@@ -65,6 +70,7 @@ class Store:
         self._next_sweep = 0.0
         self._group: GroupCommit | None = None
         self._write_lock: WriteLock | None = None
+        self._writers: set[int] = set()  # threads inside a write transaction
         self._enqueue_lock: WriteLock | None = None
         if engine.dialect.name == "sqlite":
             path = engine.url.database or ""
@@ -91,7 +97,7 @@ class Store:
         """
         if connection is not None:
             with storage_errors("storing the event in the application's transaction"):
-                conn = connection.connection() if isinstance(connection, Session) else connection
+                conn = connection if isinstance(connection, Connection) else connection.connection()
                 return self._insert_core(conn, event)
         if self._group is not None:
             return self._insert_sqlite(self._group, event)
@@ -125,8 +131,19 @@ class Store:
     @contextmanager
     def _writing(self, engine: Engine) -> Iterator[Connection]:
         """A write transaction on ``engine``, queued for the write lock on SQLite."""
-        with self._write_lock or nullcontext(), engine.begin() as conn:
-            yield conn
+        self._writers.add(threading.get_ident())
+        try:
+            with self._write_lock or nullcontext(), engine.begin() as conn:
+                yield conn
+        finally:
+            self._writers.discard(threading.get_ident())
+
+    @property
+    def busy_here(self) -> bool:
+        """This very thread is inside a write (seen from a signal handler that interrupted
+        it: whatever waits for that write would wait for ever)."""
+        here = threading.get_ident() in self._writers
+        return here or (self._group is not None and self._group.busy_here)
 
     def before_fork(self, timeout: float) -> bool:
         """Wait for the enqueue under way and keep new ones from starting (around ``fork()``)."""

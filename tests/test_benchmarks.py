@@ -28,6 +28,7 @@ EXPECTED = {
     "dashboard": {"pages", "ratios", "targets"},
     "dead_setups": {"results", "ratios", "targets"},
     "pacing": {"results", "ratios", "targets"},
+    "short_script": {"results", "ratios", "targets"},
     "tail": {"results", "ratios", "targets"},  # skipped (JSON says why) without PostgreSQL
 }
 

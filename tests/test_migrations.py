@@ -186,6 +186,18 @@ def test_database_from_a_newer_version_raises(
     assert stored_version(engine) == ["9999_from_the_future"]
 
 
+def test_the_head_read_from_the_revision_files_is_alembics() -> None:
+    """A start finds the head without importing Alembic; it must be the head Alembic sees."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(REPO / "migrations"))
+    scripts = ScriptDirectory.from_config(config)
+    assert migrate.head_revision() == scripts.get_current_head()
+    assert migrate.known_revisions() == {script.revision for script in scripts.walk_revisions()}
+
+
 # -- the wheel ----------------------------------------------------------------------------
 
 USE_INSTALLED = """

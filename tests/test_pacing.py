@@ -126,7 +126,7 @@ def test_paced_sending_stays_under_the_quota_in_every_window(
 
 
 def test_remaining_only_lowers_what_is_sent_before_the_reset() -> None:
-    budget = Budget(quota=Quota(30, 6), source=Source.ADVERTISED, tokens=5, tokens_at=NOW)
+    budget = Budget(quota=Quota(18, 6), source=Source.ADVERTISED, tokens=5, tokens_at=NOW)
     budget = hear(budget, Advert(remaining=2, reset_at=NOW + 3), NOW)
     budget, grant = take(budget, 8, NOW, AUTO)
     assert grant.requests == 1  # tokens allow 1.5, remaining 2: the lower one

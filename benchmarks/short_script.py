@@ -1,0 +1,136 @@
+"""Short scripts: a one-event and a five-event script, start to exit, beside the official SDK.
+
+Each script is the official SDK's documented snippet run as its own ``python`` process
+with only the import changed (``from cutmeshort import CMSClient`` or ``from cms_outbox
+import CMSClient``; defaults otherwise, so the outbox paces itself at 60 requests per
+minute and flushes in the background). The sandbox answers at once (0 ms latency), so the
+figures show each library's own cost: interpreter start, imports, the outbox's schema
+check, and the exit flush. Runs alternate between the two libraries.
+
+Every run is checked: the server accepted exactly the script's events, stderr is empty,
+and nothing is left pending in the outbox. ``first run`` times a script that creates its
+outbox (the schema migration included); the target is on the everyday case, an outbox that
+exists already. Target: each script within 0.3 s of the SDK's time.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import TOKEN, emit, median, parse_args, remote_sandbox, table, target
+
+from cms_outbox import CMSClient
+
+TARGET_GAP = 0.3  # seconds more than the SDK's time, at most
+FIRST_RUNS = 2  # cms_outbox runs that create their outbox (timed apart)
+
+SCRIPT = """
+import os
+from {module} import CMSClient
+
+client = CMSClient(token=os.environ["CMS_BEARER_TOKEN"], host=os.environ["CMS_HOST"])
+for n in range({events}):
+    response = client.track_lead(
+        click_id=f"id_{{n}}",
+        event_name="signup_started",
+        customer_external_id=os.environ["CUSTOMER"] + f"_{{n}}",
+    )
+    assert response["status"], response
+"""
+
+
+def run_script(module: str, events: int, url: str, cwd: Path, customer: str) -> float:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMS_")}
+    env.update(CMS_BEARER_TOKEN=TOKEN, CMS_HOST=url, CUSTOMER=customer)
+    code = SCRIPT.format(module=module, events=events)
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0 or done.stderr:
+        raise SystemExit(f"{module} script failed ({done.returncode}):\n{done.stderr}")
+    return elapsed
+
+
+def pending_in(outbox: Path) -> int:
+    with sqlite3.connect(outbox) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM cms_outbox_events WHERE state NOT IN ('delivered')"
+        ).fetchone()
+    return int(row[0])
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    runs = 4 if args.quick else 15
+    results: dict[str, Any] = {}
+    rows = []
+    targets = {}
+    with remote_sandbox(latency=0.0) as sandbox, tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        for events in (1, 5):
+            times: dict[str, list[float]] = {"cutmeshort": [], "cms_outbox": []}
+            first_runs = []
+            for n in range(runs):
+                for module in ("cutmeshort", "cms_outbox"):
+                    # Each run in a directory of its own: the script's default outbox
+                    # (./cms_outbox.db) is idle, as a script run now and then finds it.
+                    # The first cms_outbox runs create theirs; the others find it made.
+                    workdir = base / f"{module}-{events}-{n}"
+                    workdir.mkdir()
+                    first = module == "cms_outbox" and n < FIRST_RUNS
+                    if module == "cms_outbox" and not first:
+                        CMSClient(database_url=f"sqlite:///{workdir / 'cms_outbox.db'}",
+                                  flush="off").close()  # fmt: skip
+                    before = sandbox.summary()["accepted"]
+                    elapsed = run_script(module, events, sandbox.url, workdir, workdir.name)
+                    accepted = sandbox.summary()["accepted"] - before
+                    if accepted != events:
+                        raise SystemExit(f"{module}: server accepted {accepted}, not {events}")
+                    if module == "cms_outbox":
+                        left = pending_in(workdir / "cms_outbox.db")
+                        if left:
+                            raise SystemExit(f"{left} events left undelivered in the outbox")
+                    (first_runs if first else times[module]).append(elapsed)
+            sdk, ours = median(times["cutmeshort"]), median(times["cms_outbox"])
+            name = f"{events}_event"
+            results[name] = {
+                "sdk_s": round(sdk, 3),
+                "cms_outbox_s": round(ours, 3),
+                "cms_outbox_first_run_s": round(median(first_runs), 3),
+                "gap_s": round(ours - sdk, 3),
+            }
+            rows.append((f"{events}-event script", sdk, ours, median(first_runs), ours - sdk))
+            targets[f"{name}_gap_s"] = (ours - sdk, "<=", TARGET_GAP)
+
+    table(
+        f"short scripts, start to exit, median of {runs} runs (s), sandbox latency 0 ms",
+        ["script", "official SDK", "cms_outbox", "cms_outbox first run", "gap"],
+        rows,
+    )
+    print()
+    checked = {name: target(name, *spec) for name, spec in targets.items()}
+    emit(
+        {
+            "benchmark": "short_script",
+            "quick": args.quick,
+            "runs": runs,
+            "results": results,
+            "ratios": {
+                name: round(r["cms_outbox_s"] / r["sdk_s"], 3) for name, r in results.items()
+            },
+            "targets": checked,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

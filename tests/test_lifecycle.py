@@ -1,0 +1,289 @@
+"""A client's life in a short script: cheap to start, prompt to exit, loud about what is left,
+and never a traceback from a lifecycle race.
+
+Each race runs in a loop of real subprocesses (at least 50 each, a few at a time) and
+asserts an empty stderr: closing right after construction, closing twice, closing during
+a pass, exiting after a fork, and closing from a signal handler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from cms_outbox import CMSClient
+from cms_outbox.sandbox import Sandbox
+from tests.conftest import POSTGRES_URL, TOKEN
+
+RUNS = 50  # per race
+AT_ONCE = 3  # subprocesses at a time: the machine has two shared cores
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMS_")}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def shared_sandbox() -> Iterator[Sandbox]:
+    with Sandbox(token=TOKEN, latency=0.02) as server:
+        yield server
+
+
+# -- imports: only what a start needs ------------------------------------------------------
+
+IMPORTS = """
+import sys
+import cms_outbox
+print(sorted({m.split(".")[0] for m in sys.modules} & {"alembic", "apscheduler"}))
+from cms_outbox import CMSClient
+CMSClient(database_url=sys.argv[1], flush=sys.argv[2]).close()
+print(sorted({m.split(".")[0] for m in sys.modules} & {"alembic", "apscheduler"}))
+"""
+
+
+def loaded(url: str, flush: str, cwd: Path) -> list[list[str]]:
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTS, url, flush],
+        cwd=cwd,
+        env=child_env(CMS_BEARER_TOKEN=TOKEN),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    return [json.loads(line.replace("'", '"')) for line in done.stdout.splitlines()]
+
+
+def test_a_start_imports_alembic_only_to_migrate_and_apscheduler_only_to_flush(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'outbox.db'}"
+    assert loaded(url, "off", tmp_path) == [[], ["alembic"]]  # a new outbox is migrated
+    assert loaded(url, "off", tmp_path) == [[], []]  # one query finds it at head
+    assert loaded(url, "background", tmp_path) == [[], ["apscheduler"]]
+
+
+# -- the races ------------------------------------------------------------------------------
+
+RACES = """
+import os, sys
+from cms_outbox import CMSClient
+
+host, base = sys.argv[1], sys.argv[2]
+options = dict(token=os.environ["TOKEN"], host=host, rate_limit=None)
+
+# close right after construction, and twice
+CMSClient(database_url=f"sqlite:///{base}-a.db", **options).close()
+client = CMSClient(database_url=f"sqlite:///{base}-b.db", **options)
+client.close()
+client.close()
+
+# close during a pass: the background flusher is sending when close() comes
+client = CMSClient(database_url=f"sqlite:///{base}-c.db", **options)
+ids = [client.track_lead("signup", f"user_{n}", click_id=f"c_{n}").event_id for n in range(20)]
+client.close()
+with CMSClient(database_url=f"sqlite:///{base}-c.db", flush="off") as check:
+    print("delivered", sum(check.result(i).state.value == "delivered" for i in ids))
+
+# exit after fork: parent and child each leave with an open client, just used
+client = CMSClient(database_url=f"sqlite:///{base}-d.db", **options)
+client.track_lead("signup", "parent", click_id="p")
+pid = os.fork()
+if pid == 0:
+    client.track_lead("signup", "child", click_id="k")
+    sys.exit(0)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+CMSClient(database_url=f"sqlite:///{base}-e.db", **options)  # and exit right after it
+"""
+
+SIGNAL = """
+import os, signal, sys
+from cms_outbox import CMSClient
+
+client = CMSClient(token=os.environ["TOKEN"], host=sys.argv[1],
+                   database_url=f"sqlite:///{sys.argv[2]}.db", rate_limit=None)
+
+def stop(signum, frame):
+    client.close()
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, stop)
+n = 0
+while True:
+    client.track_lead("signup", f"user_{n % 5}", click_id=f"c_{n}")
+    n += 1
+    if n == 3:
+        print("ready", flush=True)
+"""
+
+
+def race_once(n: int, host: str, tmp_path: Path) -> tuple[int, str, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", RACES, host, str(tmp_path / f"run{n}")],
+        cwd=tmp_path,
+        env=child_env(TOKEN=TOKEN),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.mark.slow
+def test_no_lifecycle_race_prints_anything(shared_sandbox: Sandbox, tmp_path: Path) -> None:
+    with ThreadPoolExecutor(AT_ONCE) as pool:
+        outcomes = list(pool.map(lambda n: race_once(n, shared_sandbox.url, tmp_path), range(RUNS)))
+    for code, stdout, stderr in outcomes:
+        assert (code, stderr) == (0, ""), stderr
+        assert stdout.splitlines() == ["delivered 20", "child 0"], stdout
+    # Every event tracked before an exit was delivered by that exit's final flush.
+    keys = {a.idempotency_key for a in shared_sandbox.accepted}
+    assert len(keys) == RUNS * (20 + 2)
+
+
+def signal_once(n: int, host: str, tmp_path: Path) -> tuple[int | None, str, str]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", SIGNAL, host, str(tmp_path / f"sig{n}")],
+        cwd=tmp_path,
+        env=child_env(TOKEN=TOKEN),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    ready = process.stdout.readline()  # killed mid-work: it is tracking as fast as it can
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    return process.returncode, ready + stdout, stderr
+
+
+@pytest.mark.slow
+def test_close_from_a_signal_handler_prints_nothing(
+    shared_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    with ThreadPoolExecutor(AT_ONCE) as pool:
+        outcomes = list(
+            pool.map(lambda n: signal_once(n, shared_sandbox.url, tmp_path), range(RUNS))
+        )
+    for code, stdout, stderr in outcomes:
+        assert (code, stdout, stderr) == (0, "ready\n", "")
+
+
+# -- what is left is said, once, in one line ---------------------------------------------
+
+LEAVE = """
+import sys
+from cms_outbox import CMSClient
+client = CMSClient(token="t", host=sys.argv[1], database_url=sys.argv[2],
+                   connect_timeout=0.2, read_timeout=0.2, final_flush_timeout=1.0)
+for n in range(3):
+    client.track_lead("signup", f"user_{n}", click_id=f"c_{n}")
+"""
+
+
+def closed_port() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_exit_with_undelivered_events_says_how_many_and_where(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    done = subprocess.run(
+        [sys.executable, "-c", LEAVE, closed_port(), f"sqlite:///{path}"],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    lines = done.stderr.splitlines()
+    assert "Traceback" not in done.stderr
+    assert lines[-1] == (
+        f"3 events not delivered yet, stored in sqlite:///{path}: the next start of a client "
+        "on this outbox or `cms-outbox run` delivers them"
+    )
+    assert sum("not delivered yet" in line for line in lines) == 1
+
+
+def test_close_warns_once_without_credentials(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    if POSTGRES_URL:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(POSTGRES_URL).set(password="s3cret-password")
+        database_url = url.render_as_string(hide_password=False)
+    else:
+        database_url = f"sqlite:///{tmp_path / 'outbox.db'}"
+    client = CMSClient(
+        token="t", host=closed_port(), database_url=database_url, connect_timeout=0.2,
+        final_flush_timeout=0.5,
+    )  # fmt: skip
+    event = client.track_lead("signup", "user_left_behind", click_id="c")
+    with caplog.at_level(logging.WARNING, logger="cms_outbox"):
+        client.close()
+        client.close()
+    warnings = [r.getMessage() for r in caplog.records if "not delivered yet" in r.getMessage()]
+    assert warnings == [
+        f"1 event not delivered yet, stored in {client.outbox}: the next start of a client "
+        "on this outbox or `cms-outbox run` delivers them"
+    ]
+    assert "s3cret" not in client.outbox and "postgres@" not in client.outbox
+    with CMSClient(database_url=database_url, flush="off") as check:
+        assert check.result(event.event_id).state.value == "pending"
+
+
+def test_an_enqueue_only_client_does_not_warn(
+    caplog: pytest.LogCaptureFixture, sqlite_url: str
+) -> None:
+    """A worker beside a daemon leaves its events to the daemon by design: no warning."""
+    client = CMSClient(database_url=sqlite_url, flush="off")
+    client.track_lead("signup", "user_1", click_id="c")
+    with caplog.at_level(logging.WARNING, logger="cms_outbox"):
+        client.close()
+    assert caplog.records == []
+
+
+def test_a_short_script_delivers_its_handful_at_exit_within_the_burst(
+    shared_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Five events at the default pacing (60 per minute) all leave at exit: the burst."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from cms_outbox import CMSClient
+        client = CMSClient(token=sys.argv[1], host=sys.argv[2], database_url=sys.argv[3])
+        for n in range(5):
+            client.track_lead("signup", f"burst_{n}", click_id=f"c_{n}")
+        """
+    )
+    path = tmp_path / "outbox.db"
+    before = len(shared_sandbox.accepted)
+    done = subprocess.run(
+        [sys.executable, "-c", script, TOKEN, shared_sandbox.url, f"sqlite:///{path}"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert len(shared_sandbox.accepted) - before == 5
+    with CMSClient(database_url=f"sqlite:///{path}", flush="off") as check:
+        assert check.store.count_by_state() == {"delivered": 5}
