@@ -20,10 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from cms_outbox import CMSClient
 from cms_outbox.sandbox import Sandbox
-from tests.conftest import POSTGRES_URL, TOKEN
+from tests.conftest import TOKEN
 
 RUNS = 50  # per race
 AT_ONCE = 3  # subprocesses at a time: the machine has two shared cores
@@ -223,15 +224,11 @@ def test_exit_with_undelivered_events_says_how_many_and_where(tmp_path: Path) ->
 
 
 def test_close_warns_once_without_credentials(
-    caplog: pytest.LogCaptureFixture, tmp_path: Path
+    caplog: pytest.LogCaptureFixture, database_url: str
 ) -> None:
-    if POSTGRES_URL:
-        from sqlalchemy.engine import make_url
-
-        url = make_url(POSTGRES_URL).set(password="s3cret-password")
+    if database_url.startswith("postgresql"):  # trust authentication ignores the password
+        url = make_url(database_url).set(password="s3cret-password")
         database_url = url.render_as_string(hide_password=False)
-    else:
-        database_url = f"sqlite:///{tmp_path / 'outbox.db'}"
     client = CMSClient(
         token="t", host=closed_port(), database_url=database_url, connect_timeout=0.2,
         final_flush_timeout=0.5,
