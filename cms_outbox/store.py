@@ -18,27 +18,22 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union
 
 from sqlalchemy import (
     Connection,
-    Double,
     Engine,
-    and_,
-    bindparam,
-    delete,
-    func,
     select,
     update,
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import inserting, leasing, queries
+from . import inserting, leasing, operations, queries
 from .driver_errors import storage_error, storage_errors
 from .errors import StorageError
 from .events import Event
 from .group_commit import GroupCommit
 from .leasing import Attempt, Lease
 from .pacing import Budget
-from .queries import BLOCKED, CONTROL_ROW, DEAD, DELIVERED, PENDING
+from .queries import CONTROL_ROW
 from .results import EventState
-from .schema import attempts, control, events
+from .schema import control
 from .write_lock import WriteLock
 
 if TYPE_CHECKING:
@@ -281,39 +276,11 @@ class Store:
         :returns: how many events became pending.
         """
         now = time.time() if now is None else now
-        retryable = (DEAD, BLOCKED)
-        wanted = [state.value for state in states if state.value in retryable]
-        conditions = []
-        if event_ids:
-            conditions.append(events.c.event_id.in_(list(event_ids)))
-        if wanted:
-            conditions.append(events.c.state.in_(wanted))
-        if not conditions:
+        selection = operations.retry_selection(event_ids, states)
+        if selection is None:
             return 0
-        selection = and_(events.c.state.in_(retryable), conditions[0] if len(conditions) == 1
-                         else conditions[0] | conditions[1])  # fmt: skip
         with storage_errors("retrying events"), self._writing(self.engine) as conn:
-            setups = (
-                conn.execute(
-                    select(events.c.customer_external_id).where(
-                        selection, events.c.state == DEAD, events.c.mode == "deferred"
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            back_to_pending = {"state": PENDING, "next_attempt_at": now, "lease_owner": None,
-                                   "lease_expires_at": None}  # fmt: skip
-            count = conn.execute(update(events).where(selection).values(back_to_pending)).rowcount
-            if setups:
-                count += conn.execute(
-                    update(events)
-                    .where(events.c.state == BLOCKED,
-                           events.c.customer_external_id.in_(list(set(setups))))
-                    .values(back_to_pending)
-                ).rowcount  # fmt: skip
-            conn.execute(_ACKNOWLEDGE, {"now": now})
-        return int(count)
+            return operations.retry(conn, selection, now)
 
     def purge(
         self,
@@ -335,38 +302,21 @@ class Store:
         :returns: an iterator of batches: the ``event_id`` of each event deleted (or, with
             ``dry_run``, that would be), yielded once its batch is committed.
         """
-        conditions = []
-        if delivered_before is not None:
-            conditions.append(
-                and_(events.c.state == DELIVERED, events.c.delivered_at < delivered_before)
-            )
-        if dead_before is not None:
-            last_touched = func.coalesce(events.c.last_attempt_at, events.c.created_at)
-            conditions.append(and_(events.c.state == DEAD, last_touched < dead_before))
-        if not conditions:
+        selection = operations.purge_selection(delivered_before, dead_before)
+        if selection is None:
             return
-        selection = conditions[0] if len(conditions) == 1 else conditions[0] | conditions[1]
         after = 0
         unacknowledged = acknowledge and not dry_run
         while True:
             with storage_errors("purging events"), self._writing(self.engine) as conn:
                 if unacknowledged:
-                    conn.execute(_ACKNOWLEDGE, {"now": time.time()})
+                    operations.acknowledge(conn, time.time())
                     unacknowledged = False
-                rows = conn.execute(
-                    select(events.c.id, events.c.event_id)
-                    .where(selection, events.c.id > after)
-                    .order_by(events.c.id)
-                    .limit(batch_size)
-                ).all()
-                if not rows:
-                    return
-                seqs = [row.id for row in rows]
-                if not dry_run:
-                    conn.execute(delete(attempts).where(attempts.c.event_seq.in_(seqs)))
-                    conn.execute(delete(events).where(events.c.id.in_(seqs), selection))
-            yield [row.event_id for row in rows]
-            after = seqs[-1]
+                rows = operations.purge_batch(conn, selection, after, batch_size, dry_run)
+            if not rows:
+                return
+            yield [event_id for _, event_id in rows]
+            after = rows[-1][0]
 
     # -- shared pacing and pauses -----------------------------------------------------
 
@@ -404,13 +354,6 @@ class Store:
                 .values(outage_since=outage_since, auth_paused_since=auth_paused_since,
                         pause_error=error)
             )  # fmt: skip
-
-
-_ACKNOWLEDGE = (
-    update(control)
-    .where(control.c.name == CONTROL_ROW)
-    .values(acknowledged_at=bindparam("now", type_=Double))
-)
 
 
 def _budget_values(budget: Budget) -> dict[str, Any]:
