@@ -26,6 +26,7 @@ from .delivery_pass import Pass
 from .errors import ConfigurationError, OutboxError
 from .pacer import Pacer
 from .policy import Answer, Breaker, Decision, Rules, Verdict, decide, expiry
+from .queries import PAUSED_OUTCOMES
 from .results import EventState, FlushReport, TrackResult
 from .store import Attempt, Lease, Store
 from .transport import Reply, Transport
@@ -34,6 +35,7 @@ __all__ = ["Flusher", "result_of_row"]
 
 logger = logging.getLogger(__name__)
 Callback = Callable[[TrackResult], Any]
+_TOTALS = {EventState.DELIVERED: "delivered", EventState.DEAD: "dead"}
 
 
 class Flusher:
@@ -226,14 +228,9 @@ class Flusher:
                     event_id,
                 )
                 continue
-            if attempt.state is EventState.DELIVERED:
-                key = "delivered"
-            elif attempt.state is EventState.DEAD:
-                key = "dead"
-            else:
-                key = "retried"
-            with self._verdicts:
-                self.totals[key] += 1
+            if attempt.outcome not in PAUSED_OUTCOMES:  # handed back for a pause: not retried
+                with self._verdicts:
+                    self.totals[_TOTALS.get(attempt.state, "retried")] += 1
             logger.debug("event %s: %s (HTTP %s)", event_id, attempt.outcome, attempt.status_code)
             self.notify(attempt, event_id)
 

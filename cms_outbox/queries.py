@@ -37,6 +37,7 @@ __all__ = [
     "IN_FLIGHT",
     "NO_REQUEST_OUTCOMES",
     "PENDING",
+    "PAUSED_OUTCOMES",
     "RETRIED_OUTCOMES",
     "STATES",
     "SUMMARY_COLUMNS",
@@ -57,10 +58,12 @@ __all__ = [
     "last_failed_attempt",
     "leasable",
     "oldest_unsent_at",
+    "pending_outlook",
     "pending_summary",
     "reading",
     "sale_by_invoice",
     "unacknowledged",
+    "waits_on",
 ]
 
 STATES = tuple(state.value for state in EventState)
@@ -76,7 +79,9 @@ CONTROL_ROW = "default"
 # The attempt outcomes the flusher records (``Attempt.outcome``), grouped as FlushReport counts.
 DELIVERED_OUTCOMES = ("delivered", "duplicate")
 DEAD_OUTCOMES = ("dead", "expired")
-RETRIED_OUTCOMES = ("retry", "rate_limited", "auth", "outage")
+RETRIED_OUTCOMES = ("retry", "rate_limited")
+# A pause (a refused token, no answer at all) hands the event back unchanged: not a retry.
+PAUSED_OUTCOMES = ("auth", "outage")
 NO_REQUEST_OUTCOMES = ("expired",)  # dead-lettered by age without sending anything
 
 # What ``events`` lists of each row (the payload for the event name; no last response).
@@ -172,16 +177,66 @@ def counts_by_state(conn: Connection) -> dict[str, int]:
     return counts
 
 
-def pending_summary(conn: Connection) -> tuple[int, int, float | None]:
-    """Pending events never tried, pending events retrying, and the earliest next attempt."""
-    first_try, retrying, next_at = conn.execute(
+def pending_summary(conn: Connection) -> tuple[int, int]:
+    """Pending events never tried, and pending events retrying."""
+    first_try, retrying = conn.execute(
         select(
             _count_if(events.c.attempts == 0),
             _count_if(events.c.attempts > 0),
-            func.min(events.c.next_attempt_at),
         ).where(events.c.state == PENDING)
     ).one()
-    return int(first_try), int(retrying), _float(next_at)
+    return int(first_try), int(retrying)
+
+
+def pending_outlook(conn: Connection, now: float) -> tuple[int, int, float | None]:
+    """Pending events due now, those held back by an earlier unfinished event of their
+    customer (FIFO), and when the next one not held back is due (None: every one is).
+
+    A held event's own ``next_attempt_at`` says nothing about when it is sent: it waits
+    for the event ahead of it.
+    """
+    pending = (
+        select(events.c.next_attempt_at.label("due_at"), fifo_clear().label("clear"))
+        .where(events.c.state == PENDING)
+        .subquery()
+    )
+    due, held, next_at = conn.execute(
+        select(
+            _count_if(and_(pending.c.clear, pending.c.due_at <= now)),
+            _count_if(~pending.c.clear),
+            func.min(case((pending.c.clear, pending.c.due_at))),
+        )
+    ).one()
+    return int(due), int(held), _float(next_at)
+
+
+def waits_on(conn: Connection, row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The event that ``row`` waits for, if it waits: a blocked follow-up's deferred setup
+    (the latest of its customer before it), a pending event's earliest unfinished
+    predecessor (FIFO). None for an event that waits for nothing but its time."""
+    earlier = and_(
+        events.c.customer_external_id == row["customer_external_id"], events.c.id < row["id"]
+    )
+    if row["state"] == BLOCKED:
+        query = (
+            select(*_WAITED_ON)
+            .where(earlier, events.c.mode == "deferred")
+            .order_by(events.c.id.desc())
+        )
+    elif row["state"] == PENDING:
+        query = (
+            select(*_WAITED_ON).where(earlier, events.c.state.in_(UNFINISHED)).order_by(events.c.id)
+        )
+    else:
+        return None
+    found = conn.execute(query.limit(1)).first()
+    return None if found is None else dict(found._mapping)
+
+
+_WAITED_ON = (
+    events.c.event_id, events.c.kind, events.c.mode, events.c.state, events.c.last_status_code,
+    events.c.last_error,
+)  # fmt: skip
 
 
 def oldest_unsent_at(conn: Connection) -> float | None:

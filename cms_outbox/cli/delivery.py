@@ -87,8 +87,10 @@ def register(subparsers: Any) -> None:
             "CMS_BEARER_TOKEN=... cms-outbox flush",
             "CMS_BEARER_TOKEN=... cms-outbox flush --timeout 60 --rate-limit 0 --json",
         ],
-        notes=TOKEN_NOTE + "\nJSON: {delivered, retried, dead, pending, due, blocked, paused, "
-        'elapsed_seconds};\npaused is null, "outage" or "auth" as this flush found the service.',
+        notes=TOKEN_NOTE + "\nJSON: {delivered, retried, dead, pending, due, held, next_attempt_at,"
+        " blocked, paused,\nelapsed_seconds}; held: pending behind an earlier event of the same "
+        'customer;\npaused is null, "outage" or "auth" as this flush found the service (a pause is '
+        "not a retry).",
     )
     add_delivery_options(parser)
     parser.add_argument(
@@ -194,6 +196,8 @@ def cmd_flush(args: argparse.Namespace) -> int:
                 "dead": total.dead,
                 "pending": after.to_send,
                 "due": after.pending_due,
+                "held": after.pending_held,
+                "next_attempt_at": reports.isoformat(after.next_attempt_at),
                 "blocked": after.counts["blocked"],
                 "paused": total.paused,
                 "elapsed_seconds": round(elapsed, 3),
@@ -204,11 +208,8 @@ def cmd_flush(args: argparse.Namespace) -> int:
             f"delivered {total.delivered}, retried {total.retried}, dead {total.dead} "
             f"in {reports.format_age(elapsed)}"
         )
-        waiting = ""
-        if after.next_attempt_at is not None and after.pending_due == 0:
-            waiting = f", next attempt in {reports.format_age(after.next_attempt_at - after.now)}"
         echo(
-            f"left: {after.to_send} to send ({after.pending_due} due now{waiting}), "
+            f"left: {after.to_send} to send ({_outlook(after)}), "
             f"{after.counts['blocked']} blocked, {after.counts['dead']} dead"
         )
         if total.paused is not None and after.pause is not None:
@@ -216,6 +217,19 @@ def cmd_flush(args: argparse.Namespace) -> int:
         elif total.paused is not None:
             echo(f"delivery paused ({total.paused})")
     return EXIT_OK if after.pending_due == 0 else EXIT_FAILURE
+
+
+def _outlook(status: reports.OutboxStatus) -> str:
+    """``2 due now, 3 held behind earlier events, next attempt in 4.0s``."""
+    parts = [f"{status.pending_due} due now"]
+    if status.pending_held:
+        parts.append(f"{status.pending_held} held behind earlier events of their customers")
+    if status.next_attempt_at is not None and status.pending_due == 0:
+        wait = status.next_attempt_at - status.now
+        parts.append(
+            f"next attempt in {reports.format_age(wait)}" if wait > 0 else "next attempt now"
+        )
+    return ", ".join(parts)
 
 
 def _drain(client: CMSClient, timeout: float | None) -> FlushReport:

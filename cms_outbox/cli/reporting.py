@@ -41,7 +41,9 @@ JSON keys (stable; keys are only ever added):
   pending_due                 pending events a flusher could send right now
   oldest_pending_at           enqueue time of the oldest pending or in-flight event, or null
   oldest_pending_age_seconds  its age in seconds, or null
-  next_attempt_at             earliest next attempt of a pending event, or null
+  pending_held                pending events held back by an earlier unfinished event of
+                              their customer (per-customer order)
+  next_attempt_at             when the next pending event not held back is due, or null
   last_delivery_at            time of the last delivery, or null
   last_error                  {at, event_id, status_code, outcome, message} of the last
                               attempt that did not deliver, or null
@@ -328,6 +330,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("delivered", reports.isoformat(event.delivered_at) or "-"),
         ("last status", event.last_status_code or "-"),
         ("last error", event.last_error or "-"),
+        ("waits on", _waits_on(detail.waits_on)),
     ]  # fmt: skip
     for label, value in fields:
         echo(f"{label:<13} {value}")
@@ -355,6 +358,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     for line in table(headers, rows).splitlines():
         echo(f"  {line}")
     return EXIT_OK
+
+
+def _waits_on(waited: reports.WaitedOn | None) -> str:
+    if waited is None:
+        return "-"
+    if waited.reason == "deferred setup":
+        why = f"its deferred setup, {waited.state}"
+        if waited.last_error:
+            why += f": {shorten(waited.last_error, 60)}"
+        if waited.state == "dead":
+            return f"{waited.event_id} ({why}); `cms-outbox retry {waited.event_id}` releases it"
+        return f"{waited.event_id} ({why})"
+    return f"{waited.event_id} (an earlier {waited.kind} of this customer, {waited.state})"
 
 
 def cmd_health(args: argparse.Namespace) -> int:

@@ -48,7 +48,9 @@ class OutboxStatus:
     """What ``cms-outbox status`` shows; ``counts`` has every state, zeros included.
 
     ``pending_due`` counts the pending events a flusher could lease right now (due,
-    and not held back by an earlier event of the same customer). ``new_dead`` and
+    and not held back by an earlier event of the same customer); ``pending_held`` those
+    held back. ``next_attempt_at`` is when the next pending event not held back is due
+    (a held one waits for the event ahead of it, whatever its own time says). ``new_dead`` and
     ``new_blocked`` count those that went wrong since ``acknowledged_at``, the last
     operator retry or purge (None: never; then every one is new).
     """
@@ -58,6 +60,7 @@ class OutboxStatus:
     pending_first_try: int
     pending_retrying: int
     pending_due: int
+    pending_held: int
     oldest_pending_at: float | None
     next_attempt_at: float | None
     last_delivery_at: float | None
@@ -90,6 +93,7 @@ class OutboxStatus:
             "pending_first_try": self.pending_first_try,
             "pending_retrying": self.pending_retrying,
             "pending_due": self.pending_due,
+            "pending_held": self.pending_held,
             "oldest_pending_at": isoformat(self.oldest_pending_at),
             "oldest_pending_age_seconds": None if age is None else round(age, 3),
             "next_attempt_at": isoformat(self.next_attempt_at),
@@ -114,7 +118,8 @@ def outbox_status(engine: Engine, now: float | None = None) -> OutboxStatus:
     """
     now = time.time() if now is None else now
     with queries.reading(engine, "reading the outbox status") as conn:
-        first_try, retrying, next_at = queries.pending_summary(conn)
+        first_try, retrying = queries.pending_summary(conn)
+        due, held, next_at = queries.pending_outlook(conn, now)
         last_delivery, last_minute, last_hour = queries.deliveries(conn, now)
         control = queries.control_row(conn)
         acknowledged_at = None if control is None else _float(control["acknowledged_at"])
@@ -124,7 +129,8 @@ def outbox_status(engine: Engine, now: float | None = None) -> OutboxStatus:
             counts=queries.counts_by_state(conn),
             pending_first_try=first_try,
             pending_retrying=retrying,
-            pending_due=queries.count_due(conn, now),
+            pending_due=due,
+            pending_held=held,
             oldest_pending_at=queries.oldest_unsent_at(conn),
             next_attempt_at=next_at,
             last_delivery_at=last_delivery,

@@ -10,13 +10,14 @@ from sqlalchemy import Engine
 
 from .. import queries
 from ..errors import EventNotFound, ValidationError
-from ..queries import PENDING
+from ..queries import BLOCKED, PENDING
 from .formatting import as_float, json_fields, parse_json
 
 __all__ = [
     "AttemptRecord",
     "EventDetail",
     "EventSummary",
+    "WaitedOn",
     "event_detail",
     "list_events",
     "resolve_event_id",
@@ -76,6 +77,22 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True)
+class WaitedOn:
+    """The event another one waits for: ``reason`` is ``"deferred setup"`` (a blocked
+    follow-up's) or ``"earlier event"`` (per-customer order)."""
+
+    event_id: str
+    reason: str
+    kind: str
+    state: str
+    last_status_code: int | None
+    last_error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return json_fields(self, times=())
+
+
+@dataclass(frozen=True)
 class EventDetail:
     """One event with its wire payload and its full attempt history, oldest first."""
 
@@ -83,6 +100,7 @@ class EventDetail:
     payload: Any
     last_response: str | None
     attempts: Sequence[AttemptRecord] = field(default_factory=tuple)
+    waits_on: WaitedOn | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +108,7 @@ class EventDetail:
             "payload": self.payload,
             "last_response": parse_json(self.last_response),
             "attempt_history": [attempt.to_json() for attempt in self.attempts],
+            "waits_on": None if self.waits_on is None else self.waits_on.to_json(),
         }
 
 
@@ -125,6 +144,7 @@ def event_detail(engine: Engine, event_id: str) -> EventDetail:
         if row is None:
             raise EventNotFound(f"event {event_id!r} is not in the outbox")
         history = queries.attempt_rows(conn, row["id"])
+        waited = queries.waits_on(conn, row)
     return EventDetail(
         summary=_summary(row),
         payload=parse_json(row["payload"]),
@@ -140,6 +160,18 @@ def event_detail(engine: Engine, event_id: str) -> EventDetail:
             )
             for item in history
         ),
+        waits_on=None if waited is None else _waited_on(row, waited),
+    )
+
+
+def _waited_on(row: Mapping[str, Any], waited: Mapping[str, Any]) -> WaitedOn:
+    return WaitedOn(
+        event_id=waited["event_id"],
+        reason="deferred setup" if row["state"] == BLOCKED else "earlier event",
+        kind=waited["kind"],
+        state=waited["state"],
+        last_status_code=waited["last_status_code"],
+        last_error=waited["last_error"],
     )
 
 
