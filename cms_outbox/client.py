@@ -15,9 +15,9 @@ from sqlalchemy import Engine
 from . import config, database, lifecycle, migrate, notify
 from .errors import ClientClosed, EventNotFound, InvoiceConflict
 from .events import Event, build_lead, build_sale, sale_differences
-from .flusher import Callback, Flusher, result_of_row
+from .flusher import Callback, Flusher
 from .pacing import RateLimit
-from .results import EventState, FlushReport, TrackResult
+from .results import EventState, FlushReport, TrackResult, result_of_row
 from .status import ActivityTracker, Stats
 from .store import AppConnection, Store
 

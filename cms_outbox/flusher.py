@@ -11,7 +11,6 @@ that sent it, and its row stays leased (FIFO holds its customer) until then.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -27,11 +26,11 @@ from .errors import ConfigurationError, OutboxError
 from .pacer import Pacer
 from .policy import Answer, Breaker, Decision, Rules, Verdict, decide, expiry
 from .queries import PAUSED_OUTCOMES
-from .results import EventState, FlushReport, TrackResult
+from .results import EventState, FlushReport, TrackResult, parse_body
 from .store import Attempt, Lease, Store
 from .transport import Reply, Transport
 
-__all__ = ["Flusher", "result_of_row"]
+__all__ = ["Flusher"]
 
 logger = logging.getLogger(__name__)
 Callback = Callable[[TrackResult], Any]
@@ -347,7 +346,7 @@ class Flusher:
             state=attempt.state,
             error=attempt.error,
             status_code=attempt.status_code,
-            data=_parse_body(attempt.response),
+            data=parse_body(attempt.response),
         )
         try:
             callback(result)
@@ -370,35 +369,13 @@ def _attempt(lease: Lease, reply: Reply, decision: Decision) -> Attempt:
     )
 
 
-def result_of_row(row: dict[str, Any]) -> TrackResult:
-    """A ``TrackResult`` from a stored event row."""
-    state = EventState(row["state"])
-    return TrackResult(
-        success=state is not EventState.DEAD,
-        event_id=row["event_id"],
-        state=state,
-        error=row["last_error"] if state is not EventState.DELIVERED else None,
-        status_code=row["last_status_code"],
-        data=_parse_body(row["last_response"]),
-    )
-
-
 def _server_error(reply: Reply) -> str | None:
     if reply.status_code is None or 200 <= reply.status_code < 300:
         return None
-    body = _parse_body(reply.body)
+    body = parse_body(reply.body)
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         return f"HTTP {reply.status_code}: {body['error']}"
     return f"HTTP {reply.status_code}"
-
-
-def _parse_body(body: str | None) -> Any:
-    if body is None:
-        return None
-    try:
-        return json.loads(body)
-    except ValueError:
-        return body
 
 
 def _new_owner() -> str:

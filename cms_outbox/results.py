@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["EventState", "FlushReport", "TrackResult"]
+__all__ = ["EventState", "FlushReport", "TrackResult", "parse_body", "result_of_row"]
 
 
 class EventState(str, enum.Enum):
@@ -89,3 +90,26 @@ class FlushReport:
             blocked=later.blocked,
             paused=later.paused,
         )
+
+
+def result_of_row(row: Mapping[str, Any]) -> TrackResult:
+    """A ``TrackResult`` from a stored event row."""
+    state = EventState(row["state"])
+    return TrackResult(
+        success=state is not EventState.DEAD,
+        event_id=row["event_id"],
+        state=state,
+        error=row["last_error"] if state is not EventState.DELIVERED else None,
+        status_code=row["last_status_code"],
+        data=parse_body(row["last_response"]),
+    )
+
+
+def parse_body(body: str | None) -> Any:
+    """A stored or received body: its JSON value, or the text when it is not JSON."""
+    if body is None:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body
