@@ -168,6 +168,7 @@ class CMSClient:
             interval=self.settings.interval,
             maintenance=self.purge_expired,
             listen=notify.listener(self.engine),
+            in_flight=lambda: self.flusher.in_flight,
         )
 
     def __repr__(self) -> str:

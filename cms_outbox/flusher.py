@@ -24,7 +24,8 @@ from .config import Settings
 from .delivery_pass import Pass
 from .errors import ConfigurationError, OutboxError
 from .pacer import Pacer
-from .policy import Answer, Breaker, Decision, Rules, Verdict, decide, expiry
+from .pauses import Pauses
+from .policy import Answer, Decision, Rules, Verdict, decide, expiry
 from .queries import PAUSED_OUTCOMES
 from .results import EventState, FlushReport, TrackResult, parse_body
 from .store import Attempt, Lease, Store
@@ -56,14 +57,15 @@ class Flusher:
         self.on_dead = on_dead
         self.clock = clock
         self.rng = rng or random.Random()
-        self.breaker = Breaker()
+        self.pauses = Pauses(store, self.rng)
+        self.breaker = self.pauses.breaker
         self.owner = _new_owner()
         self._transport: Transport | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pass_lock = threading.Lock()
         self._pass_thread: int | None = None
         self.pacer = Pacer(store, settings.rate_limit)
-        self._pause_cleared = False
+        self._current: Pass | None = None
         # Attempts recorded by every pass of this flusher, a failed pass's included.
         self.totals = {"delivered": 0, "retried": 0, "dead": 0}
         # Requests a pass left in flight at its deadline; recorded as their answers come.
@@ -104,7 +106,7 @@ class Flusher:
         self._transport = None
         self._executor = None
         self._pass_lock = threading.Lock()
-        self._pause_cleared = False
+        self.pauses.after_fork()
         self._strays = {}
         self._verdicts = threading.Lock()
         self.pacer = Pacer(self.store, self.settings.rate_limit)
@@ -165,8 +167,10 @@ class Flusher:
                 self.store.hand_back(self.owner)
             if probe:
                 self.breaker.probe_now()
-            Pass(self, deadline, stop).run()
+            self._current = Pass(self, deadline, stop)
+            self._current.run()
         finally:
+            self._current = None
             self._pass_thread = None
             self._pass_lock.release()
         return self._report(before)
@@ -187,6 +191,12 @@ class Flusher:
     def strays(self) -> int:
         """Requests left in flight by a pass that returned at its deadline."""
         return len(self._strays)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered: the running pass's and the strays."""
+        current = self._current
+        return len(self._strays) + (0 if current is None else len(current.inflight))
 
     def adopt(self, inflight: dict[Future[Reply], Lease]) -> None:
         """Take over requests a pass leaves in flight: each is recorded when it answers."""
@@ -268,9 +278,9 @@ class Flusher:
         )
         decision = decide(answer, lease.attempts, lease.created_at, now, self.rules, self.rng)
         if decision.breaker is not None:
-            self._pause(decision.breaker, now, decision.error)
+            self.pauses.failed(decision.breaker, now, decision.error)
         else:
-            self._resume(now)
+            self.pauses.answered(now)
         if decision.verdict is Verdict.DEAD:
             logger.warning("event %s dead-lettered: %s", lease.event_id, decision.error)
         if self.pacer.paced:
@@ -294,43 +304,6 @@ class Flusher:
             started_at=now,
             duration=0.0,
             error=decision.error,
-        )
-
-    def _pause(self, reason: str, now: float, error: str | None) -> None:
-        if self.breaker.trip(reason, now, self.rng, error):
-            if reason == "auth":
-                logger.error(
-                    "delivery paused: the CMS service rejected the token (%s); every event "
-                    "stays pending until a valid token is configured",
-                    error,
-                )
-            else:
-                logger.warning("outage started: CMS service unreachable (%s); probing", error)
-            self._publish_pause()
-
-    def _resume(self, now: float) -> None:
-        if not self._pause_cleared:
-            # A pause published by an earlier (crashed) flusher ends with our first answer.
-            self._pause_cleared = True
-            if not self.breaker.paused:
-                self._publish_pause()
-        if self.breaker.reason is None:
-            return
-        since = self.breaker.since or now
-        ended = self.breaker.close()
-        if ended == "auth":
-            logger.warning("delivery resumed: the token was accepted again")
-        elif ended == "outage":
-            logger.warning("outage ended after %.1fs: CMS service reachable", now - since)
-        if ended:
-            self._publish_pause()
-
-    def _publish_pause(self) -> None:
-        breaker = self.breaker
-        self.store.set_pause(
-            outage_since=breaker.since if breaker.reason == "outage" else None,
-            auth_paused_since=breaker.since if breaker.reason == "auth" else None,
-            error=breaker.error,
         )
 
     def notify(self, attempt: Attempt, event_id: str) -> None:

@@ -1,7 +1,8 @@
 """One flusher's side of the shared pacing budget: take, give back, hear the service.
 
 ``pacing`` decides; this applies its decisions to the budget in the store, under the
-control row's lock, and logs when the limit in force or a 429 pause changes.
+control row's lock, and logs one line, with the numbers, when the limit in force
+changes, a 429 pauses every flusher (WARNING) and that pause is over (INFO).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import threading
 
 from .advert import Advert
 from .pacing import Budget, Grant, RateLimit, hear, in_force, rate_limited, refund, take
+from .status.formatting import format_age
 from .store import Store
 
 __all__ = ["Pacer"]
@@ -31,6 +33,7 @@ class Pacer:
         self.limit = limit
         self._heard: Advert | None = None
         self._lock = threading.Lock()
+        self._paused: tuple[float, float] | None = None  # (since, until) of a pause we told
 
     @property
     def paced(self) -> bool:
@@ -49,6 +52,12 @@ class Pacer:
 
         before, after, grant = self.store.with_budget(change)
         self._log_limit(before, after)
+        if self._paused is not None and now >= after.paused_until:
+            logger.info(
+                "rate-limit pause over after %s: pacing at %s",
+                format_age(now - self._paused[0]), self._in_force(after),
+            )  # fmt: skip
+            self._paused = None
         return grant
 
     def give_back(self, count: int) -> None:
@@ -72,16 +81,23 @@ class Pacer:
         before, after = self.store.with_budget(change)
         if after.paused_until > max(before.paused_until, now):
             logger.warning(
-                "rate limited (HTTP 429): every flusher of this outbox pauses for %.1fs",
-                after.paused_until - now,
-            )
+                "rate limited (HTTP 429): every flusher of this outbox pauses for %s, then "
+                "paces at %s",
+                format_age(after.paused_until - now), self._in_force(after),
+            )  # fmt: skip
+            since = now if self._paused is None else self._paused[0]
+            self._paused = (since, after.paused_until)
         self._log_limit(before, after)
 
     def _log_limit(self, before: Budget, after: Budget) -> None:
         if (before.quota, before.source) == (after.quota, after.source):
             return
-        quota, source = in_force(after, self.limit)
-        logger.info(
-            "pacing: %.4g requests per %gs (%.1f/min, %s)",
-            quota.requests, quota.window, quota.per_minute, source.value,
-        )  # fmt: skip
+        logger.info("pacing: %s", self._in_force(after))
+
+    def _in_force(self, budget: Budget) -> str:
+        """``30 requests per 60s (30.0/min, learned)``."""
+        quota, source = in_force(budget, self.limit)
+        return (
+            f"{quota.requests:.4g} requests per {quota.window:g}s "
+            f"({quota.per_minute:.1f}/min, {source.value})"
+        )

@@ -69,10 +69,13 @@ class FlushScheduler:
         maintenance: Callable[[], Any] | None = None,
         maintenance_interval: float = 3600.0,
         listen: Callable[[Callable[[], None], threading.Event], None] | None = None,
+        in_flight: Callable[[], int] = lambda: 0,
     ) -> None:
         """:param listen: blocks calling its first argument on every outside wake-up
-        signal (PostgreSQL NOTIFY) until its second is set; run in a thread."""
+        signal (PostgreSQL NOTIFY) until its second is set; run in a thread.
+        :param in_flight: how many requests await an answer (for the stop line)."""
         self._run_pass = run_pass
+        self._in_flight = in_flight
         self._listen = listen
         self._interval = interval
         self._maintenance = maintenance
@@ -120,6 +123,15 @@ class FlushScheduler:
         scheduler.add_job(watch, "interval", seconds=0.2, max_instances=1, coalesce=True)
         self._start_listening()
         scheduler.start()
+        if self._idle.is_set():
+            logger.info("stopping: no delivery in progress")
+        else:
+            requests = self._in_flight()
+            logger.info(
+                "stopping: leasing nothing more; waiting up to %.0fs for %d request%s in "
+                "flight to be answered and recorded",
+                grace, requests, "" if requests == 1 else "s",
+            )  # fmt: skip
         if not self._idle.wait(grace):
             logger.warning("the last pass did not end within %.0fs; its leases will expire", grace)
 

@@ -67,7 +67,8 @@ def test_one_line_per_outage_auth_pause_and_dead_event_without_secrets(
     assert len(dead_lines) == 1 and dead.event_id in dead_lines[0], messages
 
     levels = {m: r.levelno for m, r in zip(messages, caplog.records)}
-    assert all(levels[m] >= logging.WARNING for m in messages if m.startswith("outage"))
+    assert all(levels[m] >= logging.WARNING for m in messages if m.startswith("outage started"))
+    assert all(levels[m] == logging.INFO for m in messages if m.startswith("outage ended"))
     assert all(levels[m] >= logging.ERROR for m in messages if m.startswith("delivery paused"))
 
     for record in caplog.records:
