@@ -189,7 +189,7 @@ def main() -> None:
     }
     targets = {
         "20ms_vs_16_threads": target(
-            "20 ms: cms_outbox / 16-thread fan-out", ratios["20ms_vs_16_threads"], ">=", 0.9
+            "20 ms: cms_outbox / 16-thread fan-out", ratios["20ms_vs_16_threads"], ">=", 0.95
         ),
         "0ms_vs_sequential": target(
             "0 ms: cms_outbox / sequential loop", ratios["0ms_vs_sequential"], ">=", 1.0

@@ -4,25 +4,33 @@ The pass thread does all database work; worker threads only do HTTP. A pass keep
 pool busy until nothing more is due, the circuit opens, the deadline passes or it is
 told to stop; rows it leased but did not send go back unsent. The ``Flusher`` that runs
 it owns what outlives a pass: the breaker, the pacer, the totals and the callbacks.
+
+Each worker has a second row leased and queued behind its request, so it starts the
+next one the moment an answer arrives rather than after a database round trip, and
+answers are recorded half a round per transaction: few, short holds of SQLite's lock.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import TYPE_CHECKING
 
+from .policy import Verdict, classify
 from .store import Attempt, Lease
-from .transport import Reply
+from .transport import Reply, Transport
 
 if TYPE_CHECKING:
     from .flusher import Flusher
 
-__all__ = ["IDLE_WAIT", "Pass"]
+__all__ = ["IDLE_WAIT", "PIPELINE", "Pass"]
 
 # Seconds a pass without a deadline waits for a request at a time, to notice leave_by().
 IDLE_WAIT = 0.25
+# Rows leased per worker: one on the wire, one queued behind it.
+PIPELINE = 2
 
 
 class Pass:
@@ -37,7 +45,9 @@ class Pass:
         self.deadline = deadline
         self.stop = stop or threading.Event()
         self.paced = flusher.pacer.paced
-        self.inflight: dict[Future[Reply], Lease] = {}
+        self.inflight: dict[Future[Reply | None], Lease] = {}
+        self.unsent: list[int] = []  # rows leased, then not sent: handed back at the end
+        self.halted = False  # set by a worker: send nothing more in this pass
         self.exhausted = False
 
     def run(self) -> None:
@@ -46,14 +56,17 @@ class Pass:
         try:
             self._loop()
         finally:
+            self._cancel_queued()
             self._drain_inflight()
+        # After a failure the next pass hands back what is still leased to us.
+        self.store.hand_back(self.flusher.owner, self.unsent)
 
     def _loop(self) -> None:
         finished: list[tuple[Attempt, str]] = []
         while True:
             now = self.flusher.clock()
             allowance = self.flusher.breaker.allowance(now)
-            stopping = self._stopping() or allowance == 0
+            stopping = self._stopping() or allowance == 0 or self.halted
             room = 0 if stopping or self.exhausted else self._room(allowance)
             wait_for_token = None
             if room and self.paced:
@@ -79,12 +92,29 @@ class Pass:
                 self.inflight, timeout=self._wait_time(wait_for_token), return_when=FIRST_COMPLETED
             )
             finished = self._judge(done)
+            while self._keep_collecting(finished):
+                done, _ = wait(
+                    self.inflight, timeout=self._wait_time(None), return_when=FIRST_COMPLETED
+                )
+                finished += self._judge(done)
+
+    def _keep_collecting(self, finished: list[tuple[Attempt, str]]) -> bool:
+        """Whether to wait for more answers before recording them: half a round goes
+        into one transaction (one hold of SQLite's write lock, not one per answer) as
+        long as the workers have half a round queued, so that none of them waits."""
+        half = max(1, self.settings.workers // 2)
+        if not finished or len(finished) >= half:
+            return False
+        if self.flusher.breaker.reason is not None or self._stopping():
+            return False
+        queued = sum(1 for future in self.inflight if not future.running() and not future.done())
+        return queued >= half
 
     def _room(self, allowance: int | None) -> int:
         busy = len(self.inflight) + self.flusher.strays
         if allowance == 1:  # half-open: one probe, alone
             return 0 if busy else 1
-        return max(0, self.settings.workers - busy)
+        return max(0, self.settings.workers * PIPELINE - busy)
 
     def _exchange(self, finished: list[tuple[Attempt, str]], room: int, now: float) -> int:
         """Record what finished, lease what fits and send it; returns how many were leased."""
@@ -105,20 +135,39 @@ class Pass:
             dead = [(self.flusher.expired(lease, now), lease.event_id) for lease in expired]
             self.flusher.account(dead, self.store.record(self.flusher.owner, [o for o, _ in dead]))
         executor = self.flusher.executor()
-        transport = self.flusher.transport()
+        send = functools.partial(self._send, self.flusher.transport())
         for lease in leases:
             if lease not in expired:
-                future = executor.submit(transport.send, lease.kind, lease.event_id, lease.payload)
-                self.inflight[future] = lease
+                self.inflight[executor.submit(send, lease)] = lease
         return len(leases)
 
-    def _judge(self, done: set[Future[Reply]]) -> list[tuple[Attempt, str]]:
+    def _send(self, transport: Transport, lease: Lease) -> Reply | None:
+        """In a worker: send, unless the pass stopped, or the circuit opened (or is about
+        to: a request went unanswered or the token was refused) while the row waited."""
+        breaker = self.flusher.breaker
+        if self.halted or self._stopping() or breaker.allowance(self.flusher.clock()) == 0:
+            return None
+        reply = transport.send(lease.kind, lease.event_id, lease.payload)
+        if classify(reply.status_code) in (Verdict.OUTAGE, Verdict.AUTH):
+            self.halted = True  # before the pass thread has judged it: no burst of failures
+        return reply
+
+    def _judge(self, done: set[Future[Reply | None]]) -> list[tuple[Attempt, str]]:
         finished = []
         for future in done:
             lease = self.inflight.pop(future)
-            finished.append((self.flusher.verdict(lease, future.result()), lease.event_id))
+            reply = future.result()
+            if reply is None:
+                self.unsent.append(lease.seq)
+                continue
+            finished.append((self.flusher.verdict(lease, reply), lease.event_id))
         self.exhausted = False  # a finished row may have unblocked its customer's next one
         return finished
+
+    def _cancel_queued(self) -> None:
+        """Take back the requests still queued behind the ones on the wire."""
+        for future in [future for future in self.inflight if future.cancel()]:
+            self.unsent.append(self.inflight.pop(future).seq)
 
     def _drain_inflight(self) -> None:
         while self.inflight:
@@ -131,6 +180,8 @@ class Pass:
             if not done:
                 continue
             finished = self._judge(done)
+            if not finished:
+                continue
             applied = self.store.record(
                 self.flusher.owner,
                 [attempt for attempt, _ in finished],

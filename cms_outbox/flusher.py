@@ -69,7 +69,7 @@ class Flusher:
         # Attempts recorded by every pass of this flusher, a failed pass's included.
         self.totals = {"delivered": 0, "retried": 0, "dead": 0}
         # Requests a pass left in flight at its deadline; recorded as their answers come.
-        self._strays: dict[Future[Reply], Lease] = {}
+        self._strays: dict[Future[Reply | None], Lease] = {}
         self._verdicts = threading.Lock()  # breaker, pacing and totals: pass and strays
         self.leave_at: float | None = None
 
@@ -198,18 +198,22 @@ class Flusher:
         current = self._current
         return len(self._strays) + (0 if current is None else len(current.inflight))
 
-    def adopt(self, inflight: dict[Future[Reply], Lease]) -> None:
+    def adopt(self, inflight: dict[Future[Reply | None], Lease]) -> None:
         """Take over requests a pass leaves in flight: each is recorded when it answers."""
         self._strays.update(inflight)
         for future in inflight:
             future.add_done_callback(self._finish_stray)
 
-    def _finish_stray(self, future: Future[Reply]) -> None:
+    def _finish_stray(self, future: Future[Reply | None]) -> None:
         lease = self._strays.pop(future, None)
         if lease is None or future.cancelled():
             return
         try:
-            attempt = self.verdict(lease, future.result())
+            reply = future.result()
+            if reply is None:  # not sent after all: the pass had ended
+                self.store.hand_back(self.owner, [lease.seq])
+                return
+            attempt = self.verdict(lease, reply)
             applied = self.store.record(
                 self.owner, [attempt], redact=self.settings.redact_after_delivery
             )

@@ -113,6 +113,15 @@ class Daemon:
             ).scalar_one()
         return bool(count)
 
+    def connected(self, engine: Engine) -> bool:
+        """Whether any database session of this daemon is still open."""
+        with engine.connect() as conn:
+            count = conn.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"),
+                {"name": self.app_name},
+            ).scalar_one()
+        return bool(count)
+
     def stop(self, timeout: float = 60.0) -> str:
         """SIGTERM, wait for a clean exit; returns the log."""
         if self.process.poll() is None:
@@ -364,6 +373,9 @@ def test_a_killed_daemon_s_leases_are_delivered_by_the_others(
     assert wait_until(victim_holds_leases, timeout=30, step=0.005)
     victim.process.send_signal(signal.SIGKILL)
     victim.process.wait(timeout=30)
+    # A COMMIT the victim sent just before it died is still applied by its server
+    # session: look at its leases only once every session of it has ended.
+    assert wait_until(lambda: not victim.connected(engine), timeout=30, step=0.05)
     with engine.connect() as conn:
         orphaned = {
             row.event_id: row.lease_expires_at
