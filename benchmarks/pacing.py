@@ -15,7 +15,8 @@ reordered within its customer or dead-lettered (the backlog is not meant to drai
 limit decides, which is the point). ``--quick`` uses 2-second windows, 10 and 40 per
 window, and fewer windows.
 
-    python benchmarks/pacing.py [--quick] [--database-url postgresql+psycopg://...]
+    python benchmarks/pacing.py [--quick] [--backend both|sqlite|postgresql]
+        [--database-url postgresql+psycopg://...]
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def parse_args() -> argparse.Namespace:
         "--database-url",
         default=os.environ.get("CMS_OUTBOX_TEST_POSTGRES_URL"),
         help="a PostgreSQL server for the second run (default: env CMS_OUTBOX_TEST_POSTGRES_URL)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("both", "sqlite", "postgresql"),
+        default="both",
+        help="which outbox to run (default: both; PostgreSQL needs a server)",
     )
     return parser.parse_args()
 
@@ -265,9 +272,10 @@ def print_run(name: str, result: dict[str, Any]) -> None:
 def main() -> None:
     args = parse_args()
     plan = QUICK if args.quick else FULL
-    backends = ["sqlite"]
     server = args.database_url
-    if not args.quick and server and make_url(server).get_backend_name() == "postgresql":
+    postgres = bool(server) and make_url(server).get_backend_name() == "postgresql"
+    backends = [] if args.backend == "postgresql" else ["sqlite"]
+    if args.backend != "sqlite" and not args.quick and postgres:
         backends.append("postgresql")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="cms-pacing-") as tmp:
@@ -302,7 +310,7 @@ def main() -> None:
             f"{b}: lost + doubled + reordered + dead + unrecorded + tracebacks",
             float(faults + result["tracebacks"]), "==", 0,
         )  # fmt: skip
-    if len(backends) == 1 and not args.quick:
+    if "postgresql" not in backends and args.backend != "sqlite" and not args.quick:
         print("PostgreSQL run skipped: pass --database-url or set CMS_OUTBOX_TEST_POSTGRES_URL")
     emit(
         {
