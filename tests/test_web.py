@@ -518,7 +518,7 @@ def test_the_readme_mounts_it_in_flask_behind_the_applications_login(
         assert page.status_code == 200 and 'action="/outbox/events"' in text(page)
     finally:
         namespace["dashboard"].close()
-        namespace["client"].close()
+        namespace["outbox"].close()
 
 
 def test_fastapi_mounts_it_through_a_wsgi_adapter(
