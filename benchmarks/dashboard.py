@@ -30,6 +30,7 @@ from typing import Any
 from _common import emit, median, ratio, table, target
 from sqlalchemy import create_engine, insert
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from werkzeug.test import Client
 
 from cms_outbox import CMSClient
@@ -62,7 +63,7 @@ class Rows:
             self.conn.execute("PRAGMA synchronous = OFF")
             self.conn.execute("BEGIN")
         else:
-            self.engine = create_engine(url)
+            self.engine = create_engine(url, pool_pre_ping=True)
 
     def add(self, event_rows: list[tuple[Any, ...]], attempt_rows: list[tuple[Any, ...]]) -> None:
         if self.sqlite:
@@ -77,11 +78,19 @@ class Rows:
                 attempt_rows,
             )
             return
-        with self.engine.begin() as conn:
-            conn.execute(insert(events), [dict(zip(EVENT_COLUMNS, row)) for row in event_rows])
-            conn.execute(
-                insert(attempts), [dict(zip(ATTEMPT_COLUMNS, row)) for row in attempt_rows]
-            )
+        for _ in range(30):  # a server restarted by other work on the machine: wait, redo
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        insert(events), [dict(zip(EVENT_COLUMNS, row)) for row in event_rows]
+                    )
+                    conn.execute(
+                        insert(attempts), [dict(zip(ATTEMPT_COLUMNS, row)) for row in attempt_rows]
+                    )
+                return
+            except OperationalError:
+                time.sleep(2)
+        raise RuntimeError("the database server kept failing")
 
     def close(self) -> None:
         if self.sqlite:
