@@ -71,13 +71,12 @@ class GroupCommit:
             self._queue.append(entry)
             if self._leading:
                 self._wait(lambda: entry.done or not self._leading)
-            batch = None
-            if not entry.done:
+            lead = not entry.done
+            if lead:
                 self._leading = True
                 self._leader = threading.get_ident()
-                batch, self._queue = self._queue, []
-        if batch is not None:
-            self._lead(batch)
+        if lead:
+            self._lead()
         if entry.error is not None:
             raise entry.error
         return entry.stored
@@ -122,10 +121,19 @@ class GroupCommit:
         self._conn = None
         self._forget()
 
-    def _lead(self, batch: list[_Entry]) -> None:
+    def _lead(self) -> None:
+        batch: list[_Entry] = []
         try:
-            self._write(batch)
+            with self._write_lock:
+                # Taken only now: callers who arrived while the lock was waited for
+                # (another process was writing) go into this transaction too.
+                with self._lock:
+                    batch, self._queue = self._queue, []
+                self._write(batch)
         except BaseException:  # e.g. KeyboardInterrupt: no caller may wait forever
+            with self._lock:
+                if not batch:  # interrupted while waiting for the lock: fail the queue
+                    batch, self._queue = self._queue, []
             for entry in batch:
                 if not entry.done:  # rolled back or never tried
                     entry.error = sqlite3.OperationalError("interrupted before it was stored")
@@ -142,17 +150,16 @@ class GroupCommit:
     def _write(self, batch: list[_Entry]) -> None:
         try:
             conn = self._connection()
-            with self._write_lock:
-                if len(batch) > 1:  # alone, the INSERT is its own transaction
-                    conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for entry in batch:
-                        entry.stored = conn.execute(self._sql, entry.params).rowcount == 1
-                    conn.commit()  # a no-op for a lone INSERT in autocommit mode
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.rollback()
-                    raise
+            if len(batch) > 1:  # alone, the INSERT is its own transaction
+                conn.execute("BEGIN IMMEDIATE")
+            try:
+                for entry in batch:
+                    entry.stored = conn.execute(self._sql, entry.params).rowcount == 1
+                conn.commit()  # a no-op for a lone INSERT in autocommit mode
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
         except Exception as exc:
             if len(batch) == 1:
                 batch[0].error = exc

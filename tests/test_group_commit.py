@@ -18,6 +18,7 @@ import pytest
 
 from cms_outbox import CMSClient
 from cms_outbox.group_commit import GroupCommit
+from cms_outbox.write_lock import WriteLock
 from tests.conftest import wait_until
 
 SQL = "INSERT INTO t (v) VALUES (?) ON CONFLICT(v) DO NOTHING"
@@ -100,6 +101,27 @@ def test_callers_queued_behind_a_commit_share_the_next_transaction(
     # The first INSERT ran alone; the seven that queued behind it in one transaction.
     assert db.statements.count("BEGIN IMMEDIATE") == 1
     assert db.statements.count("COMMIT") == 1
+
+
+def test_callers_arriving_while_the_leader_waits_for_the_write_lock_join_its_batch(
+    db: Recorded,
+) -> None:
+    """The leader takes its batch once it holds the lock file, not before: everyone who
+    queued while another process was writing shares one transaction."""
+    other_process = WriteLock(str(db.path))
+    group = GroupCommit(db.connect, SQL, write_lock=WriteLock(str(db.path)))
+    values = [f"v{n}" for n in range(6)]
+    with ThreadPoolExecutor(len(values)) as pool:
+        with other_process:
+            first = pool.submit(group.insert, (values[0],))
+            assert wait_until(lambda: group._leading)
+            rest = [pool.submit(group.insert, (value,)) for value in values[1:]]
+            assert wait_until(lambda: len(group._queue) == len(values))  # the leader's too
+        assert [f.result(timeout=30) for f in [first, *rest]] == [True] * len(values)
+    group.close()
+    other_process.close()
+    assert sorted(db.values()) == values
+    assert db.statements.count("BEGIN IMMEDIATE") == 1 and db.statements.count("COMMIT") == 1
 
 
 def test_a_failing_row_fails_alone_and_a_skipped_row_says_so(
