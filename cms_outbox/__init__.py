@@ -8,6 +8,7 @@ from .daemon import Daemon
 from .errors import (
     ClientClosed,
     ConfigurationError,
+    DirectoryNotFound,
     EventNotFound,
     InvoiceConflict,
     OutboxError,
@@ -23,6 +24,7 @@ __all__ = [
     "ClientClosed",
     "ConfigurationError",
     "Daemon",
+    "DirectoryNotFound",
     "EventNotFound",
     "EventState",
     "FlushReport",

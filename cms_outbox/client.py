@@ -47,6 +47,9 @@ class CMSClient:
         ``sqlite:///cms_outbox.db``).
     :param engine: an SQLAlchemy ``Engine`` of the application's instead of
         ``database_url``; used as it is and never disposed of.
+    :param create_directories: create a SQLite outbox's missing parent directories; by
+        default a missing directory raises ``DirectoryNotFound`` (a mistyped path must
+        not become a new, empty outbox).
     :param flush: ``"background"`` delivers from this process; ``"off"`` only when
         ``flush()`` is called (or a ``cms-outbox run`` daemon delivers).
     :param rate_limit: ``"auto"`` (default) paces every flusher of this outbox together
@@ -90,6 +93,7 @@ class CMSClient:
         database_url: str | None = None,
         *,
         engine: Engine | None = None,
+        create_directories: bool = False,
         flush: str = "background",
         rate_limit: int | str | RateLimit | None = "auto",
         workers: int = 8,
@@ -112,6 +116,7 @@ class CMSClient:
             token=token,
             host=host,
             database_url=database_url,
+            create_directories=create_directories,
             flush=flush,
             rate_limit=RateLimit.parse(rate_limit),
             workers=workers,
@@ -129,7 +134,9 @@ class CMSClient:
         )
         self._owns_engine = engine is None
         self.engine = engine or database.create(
-            self.settings.database_url, durability=self.settings.durability
+            self.settings.database_url,
+            durability=self.settings.durability,
+            create_directories=self.settings.create_directories,
         )
         self._closed = False
         self._close_lock = threading.RLock()  # a signal handler may close mid-close

@@ -31,6 +31,7 @@ class Settings:
     token: str | None = field(default=None, repr=False)
     host: str = DEFAULT_HOST
     database_url: str = DEFAULT_DATABASE_URL
+    create_directories: bool = False  # a SQLite outbox's missing directories: error or create
     flush: str = "background"
     rate_limit: RateLimit = AUTO  # built from "auto", an int or 0/None by RateLimit.parse
     workers: int = 8

@@ -10,7 +10,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from .errors import ConfigurationError, StorageError
+from . import sqlite_path
+from .errors import ConfigurationError
 
 __all__ = ["BUSY_TIMEOUT", "READ_ONLY", "create", "display_url", "is_sqlite", "prepare_sqlite"]
 
@@ -22,10 +23,21 @@ BUSY_TIMEOUT = 30.0
 READ_ONLY = "cms_outbox_read_only"
 
 
-def create(url: str, *, durability: str = "full") -> Engine:
+def create(
+    url: str,
+    *,
+    durability: str = "full",
+    create: bool = True,
+    create_directories: bool = False,
+    writable: bool = True,
+) -> Engine:
     """Create an engine for ``url``; a new SQLite file is created with mode 0600.
 
+    :param create: create a missing SQLite file (a reader passes False).
+    :param create_directories: create a SQLite file's missing parent directories too.
+    :param writable: refuse a read-only SQLite file now, not at the first write.
     :raises ConfigurationError: for a URL SQLAlchemy cannot use.
+    :raises StorageError: a SQLite path that cannot work (see ``sqlite_path.prepare``).
     """
     try:
         parsed = make_url(url)
@@ -39,7 +51,9 @@ def create(url: str, *, durability: str = "full") -> Engine:
                 "the outbox needs a SQLite file (sqlite:///path.db), not an in-memory database: "
                 "events must survive the process"
             )
-        _create_private_file(database)
+        sqlite_path.prepare(
+            database, create=create, create_directories=create_directories, writable=writable
+        )
         options["connect_args"] = {"timeout": BUSY_TIMEOUT, "check_same_thread": False}
     else:
         options["pool_pre_ping"] = True
@@ -95,15 +109,3 @@ def prepare_sqlite(engine: Engine, *, durability: str) -> None:
     def _on_begin(connection: Any) -> None:
         read_only = connection.get_execution_options().get(READ_ONLY, False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
-
-def _create_private_file(path: str) -> None:
-    # SQLite creates the -wal and -shm files with the database file's permissions.
-    if os.path.exists(path):
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-    except OSError as exc:
-        raise StorageError(f"cannot create the outbox database file {path!r}: {exc}") from exc

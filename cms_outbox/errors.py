@@ -7,7 +7,8 @@
     │   └── InvoiceConflict             invoice_id stored for a different sale
     ├── ConfigurationError(ValueError)  a setting that cannot work
     ├── StorageError                    database failure; the driver error is __cause__
-    │   └── SchemaError                 database not at our Alembic head, or newer
+    │   ├── SchemaError                 database not at our Alembic head, or newer
+    │   └── DirectoryNotFound           a SQLite outbox's directory does not exist
     ├── EventNotFound(LookupError)      unknown event_id, quoted in the message
     └── ClientClosed(RuntimeError)      misuse: called after close()
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 __all__ = [
     "ClientClosed",
     "ConfigurationError",
+    "DirectoryNotFound",
     "EventNotFound",
     "InvoiceConflict",
     "OutboxError",
@@ -66,6 +68,11 @@ class StorageError(OutboxError):
 
 class SchemaError(StorageError):
     """Raised when the outbox tables are not at this version's Alembic head."""
+
+
+class DirectoryNotFound(StorageError):
+    """Raised when a SQLite outbox's directory does not exist and creating it was not asked
+    for (``create_directories=True``): a mistyped path must not become a new, empty outbox."""
 
 
 class EventNotFound(OutboxError, LookupError):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from .database import READ_ONLY
+from .database import READ_ONLY, display_url
 from .driver_errors import storage_error
 from .errors import SchemaError
 
@@ -101,7 +101,8 @@ def current_revision(engine: Engine) -> str | None:
                     return None
                 raise
     except SQLAlchemyError as exc:
-        raise storage_error("reading the outbox schema version", exc) from exc
+        outbox = display_url(engine.url)
+        raise storage_error(f"reading the schema version of the outbox {outbox}", exc) from exc
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
@@ -115,7 +116,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         with engine.begin() as connection:
             command.upgrade(_config(connection), revision)
     except SQLAlchemyError as exc:
-        raise storage_error("migrating the outbox tables", exc) from exc
+        outbox = display_url(engine.url)
+        raise storage_error(f"migrating the outbox tables of {outbox}", exc) from exc
 
 
 def ensure_schema(engine: Engine, *, auto_migrate: bool) -> None:

@@ -33,7 +33,7 @@ class OutboxReader:
     """
 
     def __init__(self, database_url: str) -> None:
-        self.engine: Engine = database.create(database_url)
+        self.engine: Engine = database.create(database_url, create=False, writable=False)
         try:
             migrate.ensure_schema(self.engine, auto_migrate=False)
         except BaseException:

@@ -17,6 +17,8 @@
 #   CMS_HOST          optional (default https://api.cme.sh).
 # Without them it exits 2 before touching any database; the database that it migrates
 # is the one the daemon runs on, whether named by CMS_OUTBOX_URL or by --database-url.
+# A SQLite path whose directory does not exist (a volume not mounted, a mistyped path)
+# exits 5 and creates nothing; pass --create-directories to have it created.
 #
 # Dockerfile:
 #   COPY deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
@@ -47,9 +49,13 @@ fail() {
 # The database `run` will use: its --database-url flag wins over CMS_OUTBOX_URL.
 url="${CMS_OUTBOX_URL:-}"
 previous=""
+create=""
 for argument in "$@"; do
     case "$previous" in --database-url) url="$argument" ;; esac
-    case "$argument" in --database-url=*) url="${argument#--database-url=}" ;; esac
+    case "$argument" in
+        --database-url=*) url="${argument#--database-url=}" ;;
+        --create-directories) create="--create-directories" ;;
+    esac
     previous="$argument"
 done
 
@@ -68,5 +74,5 @@ esac
     "it is never a flag, flags show in process lists)"
 
 export CMS_OUTBOX_URL="$url"
-cms-outbox migrate
+cms-outbox migrate $create
 exec cms-outbox run "$@"

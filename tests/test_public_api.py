@@ -15,6 +15,7 @@ from cms_outbox import (
     ClientClosed,
     CMSClient,
     ConfigurationError,
+    DirectoryNotFound,
     EventNotFound,
     EventState,
     FlushReport,
@@ -65,6 +66,7 @@ TREE = [
     (ConfigurationError, (OutboxError, ValueError)),
     (StorageError, (OutboxError,)),
     (SchemaError, (StorageError, OutboxError)),
+    (DirectoryNotFound, (StorageError, OutboxError)),
     (EventNotFound, (OutboxError, LookupError)),
     (ClientClosed, (OutboxError, RuntimeError)),
 ]

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from ..__version__ import __version__
 from ..errors import (
     ConfigurationError,
+    DirectoryNotFound,
     EventNotFound,
     OutboxError,
     StorageError,
@@ -25,6 +26,7 @@ from . import delivery, maintenance, reporting, tools, ui
 from ._common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
+    EXIT_NO_DIRECTORY,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_STORAGE,
@@ -45,6 +47,8 @@ exit codes:
   {EXIT_STORAGE}    storage error: database unreachable, missing or not migrated
        (run `cms-outbox migrate`), or migrated by a newer cms-outbox
   {EXIT_NOT_FOUND}    an EVENT_ID (or prefix) that is not in the outbox
+  {EXIT_NO_DIRECTORY}    the directory of a SQLite outbox does not exist (a mistyped path?):
+       nothing was created; --create-directories creates it
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C) outside the daemon
 
 environment:
@@ -112,6 +116,8 @@ def exit_code(exc: OutboxError) -> int:
     """The documented exit code of an error."""
     if isinstance(exc, (ConfigurationError, ValidationError)):
         return EXIT_USAGE
+    if isinstance(exc, DirectoryNotFound):
+        return EXIT_NO_DIRECTORY
     if isinstance(exc, StorageError):
         return EXIT_STORAGE
     if isinstance(exc, EventNotFound):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -13,11 +12,11 @@ from typing import Any, Callable
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from .. import config
+from .. import config, sqlite_path
 from ..client import CMSClient
 from ..config import Settings
 from ..database import display_url
-from ..errors import ConfigurationError, SchemaError
+from ..errors import ConfigurationError
 from ..pacing import AUTO, RateLimit
 from ..reader import OutboxReader
 from ..status import format_age, isoformat
@@ -26,6 +25,7 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
     "EXIT_NOT_FOUND",
+    "EXIT_NO_DIRECTORY",
     "EXIT_OK",
     "EXIT_STORAGE",
     "EXIT_USAGE",
@@ -50,6 +50,7 @@ EXIT_FAILURE = 1  # unhealthy, work left, a retry that could not be done, a fail
 EXIT_USAGE = 2  # bad arguments or configuration (argparse uses 2 as well)
 EXIT_STORAGE = 3  # the database failed, is not migrated, or is newer than this code
 EXIT_NOT_FOUND = 4  # an event id that is not in the outbox
+EXIT_NO_DIRECTORY = 5  # a SQLite outbox's directory is missing (--create-directories)
 EXIT_INTERRUPTED = 130  # Ctrl-C during a command that is not a daemon
 
 Handler = Callable[[argparse.Namespace], int]
@@ -162,6 +163,13 @@ def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
         help="outbox database (default: env CMS_OUTBOX_URL, else sqlite:///cms_outbox.db)",
     )
     parser.add_argument(
+        "--create-directories",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="create a SQLite outbox's missing parent directories (default: a missing "
+        "directory is an error, exit code 5)",
+    )
+    parser.add_argument(
         "-v",
         "--verbose",
         action="store_true",
@@ -200,7 +208,11 @@ def resolve_settings(args: argparse.Namespace, *, deliver: bool = False) -> Sett
         only, never a flag: flags show in process lists) and takes the delivery options.
     :raises ConfigurationError: a setting that cannot work, or no token to send with.
     """
-    explicit: dict[str, Any] = {"database_url": args.database_url, "flush": "off"}
+    explicit: dict[str, Any] = {
+        "database_url": args.database_url,
+        "create_directories": args.create_directories,
+        "flush": "off",
+    }
     if deliver:
         explicit["host"] = args.host
         explicit["workers"] = args.workers
@@ -228,6 +240,7 @@ def open_client(settings: Settings, *, migrate: bool, **options: Any) -> CMSClie
         token=settings.token,
         host=settings.host,
         database_url=settings.database_url,
+        create_directories=settings.create_directories,
         flush="off",
         rate_limit=settings.rate_limit,
         workers=settings.workers,
@@ -242,7 +255,6 @@ def open_reader(settings: Settings) -> OutboxReader:
 
     :raises SchemaError: missing, not migrated, or newer than this code.
     """
-    _require_existing_file(settings.database_url)
     return OutboxReader(settings.database_url)
 
 
@@ -255,11 +267,8 @@ def _require_existing_file(url: str) -> None:
     path = parsed.database
     if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
         return
-    if not path.startswith("file:") and not os.path.exists(path):
-        raise SchemaError(
-            f"no outbox database at {path!r}: check --database-url or CMS_OUTBOX_URL, "
-            "or create it with `cms-outbox migrate`"
-        )
+    if not path.startswith("file:"):
+        sqlite_path.prepare(path, create=False, create_directories=False, writable=True)
 
 
 def mask_url(url: str) -> str:

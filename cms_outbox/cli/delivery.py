@@ -257,6 +257,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings.token,
         settings.host,
         settings.database_url,
+        create_directories=settings.create_directories,
         rate_limit=settings.rate_limit,
         workers=settings.workers,
         interval=settings.interval,

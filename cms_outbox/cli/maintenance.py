@@ -160,7 +160,11 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
-    engine = database.create(settings.database_url, durability=settings.durability)
+    engine = database.create(
+        settings.database_url,
+        durability=settings.durability,
+        create_directories=settings.create_directories,
+    )
     try:
         previous = migrate.current_revision(engine)
         migrate.ensure_schema(engine, auto_migrate=True)  # refuses a database newer than us
