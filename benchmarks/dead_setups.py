@@ -2,7 +2,7 @@
 
 Deferred setups die whenever the service rejects a click id, and dead rows are kept for
 30 days, so an ordinary outbox holds many. With 0, 1,000 and 10,000 dead setups stored
-(each with the follow-up it blocks), in one run:
+(each with the follow-up it blocks and a sale tracked after it died), in one run:
 
 - drain: ``client.flush()`` of a backlog of unrelated customers (``rate_limit=None``);
 - enqueue: ``track_lead`` latency (p50, p99) with the background flusher delivering what
@@ -42,10 +42,10 @@ WORKERS = 8
 
 
 def seed(path: Path, url: str, dead: int) -> None:
-    """Store ``dead`` deferred setups the service rejected, each with a blocked follow-up."""
-    with CMSClient(
-        token=TOKEN, host=url, database_url=f"sqlite:///{path}", flush="off", durability="normal"
-    ) as client:
+    """Store ``dead`` deferred setups the service rejected, each with the follow-up it
+    blocked, and one more follow-up each, tracked after the setup died."""
+    options = {"token": TOKEN, "host": url, "flush": "off", "durability": "normal"}
+    with CMSClient(database_url=f"sqlite:///{path}", **options) as client:
         for n in range(dead):
             customer = f"rejected_{n:06d}"
             client.track_lead("lead_captured", customer, click_id=f"bad_{n}", mode="deferred")
@@ -55,6 +55,9 @@ def seed(path: Path, url: str, dead: int) -> None:
             "UPDATE cms_outbox_events SET attempts = 1, last_status_code = 422, "
             "state = CASE WHEN mode = 'deferred' THEN 'dead' ELSE 'blocked' END"
         )
+    with CMSClient(database_url=f"sqlite:///{path}", **options) as client:
+        for n in range(dead):  # the application keeps tracking these customers
+            client.track_sale("purchase", f"rejected_{n:06d}", f"inv_{n}", 100, "USD")
 
 
 def drain(path: Path, url: str, events: int) -> dict[str, Any]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, insert, text
+from sqlalchemy import Connection, Select, case, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from .events import Event
-from .queries import PENDING
+from .queries import BLOCKED, DEAD, PENDING
 from .schema import HAS_INVOICE, NOTIFY_CHANNEL, events
 
 __all__ = ["COLUMNS", "NOTIFY", "SQLITE_INSERT", "insert_event", "row_values"]
@@ -25,21 +25,40 @@ COLUMNS = (
 )  # fmt: skip
 # The enqueue hot path on SQLite: one prepared statement on a DB-API connection of its
 # own, group-committed. SQLAlchemy Core's per-statement overhead alone would double its cost.
+# A follow-up (no click id) stored while its governing setup, the customer's latest
+# deferred setup, is dead is stored ``blocked``: its first lease would hold it anyway, and
+# the customer's later events would pile up pending behind it, scanned by every lease.
+# (A setup committing concurrently is caught by the lease, which checks again.)
+_LATEST_SETUP = (
+    f"SELECT s.state FROM {events.name} AS s WHERE s.customer_external_id = ?3 "
+    "AND s.mode = 'deferred' ORDER BY s.id DESC LIMIT 1"
+)
 SQLITE_INSERT = (
     f"INSERT INTO {events.name} ({', '.join(COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(COLUMNS))}) "
+    f"SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, "
+    f"CASE WHEN ?4 IS NULL AND ({_LATEST_SETUP}) = '{DEAD}' THEN '{BLOCKED}' ELSE ?8 END, "
+    "?9, ?10, ?11 WHERE true "  # "WHERE true": SQLite's upsert after a SELECT needs one
     "ON CONFLICT(invoice_id) WHERE invoice_id IS NOT NULL DO NOTHING"
 )
 NOTIFY = text(f"NOTIFY {NOTIFY_CHANNEL}")
 
 
 def insert_event(conn: Connection, event: Event) -> bool:
-    """Insert ``event`` as pending in ``conn``'s transaction; False when its invoice id is taken.
+    """Insert ``event`` in ``conn``'s transaction; False when its invoice id is taken.
+
+    It is stored pending, or blocked: a follow-up whose governing setup is dead.
 
     PostgreSQL listeners are notified at commit.
     """
-    values = dict(zip(COLUMNS, row_values(event)))
+    values: dict[str, Any] = dict(zip(COLUMNS, row_values(event)))
     dialect = conn.dialect.name
+    if event.click_id is None:
+        latest = _latest_setup_state(event.customer_external_id)
+        if dialect == "mysql":  # no subquery on the table being inserted into
+            held = conn.execute(latest).scalar() == DEAD
+            values["state"] = BLOCKED if held else PENDING
+        else:
+            values["state"] = case((latest.scalar_subquery() == DEAD, BLOCKED), else_=PENDING)
     if dialect in ("sqlite", "postgresql"):
         module = sqlite if dialect == "sqlite" else postgresql
         statement = (
@@ -60,6 +79,15 @@ def insert_event(conn: Connection, event: Event) -> bool:
             savepoint.rollback()
             stored = 0
     return stored == 1
+
+
+def _latest_setup_state(customer: str) -> Select[Any]:
+    return (
+        select(events.c.state)
+        .where(events.c.customer_external_id == customer, events.c.mode == "deferred")
+        .order_by(events.c.id.desc())
+        .limit(1)
+    )
 
 
 def row_values(event: Event) -> tuple[Any, ...]:

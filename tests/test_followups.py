@@ -68,9 +68,14 @@ def test_one_dead_setup_holds(client: CMSClient, sandbox: Sandbox) -> None:
     deliver(client, sandbox, rejected=1)
     assert (state(client, first), state(client, after)) == (EventState.DEAD, EventState.BLOCKED)
     assert not sent(sandbox, after)
-    late = followup(client)  # enqueued after the setup died: waits behind the blocked one
+    late = followup(client)  # enqueued after the setup died: held by the same setup
+    assert late.state is EventState.PENDING  # what the call reports: stored, not dead
+    assert state(client, late) is EventState.BLOCKED
     deliver(client, sandbox)
-    assert state(client, late) is EventState.PENDING and not sent(sandbox, late)
+    assert state(client, late) is EventState.BLOCKED and not sent(sandbox, late)
+    assert client.retry([first.event_id]) == 3
+    deliver(client, sandbox)
+    assert [state(client, r) for r in (first, after, late)] == [EventState.DELIVERED] * 3
 
 
 def test_a_pending_setup_makes_the_followup_wait(client: CMSClient, sandbox: Sandbox) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 
@@ -179,3 +180,41 @@ def test_fifo_check_is_a_covering_index_seek_on_sqlite(sqlite_url: str) -> None:
         plan
     )
     assert any("INDEX ix_cms_outbox_events_state_id" in step for step in plan), plan
+
+
+def test_governing_setup_is_an_index_seek_on_sqlite(sqlite_url: str) -> None:
+    """Leasing must not slow down as dead setups accumulate: a follow-up's governing setup
+    (and, at enqueue, the customer's latest setup) is read from the (customer, mode, id)
+    index, never by scanning the customer's rows or the dead ones."""
+    from sqlalchemy import event as sa_event
+
+    engine = database.create(sqlite_url)
+    migrate.upgrade(engine)
+    store = Store(engine)
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.startswith(("UPDATE", "INSERT")):
+            seen.append((statement, parameters))
+
+    sa_event.listen(engine, "before_cursor_execute", capture)
+    lead(store, "a")
+    store.lease("owner", 16, T0, 30)
+    sa_event.remove(engine, "before_cursor_execute", capture)
+    statements = [(sql, params) for sql, params in seen if "customer_mode" in sql or "setup" in sql]
+    from cms_outbox.inserting import SQLITE_INSERT
+
+    insert_values = ("e", "lead", "c", None, None, None, "{}", "pending", 0, T0, T0)
+    statements.append((SQLITE_INSERT, insert_values))
+    with engine.connect() as conn:
+        plans = [
+            [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
+            for sql, params in statements
+        ]
+    store.close()
+    engine.dispose()
+    assert len(plans) == 2  # the lease and the enqueue
+    for plan in plans:
+        assert any("INDEX ix_cms_outbox_events_customer_mode_id" in step for step in plan), plan
+        full_scans = [s for s in plan if s.startswith("SCAN") and "INDEX" not in s]
+        assert full_scans in ([], ["SCAN CONSTANT ROW"]), plan

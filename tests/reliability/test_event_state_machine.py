@@ -206,10 +206,11 @@ class EventStateMachine(RuleBasedStateMachine):
         assert self.store.insert(event) is None
         row = self.store.get(event.event_id)
         assert row is not None
-        self.model.rows.append(
-            Row(int(row["id"]), event.event_id, customer, kind == "setup", click is None,
-                event.created_at)
-        )  # fmt: skip
+        stored = Row(int(row["id"]), event.event_id, customer, kind == "setup", click is None,
+                     event.created_at)  # fmt: skip
+        if self.model.held(stored):  # its governing setup is dead already: stored blocked
+            stored.state = BLOCKED
+        self.model.rows.append(stored)
 
     @precondition(lambda self: any(row.setup and row.state == DEAD for row in self.model.rows))
     @rule(data=st.data())
