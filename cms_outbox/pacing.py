@@ -298,7 +298,8 @@ def _window_of(budget: Budget, advert: Advert, now: float) -> float:
         return known or ASSUMED.window
     if budget.reset_at and budget.reset_at <= now + 0.5 and advert.reset_at > budget.reset_at:
         step = advert.reset_at - budget.reset_at
-        if known is None or step < 1.5 * known:
+        # Heard soon after the last reset: one window later, not several idle ones.
+        if now - budget.reset_at < step / 2:
             return max(1.0, round(step))
     if known is not None:
         return known

@@ -151,6 +151,14 @@ def test_x_ratelimit_window_is_inferred_from_consecutive_resets() -> None:
     assert budget.quota == Quota(30, 6)
     budget = hear(budget, Advert(limit=30, remaining=29, reset_at=NOW + 12), NOW + 6.1)
     assert budget.quota == Quota(30, 6) and budget.reset_at == NOW + 12
+    # a first guess too short (heard late in a window) is corrected at the next reset
+    guessed = hear(Budget(), Advert(limit=30, remaining=29, reset_at=NOW + 2), NOW)
+    assert guessed.quota == Quota(30, 2)
+    corrected = hear(guessed, Advert(limit=30, remaining=29, reset_at=NOW + 8), NOW + 2.1)
+    assert corrected.quota == Quota(30, 6)
+    # after idle windows, the gap between resets is not the window
+    idle = hear(corrected, Advert(limit=30, remaining=29, reset_at=NOW + 26), NOW + 20.5)
+    assert idle.quota == Quota(30, 6)
 
 
 def test_a_429_pauses_everyone_until_its_end_and_the_wave_counts_once() -> None:

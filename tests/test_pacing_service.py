@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import time
 from typing import Any, Callable
 
 import pytest
@@ -162,3 +163,18 @@ def main_output(argv: list[str]) -> str:
     with contextlib.redirect_stdout(out):
         assert cli_main(argv) == 0
     return out.getvalue()
+
+
+def test_x_ratelimit_headers_are_followed_and_their_window_found(make_client: Factory) -> None:
+    with Sandbox(token=TOKEN, limits=Limits(40, 2, "fixed", headers="x")) as sandbox:
+        client = make_client(token=TOKEN, host=sandbox.url)
+        leads(client, 2, "a")
+        assert client.flush(timeout=5).delivered == 2
+        first = budget_of(client)
+        assert first.source is Source.ADVERTISED and first.quota.requests == 40
+        reset = first.reset_at
+        assert wait_until(lambda: time.time() > reset + 0.1, timeout=5)  # the next window
+        leads(client, 2, "b")
+        assert client.flush(timeout=5).delivered == 2
+        assert budget_of(client).quota == Quota(40, 2)  # one window between two resets
+        assert {r.status for r in sandbox.requests} == {200}
