@@ -1,9 +1,7 @@
-"""``CMSClient``: the official SDK's calls, made durable. Wires the parts, owns their lifecycle."""
+"""``CMSClient``: the official SDK's calls, made durable; its parts are built by ``wiring``."""
 
 from __future__ import annotations
 
-import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -12,24 +10,20 @@ from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy import Engine
 
-from . import config, database, lifecycle, migrate, notify
+from . import config, lifecycle
 from .errors import ClientClosed, EventNotFound, InvoiceConflict
 from .events import Event, build_lead, build_sale, sale_differences
-from .flusher import Callback, Flusher
+from .flusher import Callback
 from .pacing import RateLimit
 from .results import EventState, FlushReport, TrackResult, result_of_row
-from .status import ActivityTracker, Stats
-from .store import AppConnection, Store
+from .status import Stats
+from .store import AppConnection
+from .wiring import Wiring
 
 if TYPE_CHECKING:
     from .scheduling import FlushScheduler
 
 __all__ = ["CMSClient"]
-
-logger = logging.getLogger(__name__)
-FINAL_STATES = (EventState.DELIVERED.value, EventState.DEAD.value)
-CLOSE_GRACE = 1.0  # seconds close() gives requests in flight, even with no final flush
-UNDELIVERED = (EventState.PENDING, EventState.IN_FLIGHT, EventState.BLOCKED)
 
 
 class CMSClient:
@@ -132,34 +126,17 @@ class CMSClient:
             allow_insecure=allow_insecure,
             redact_after_delivery=redact_after_delivery,
         )
-        self._owns_engine = engine is None
-        self.engine = engine or database.create(
-            self.settings.database_url,
-            durability=self.settings.durability,
-            create_directories=self.settings.create_directories,
-        )
+        self._clock = clock
         self._closed = False
         self._close_lock = threading.RLock()  # a signal handler may close mid-close
         self._close_deferred = False
         self._flushed = False  # flush() was called: this client took on delivery
-        self._fork_holds: list[Callable[[], None]] = []
-        try:
-            migrate.ensure_schema(self.engine, auto_migrate=self.settings.auto_migrate)
-        except BaseException:
-            self._dispose()
-            raise
-        self._clock = clock
-        self._bookkeeping: Engine | None = None
-        if self._owns_engine and database.is_sqlite(self.engine):
-            self._bookkeeping = database.create(self.settings.database_url, durability="normal")
-        self.store = Store(self.engine, bookkeeping=self._bookkeeping)
-        self._activity = ActivityTracker(
-            self.engine, settle=self.settings.lease_duration, since=self._now()
+        self._wiring = Wiring(
+            self.settings, engine, clock=self._now, on_delivered=on_delivered, on_dead=on_dead
         )
-        self.flusher = Flusher(
-            self.store, self.settings, on_delivered=on_delivered, on_dead=on_dead,
-            clock=self._now,
-        )  # fmt: skip
+        self.engine = self._wiring.engine
+        self.store = self._wiring.store
+        self.flusher = self._wiring.flusher
         self._scheduler: FlushScheduler | None = None
         if self.settings.flush == "background":
             self._scheduler = self._new_scheduler()
@@ -168,15 +145,7 @@ class CMSClient:
 
     def _new_scheduler(self) -> FlushScheduler:
         """Passes of this client's flusher, woken by NOTIFY, with hourly purges (or a daemon's)."""
-        from .scheduling import FlushScheduler  # APScheduler only when a flusher starts
-
-        return FlushScheduler(
-            lambda stop: self.flusher.run_pass(stop=stop),
-            interval=self.settings.interval,
-            maintenance=self.purge_expired,
-            listen=notify.listener(self.engine),
-            in_flight=lambda: self.flusher.in_flight,
-        )
+        return self._wiring.new_scheduler(maintenance=self.purge_expired)
 
     def __repr__(self) -> str:
         return (
@@ -269,26 +238,8 @@ class CMSClient:
         if self._scheduler is not None:
             self._scheduler.wake()
         if wait is not None and connection is None:
-            return self._wait_for(event.event_id, wait)
+            return self._wiring.wait_for(event.event_id, wait, alone=self._scheduler is None)
         return TrackResult(success=True, event_id=event.event_id, state=EventState.PENDING)
-
-    def _wait_for(self, event_id: str, seconds: float) -> TrackResult:
-        deadline = time.monotonic() + seconds
-        while True:
-            row = self.store.get(event_id)
-            if row is None:
-                raise EventNotFound(f"event {event_id!r} is not in the outbox")
-            remaining = deadline - time.monotonic()
-            if row["state"] in FINAL_STATES or remaining <= 0:
-                return result_of_row(row)
-            if self._scheduler is None or not self.flusher.busy:
-                report = self.flusher.run_pass(deadline=deadline)
-                if report.paused:
-                    return result_of_row(self.store.get(event_id) or row)
-                if report.delivered or report.dead or report.retried:
-                    continue  # something was recorded: look again at once
-            # Its request may be in flight in another pass or left behind by one.
-            time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
 
     # -- delivery and inspection ------------------------------------------------------
 
@@ -321,13 +272,7 @@ class CMSClient:
 
     def purge_expired(self) -> int:
         """Delete delivered and dead events older than the retention periods; how many."""
-        now = self._now()
-        batches = self.store.purge(
-            delivered_before=now - self.settings.retention,
-            dead_before=now - self.settings.dead_retention,
-            acknowledge=False,  # housekeeping, not an operator looking at what went wrong
-        )
-        return sum(len(batch) for batch in batches)
+        return self._wiring.purge_expired(self._now())
 
     def retry(
         self, event_ids: Sequence[str] = (), *, dead: bool = False, blocked: bool = False
@@ -397,7 +342,7 @@ class CMSClient:
         :raises StorageError: the database failed.
         """
         self._check_open()
-        return self._activity.stats(self._now())
+        return self._wiring.activity.stats(self._now())
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -422,62 +367,14 @@ class CMSClient:
                 if self._scheduler is not None:
                     self._scheduler.stop_event.set()
                 return
-        deadline = time.monotonic() + max(self.settings.final_flush_timeout, CLOSE_GRACE)
-        try:
-            report = None
-            if self._scheduler is not None:
-                self.flusher.leave_by(deadline)
-                self._scheduler.stop(max(0.0, deadline - time.monotonic()))
-                if self.settings.final_flush_timeout > 0 and not self.flusher.breaker.paused:
-                    report = self._final_flush(deadline)
-            if self._scheduler is not None or self._flushed:
-                self._warn_undelivered(report)
-        finally:
-            self.flusher.close(deadline)
-            self.store.close()
-            self._dispose()
-
-    def _final_flush(self, deadline: float) -> FlushReport | None:
-        try:
-            return self.flusher.run_pass(deadline=deadline)
-        except Exception as exc:  # a traceback at exit helps no one: say what failed
-            logger.warning("final flush failed: %s", exc)
-            logger.debug("final flush failed", exc_info=True)
-            return None
-
-    def _warn_undelivered(self, report: FlushReport | None) -> None:
-        try:
-            if report is None:
-                counts = self.store.count_by_state()
-                waiting = sum(counts.get(state.value, 0) for state in UNDELIVERED)
-                blocked = counts.get(EventState.BLOCKED.value, 0)
-            else:
-                waiting, blocked = report.pending + report.blocked, report.blocked
-        except Exception as exc:
-            logger.warning("could not count undelivered events in %s: %s", self.outbox, exc)
-            return
-        if waiting:
-            held = f", {blocked} of them blocked behind a dead setup" if blocked else ""
-            logger.warning(
-                "%d %s not delivered yet%s, stored in %s: the next start of a client on "
-                "this outbox or `cms-outbox run` delivers them",
-                waiting, "event" if waiting == 1 else "events", held, self.outbox,
-            )  # fmt: skip
+        self._wiring.shut_down(
+            self._scheduler, announce=self._scheduler is not None or self._flushed
+        )
 
     @property
     def outbox(self) -> str:
         """The outbox database's URL, without credentials (for messages)."""
-        url = self.engine.url.set(username=None, password=None)
-        if database.is_sqlite(self.engine) and url.database:
-            url = url.set(database=os.path.abspath(url.database))  # where to find it later
-        return url.render_as_string(hide_password=True)
-
-    def _dispose(self) -> None:
-        if self._owns_engine:
-            self.engine.dispose()
-        bookkeeping: Engine | None = getattr(self, "_bookkeeping", None)
-        if bookkeeping is not None:
-            bookkeeping.dispose()
+        return self._wiring.outbox
 
     def _now(self) -> float:
         """The injected clock as epoch seconds: event times, due times, retention."""
@@ -488,30 +385,18 @@ class CMSClient:
             raise ClientClosed("this CMSClient is closed")
 
     def _before_fork(self) -> None:
-        # A child forked in the middle of a pass or an enqueue would inherit an open SQLite
-        # transaction (and SQLite's own locks) that it can never finish: fork between them.
-        self._fork_holds = []
         if self._closed:
+            self._wiring.forget_holds()
             return
-        timeout = self.settings.attempt_timeout + 1
-        for part in (self.flusher, self.store):
-            if part.before_fork(timeout):
-                self._fork_holds.append(part.after_fork_in_parent)
+        self._wiring.before_fork(self.settings.attempt_timeout + 1)
 
     def _after_fork_in_parent(self) -> None:
-        holds, self._fork_holds = self._fork_holds, []
-        for resume in holds:
-            resume()
+        self._wiring.after_fork_in_parent()
 
     def _after_fork_in_child(self) -> None:
-        self._fork_holds = []
         if self._closed:
+            self._wiring.forget_holds()
             return
-        if self._owns_engine:
-            self.engine.dispose(close=False)  # the parent's connections are not ours to use
-        if self._bookkeeping is not None:
-            self._bookkeeping.dispose(close=False)
-        self.store.after_fork_in_child()
-        self.flusher.after_fork_in_child()
+        self._wiring.after_fork_in_child()
         if self._scheduler is not None:
             self._scheduler.after_fork_in_child()
