@@ -385,18 +385,10 @@ class CMSClient:
             raise ClientClosed("this CMSClient is closed")
 
     def _before_fork(self) -> None:
-        if self._closed:
-            self._wiring.forget_holds()
-            return
-        self._wiring.before_fork(self.settings.attempt_timeout + 1)
+        self._wiring.before_fork(None if self._closed else self.settings.attempt_timeout + 1)
 
     def _after_fork_in_parent(self) -> None:
         self._wiring.after_fork_in_parent()
 
     def _after_fork_in_child(self) -> None:
-        if self._closed:
-            self._wiring.forget_holds()
-            return
-        self._wiring.after_fork_in_child()
-        if self._scheduler is not None:
-            self._scheduler.after_fork_in_child()
+        self._wiring.after_fork_in_child(self._scheduler, closed=self._closed)

@@ -90,11 +90,13 @@ class Wiring:
         if self.bookkeeping is not None:
             self.bookkeeping.dispose()
 
-    def before_fork(self, timeout: float) -> None:
+    def before_fork(self, timeout: float | None) -> None:
         """Wait for the pass and the enqueue under way and hold new ones back: a child
         forked in the middle of either would inherit an open SQLite transaction (and
-        SQLite's own locks) that it can never finish."""
+        SQLite's own locks) that it can never finish. None: a closed client holds nothing."""
         self._fork_holds = []
+        if timeout is None:
+            return
         for part in (self.flusher, self.store):
             if part.before_fork(timeout):
                 self._fork_holds.append(part.after_fork_in_parent)
@@ -104,19 +106,20 @@ class Wiring:
         for resume in holds:
             resume()
 
-    def after_fork_in_child(self) -> None:
-        """Forget the parent's connections, threads and locks without closing them."""
+    def after_fork_in_child(self, scheduler: FlushScheduler | None, *, closed: bool) -> None:
+        """Forget the parent's connections, threads and locks without closing them, and
+        restart ``scheduler`` if it ran (nothing to do for a closed client)."""
         self._fork_holds = []
+        if closed:
+            return
         if self.owns_engine:
             self.engine.dispose(close=False)  # the parent's connections are not ours to use
         if self.bookkeeping is not None:
             self.bookkeeping.dispose(close=False)
         self.store.after_fork_in_child()
         self.flusher.after_fork_in_child()
-
-    def forget_holds(self) -> None:
-        """A closed client's child: nothing was held for it."""
-        self._fork_holds = []
+        if scheduler is not None:
+            scheduler.after_fork_in_child()
 
     def shut_down(self, scheduler: FlushScheduler | None, *, announce: bool) -> None:
         """Stop the scheduler, flush what is due within ``final_flush_timeout``, release.
