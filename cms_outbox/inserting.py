@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, case, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
 from .events import Event
 from .queries import BLOCKED, DEAD, PENDING
@@ -75,7 +75,7 @@ def insert_event(conn: Connection, event: Event) -> bool:
         try:
             stored = conn.execute(insert(events).values(values)).rowcount
             savepoint.commit()
-        except SQLAlchemyError:
+        except IntegrityError:  # the invoice id is taken; any other failure is raised
             savepoint.rollback()
             stored = 0
     return stored == 1

@@ -45,6 +45,7 @@ from sqlalchemy import (
 )
 
 from . import queries
+from .dialect import update_by_key
 from .queries import BLOCKED, DEAD, IN_FLIGHT, PENDING
 from .results import EventState
 from .schema import attempts, events
@@ -149,7 +150,7 @@ def _hold_followups(conn: Connection, customer: str, seq: int) -> None:
 
 def reclaim_expired(conn: Connection, now: float) -> None:
     """Make rows whose lease expired (a crashed or stalled worker) pending again."""
-    conn.execute(_RECLAIM_EXPIRED, {"now": now})
+    update_by_key(conn, events, _BACK_TO_PENDING, _EXPIRED, {"now": now})
 
 
 def _settle_setups(conn: Connection, attempts_: Sequence[Attempt], done: set[int]) -> None:
@@ -217,13 +218,7 @@ def hand_back(conn: Connection, owner: str, seqs: Sequence[int] | None = None) -
         if not seqs:
             return 0
         condition = and_(condition, events.c.id.in_(list(seqs)))
-    return int(
-        conn.execute(
-            update(events)
-            .where(condition)
-            .values(state=PENDING, lease_owner=None, lease_expires_at=None)
-        ).rowcount
-    )
+    return update_by_key(conn, events, _BACK_TO_PENDING, condition, {})
 
 
 # Statements of the busy flusher's every round, built once: building one (and its cache
@@ -285,10 +280,9 @@ _FINAL = (EventState.DELIVERED, EventState.DEAD)
 _SETUPS_AMONG = select(events.c.id, events.c.customer_external_id).where(
     events.c.id.in_(bindparam("seqs", expanding=True)), events.c.mode == "deferred"
 )
-_RECLAIM_EXPIRED = (
-    update(events)
-    .where(events.c.state == IN_FLIGHT, events.c.lease_expires_at <= bindparam("now", type_=Double))
-    .values(state=PENDING, lease_owner=None, lease_expires_at=None)
+_BACK_TO_PENDING = update(events).values(state=PENDING, lease_owner=None, lease_expires_at=None)
+_EXPIRED = and_(
+    events.c.state == IN_FLIGHT, events.c.lease_expires_at <= bindparam("now", type_=Double)
 )
 # Which rows of a batch are still ours: a result is recorded only under a matching lease.
 _STILL_LEASED = (

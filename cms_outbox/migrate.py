@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 __all__ = [
+    "LOCK_TIMEOUT",
     "VERSION_TABLE",
     "current_revision",
     "ensure_schema",
@@ -33,6 +34,8 @@ __all__ = [
 
 # Separate from the application's "alembic_version" so both histories live in one database.
 VERSION_TABLE = "cms_outbox_alembic_version"
+# Seconds a process waits for another's migration (MySQL's named lock needs a bound).
+LOCK_TIMEOUT = 300
 
 
 def _script_location() -> str:
@@ -106,7 +109,11 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the outbox tables to ``revision`` (default: head) in one transaction.
+    """Bring the outbox tables to ``revision`` (default: head), under the migration lock.
+
+    One transaction where DDL is transactional (SQLite, PostgreSQL); on MySQL each
+    statement commits, and a rerun after a kill finishes what was left (every step of a
+    revision checks first, see ``cms_outbox.revision_steps``).
 
     :raises StorageError: when the database refuses.
     """

@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import inserting, leasing, operations, queries
+from .dialect import latest_committed, write_transaction
 from .driver_errors import storage_error, storage_errors
 from .errors import StorageError
 from .events import Event
@@ -128,7 +129,7 @@ class Store:
         """A write transaction on ``engine``, queued for the write lock on SQLite."""
         self._writers.add(threading.get_ident())
         try:
-            with self._write_lock or nullcontext(), engine.begin() as conn:
+            with self._write_lock or nullcontext(), write_transaction(engine) as conn:
                 yield conn
         finally:
             self._writers.discard(threading.get_ident())
@@ -161,10 +162,12 @@ class Store:
             return self._existing_row(conn, event)
 
     def _existing_row(self, conn: Connection, event: Event) -> dict[str, Any]:
-        row = queries.sale_by_invoice(conn, event.invoice_id)
+        # The latest committed row: on MySQL the transaction's snapshot may predate it.
+        query = select(events).where(events.c.invoice_id == event.invoice_id)
+        row = conn.execute(latest_committed(query, conn)).first()
         if row is None:
             raise StorageError(f"storing event {event.event_id} failed: it was not inserted")
-        return row
+        return dict(row._mapping)
 
     # -- reads (each in a read transaction that never waits for a writer) ------------------
 

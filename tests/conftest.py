@@ -1,4 +1,5 @@
-"""Shared fixtures: a real SQLite file, PostgreSQL when configured, the sandbox on loopback."""
+"""Shared fixtures: a real SQLite file, PostgreSQL and MySQL/MariaDB when configured, the
+sandbox on loopback."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ from cms_outbox.sandbox import Sandbox
 
 TOKEN = "test-token-0123456789"
 POSTGRES_URL = os.environ.get("CMS_OUTBOX_TEST_POSTGRES_URL")
+MYSQL_URL = os.environ.get("CMS_OUTBOX_TEST_MYSQL_URL")
+OUTBOX_TABLES = (
+    "cms_outbox_attempts",
+    "cms_outbox_events",
+    "cms_outbox_control",
+    "cms_outbox_alembic_version",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -30,28 +38,46 @@ def sqlite_url(tmp_path: Any) -> str:
     return f"sqlite:///{tmp_path / 'outbox.db'}"
 
 
+def drop_outbox_tables(url: str) -> None:
+    """Start from an empty outbox: the server's database is shared between tests."""
+    engine = create_engine(url)
+    cascade = " CASCADE" if engine.dialect.name == "postgresql" else ""
+    with engine.begin() as conn:
+        for table in OUTBOX_TABLES:
+            conn.execute(text(f"DROP TABLE IF EXISTS {table}{cascade}"))
+    engine.dispose()
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     if not POSTGRES_URL:
         pytest.skip("CMS_OUTBOX_TEST_POSTGRES_URL is not set")
-    engine = create_engine(POSTGRES_URL)
-    with engine.begin() as conn:
-        for table in (
-            "cms_outbox_attempts",
-            "cms_outbox_events",
-            "cms_outbox_control",
-            "cms_outbox_alembic_version",
-        ):
-            conn.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
-    engine.dispose()
+    drop_outbox_tables(POSTGRES_URL)
     yield POSTGRES_URL
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    if not MYSQL_URL:
+        pytest.skip("CMS_OUTBOX_TEST_MYSQL_URL is not set")
+    drop_outbox_tables(MYSQL_URL)
+    yield MYSQL_URL
+
+
+BACKENDS = {"sqlite": "sqlite_url", "postgres": "postgres_url", "mysql": "mysql_url"}
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
+)
 def database_url(request: pytest.FixtureRequest) -> str:
-    """The same test against every backend: a SQLite file, and PostgreSQL when configured."""
-    name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
-    return str(request.getfixturevalue(name))
+    """The same test against every backend: a SQLite file, PostgreSQL and MySQL/MariaDB
+    when configured."""
+    return str(request.getfixturevalue(BACKENDS[request.param]))
 
 
 @pytest.fixture
@@ -60,13 +86,12 @@ def sandbox() -> Iterator[Sandbox]:
         yield server
 
 
-@pytest.fixture
-def make_client(sqlite_url: str) -> Iterator[Callable[..., CMSClient]]:
-    """Build clients (default: the SQLite file, no background flusher); all closed afterwards."""
+def client_factory(url: str) -> Iterator[Callable[..., CMSClient]]:
+    """Build clients on ``url`` (no background flusher by default); all closed afterwards."""
     clients: list[CMSClient] = []
 
     def make(**options: Any) -> CMSClient:
-        options.setdefault("database_url", sqlite_url)
+        options.setdefault("database_url", url)
         options.setdefault("flush", "off")
         client = CMSClient(**options)
         clients.append(client)
@@ -79,6 +104,24 @@ def make_client(sqlite_url: str) -> Iterator[Callable[..., CMSClient]]:
         pool = client.engine.pool
         checked_out = getattr(pool, "checkedout", lambda: 0)()
         assert checked_out == 0, f"{checked_out} pooled connections left checked out"
+
+
+@pytest.fixture
+def make_client(sqlite_url: str) -> Iterator[Callable[..., CMSClient]]:
+    """Build clients on the SQLite file."""
+    yield from client_factory(sqlite_url)
+
+
+@pytest.fixture
+def make_sqlite_client(sqlite_url: str) -> Iterator[Callable[..., CMSClient]]:
+    """The SQLite file's clients, for a test that reaches into the file itself."""
+    yield from client_factory(sqlite_url)
+
+
+@pytest.fixture
+def make_backend_client(database_url: str) -> Iterator[Callable[..., CMSClient]]:
+    """Build clients on each backend in turn (``database_url``)."""
+    yield from client_factory(database_url)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, step: float = 0.01) -> bool:

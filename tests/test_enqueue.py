@@ -281,6 +281,50 @@ def test_leads_have_no_natural_key(client: CMSClient) -> None:
     assert count_rows(client.engine) == 2
 
 
+def test_a_sale_committed_after_the_transaction_began_is_the_duplicate_it_returns(
+    make_client: MakeClient, database_url: str, app_engine: Engine
+) -> None:
+    """The application's transaction has already read (on MySQL that fixes its snapshot)
+    when another transaction commits the same invoice: the stored sale is returned."""
+    client = make_client(database_url=database_url)
+    with app_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM app_orders")).scalar_one() == 0
+        first = client.track_sale("purchase", "user_1", "inv_1", 4999, "USD", "id_1")
+        again = client.track_sale("purchase", "user_1", "inv_1", 1, "USD", "id_1", connection=conn)
+        conn.commit()
+    assert again == first
+    assert count_rows(app_engine) == 1
+
+
+def test_the_same_invoice_from_two_open_transactions_stores_one_sale(
+    make_client: MakeClient, database_url: str, app_engine: Engine
+) -> None:
+    """The second waits for the first's commit, then returns the sale it stored."""
+    client = make_client(database_url=database_url)
+    second: list[Any] = []
+    with app_engine.connect() as first_conn, app_engine.connect() as second_conn:
+        assert second_conn.execute(text("SELECT count(*) FROM app_orders")).scalar_one() == 0
+        first = client.track_sale(
+            "purchase", "user_1", "inv_1", 4999, "USD", "id_1", connection=first_conn
+        )
+
+        def track_in_second() -> None:
+            try:
+                second.append(client.track_sale(
+                    "purchase", "user_1", "inv_1", 1, "USD", "id_1", connection=second_conn
+                ))  # fmt: skip
+                second_conn.commit()
+            except Exception as exc:  # reported by the assertion below
+                second.append(exc)
+
+        thread = threading.Thread(target=track_in_second)
+        thread.start()
+        first_conn.commit()
+        thread.join(timeout=60)
+    assert second == [first]
+    assert count_rows(app_engine) == 1
+
+
 # -- transactional outbox: connection= --------------------------------------------------------
 
 

@@ -61,6 +61,8 @@ def test_empty_database_migrates_to_head(engine: Engine) -> None:
     assert {"ix_cms_outbox_events_state_id", "ix_cms_outbox_events_customer_state_id",
             "ix_cms_outbox_attempts_event_seq"} <= indexes  # fmt: skip
     uniques = {uq["name"] for uq in inspector.get_unique_constraints("cms_outbox_events")}
+    if engine.dialect.name == "mysql":  # reports every unique index as a constraint too
+        uniques -= {"uq_cms_outbox_events_invoice_id"}
     assert uniques == {"uq_cms_outbox_events_event_id"}
     [invoice_index] = [
         ix for ix in inspector.get_indexes("cms_outbox_events")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from cms_outbox.revision_steps import create_index, create_table
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -18,8 +20,8 @@ depends_on = None
 SequenceId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def upgrade() -> None:
-    op.create_table(
+def upgrade() -> None:  # every step checked: resumable where DDL commits itself (MySQL)
+    create_table(
         "cms_outbox_events",
         sa.Column("id", SequenceId, primary_key=True, autoincrement=True),
         sa.Column("event_id", sa.String(36), nullable=False),
@@ -43,11 +45,11 @@ def upgrade() -> None:
         sa.UniqueConstraint("event_id", name="uq_cms_outbox_events_event_id"),
         sa.UniqueConstraint("invoice_id", name="uq_cms_outbox_events_invoice_id"),
     )
-    op.create_index("ix_cms_outbox_events_state_id", "cms_outbox_events", ["state", "id"])
-    op.create_index(
+    create_index("ix_cms_outbox_events_state_id", "cms_outbox_events", ["state", "id"])
+    create_index(
         "ix_cms_outbox_events_customer_id", "cms_outbox_events", ["customer_external_id", "id"]
     )
-    op.create_table(
+    create_table(
         "cms_outbox_attempts",
         sa.Column("id", SequenceId, primary_key=True, autoincrement=True),
         sa.Column("event_seq", sa.BigInteger, nullable=False),
@@ -58,7 +60,7 @@ def upgrade() -> None:
         sa.Column("error", sa.Text),
         sa.Column("response", sa.Text),
     )
-    op.create_index("ix_cms_outbox_attempts_event_seq", "cms_outbox_attempts", ["event_seq"])
+    create_index("ix_cms_outbox_attempts_event_seq", "cms_outbox_attempts", ["event_seq"])
 
 
 def downgrade() -> None:

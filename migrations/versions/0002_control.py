@@ -10,14 +10,16 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from cms_outbox.revision_steps import create_table, insert_missing
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
 
 
-def upgrade() -> None:
-    control = op.create_table(
+def upgrade() -> None:  # every step checked: resumable where DDL commits itself (MySQL)
+    create_table(
         "cms_outbox_control",
         sa.Column("name", sa.String(32), primary_key=True),
         sa.Column("tokens", sa.Double, nullable=False),
@@ -28,8 +30,10 @@ def upgrade() -> None:
         sa.Column("pause_error", sa.Text),
     )
     # Created here, once, so that flushers never race to insert it.
-    op.bulk_insert(
-        control, [{"name": "default", "tokens": 0.0, "tokens_at": 0.0, "rate_factor": 1.0}]
+    insert_missing(
+        "cms_outbox_control",
+        "name",
+        [{"name": "default", "tokens": 0.0, "tokens_at": 0.0, "rate_factor": 1.0}],
     )
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from cms_outbox.revision_steps import create_index, drop_index, drop_unique_constraint
+
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
@@ -29,15 +31,15 @@ OLD_FIFO = "ix_cms_outbox_events_customer_id"
 FIFO = "ix_cms_outbox_events_customer_state_id"
 
 
-def upgrade() -> None:
-    with op.batch_alter_table(TABLE) as batch:
-        batch.drop_constraint(INVOICE, type_="unique")
-    op.create_index(
-        INVOICE, TABLE, ["invoice_id"], unique=True,
-        sqlite_where=HAS_INVOICE, postgresql_where=HAS_INVOICE,
-    )  # fmt: skip
-    op.drop_index(OLD_FIFO, table_name=TABLE)
-    op.create_index(FIFO, TABLE, ["customer_external_id", "state", "id"])
+def upgrade() -> None:  # every step checked: resumable where DDL commits itself (MySQL)
+    if op.get_bind().dialect.name != "mysql":  # MySQL has no partial index: it stays as is
+        drop_unique_constraint(INVOICE, TABLE)
+        create_index(
+            INVOICE, TABLE, ["invoice_id"], unique=True,
+            sqlite_where=HAS_INVOICE, postgresql_where=HAS_INVOICE,
+        )  # fmt: skip
+    create_index(FIFO, TABLE, ["customer_external_id", "state", "id"])
+    drop_index(OLD_FIFO, TABLE)
 
 
 def downgrade() -> None:
