@@ -16,9 +16,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Engine, Select, Table, Update, select
+from sqlalchemy import ColumnElement, Connection, Engine, Select, Table, Update, select, text
 
-__all__ = ["write_transaction", "latest_committed", "update_by_key"]
+from .errors import StorageError
+
+__all__ = [
+    "LOCK_TIMEOUT",
+    "latest_committed",
+    "migration_lock",
+    "update_by_key",
+    "write_transaction",
+]
+
+# Seconds a process waits for another's migration before giving up.
+LOCK_TIMEOUT = 300
+_PG_LOCK_KEY = 7305117250
 
 S = TypeVar("S", bound=Select)  # type: ignore[type-arg]
 
@@ -65,3 +77,36 @@ def update_by_key(
     if not ids:
         return 0
     return int(conn.execute(statement.where(condition, key.in_(ids)), params).rowcount)
+
+
+@contextmanager
+def migration_lock(conn: Connection) -> Iterator[None]:
+    """Hold the database's migration lock (taken outside any transaction).
+
+    Several processes may start migrating one database at once (a first deploy with
+    many workers): one migrates, the others wait, then find the work done. The lock
+    belongs to the connection and outlives the migration's commit: on MySQL each DDL
+    statement commits as it goes, and the version stamp must be committed before the
+    next process reads it. SQLite's ``BEGIN IMMEDIATE`` already serialises migrations.
+    """
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        take, give = "SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"
+    elif dialect == "mysql":  # one name per database: others on the server are independent
+        take = "SELECT GET_LOCK(CONCAT('cms_outbox_migrate:', DATABASE()), :timeout)"
+        give = "SELECT RELEASE_LOCK(CONCAT('cms_outbox_migrate:', DATABASE()))"
+    else:
+        yield
+        return
+    params = {"key": _PG_LOCK_KEY, "timeout": LOCK_TIMEOUT}
+    got = conn.execute(text(take), params).scalar()
+    conn.commit()
+    if dialect == "mysql" and got != 1:
+        raise StorageError(f"another process held the migration lock for {LOCK_TIMEOUT} s")
+    try:
+        yield
+    finally:
+        if conn.in_transaction():
+            conn.rollback()
+        conn.execute(text(give), params)
+        conn.commit()

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from .database import READ_ONLY, display_url
+from .dialect import migration_lock
 from .driver_errors import storage_error
 from .errors import SchemaError
 
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 __all__ = [
-    "LOCK_TIMEOUT",
     "VERSION_TABLE",
     "current_revision",
     "ensure_schema",
@@ -34,8 +34,6 @@ __all__ = [
 
 # Separate from the application's "alembic_version" so both histories live in one database.
 VERSION_TABLE = "cms_outbox_alembic_version"
-# Seconds a process waits for another's migration (MySQL's named lock needs a bound).
-LOCK_TIMEOUT = 300
 
 
 def _script_location() -> str:
@@ -120,7 +118,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     from alembic import command
 
     try:
-        with engine.begin() as connection:
+        with engine.connect() as connection, migration_lock(connection), connection.begin():
             command.upgrade(_config(connection), revision)
     except SQLAlchemyError as exc:
         outbox = display_url(engine.url)

@@ -1,19 +1,15 @@
 """Alembic environment: runs on the connection ``cms_outbox.migrate`` hands over.
 
-Several processes may start migrating one database at once (a first deploy with many
-workers): each takes the database's migration lock first, so one migrates and the
-others wait and find the work done. PostgreSQL's lock ends with the transaction;
-MySQL's named lock belongs to the connection, whose DDL commits statement by statement,
-so it is released explicitly.
+``migrate.upgrade`` holds the database's migration lock around this transaction, so
+several processes starting at once migrate one after the other and the later ones find
+the work done (see ``cms_outbox.dialect.migration_lock``).
 """
 
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import text
 
-from cms_outbox.errors import StorageError
-from cms_outbox.migrate import LOCK_TIMEOUT, VERSION_TABLE
+from cms_outbox.migrate import VERSION_TABLE
 
 connection = context.config.attributes["connection"]
 dialect = connection.dialect.name
@@ -27,16 +23,4 @@ with context.begin_transaction():
         # An application's engine with the driver's legacy transaction handling would run
         # each DDL statement outside any transaction: a kill could leave half a rebuild.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
-    if dialect == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(7305117250)"))
-    elif dialect == "mysql":
-        # One name per database: other databases on the server migrate independently.
-        name = "CONCAT('cms_outbox_migrate:', DATABASE())"
-        got = connection.execute(text(f"SELECT GET_LOCK({name}, {LOCK_TIMEOUT})")).scalar()
-        if got != 1:
-            raise StorageError(f"another process held the migration lock for {LOCK_TIMEOUT} s")
-    try:
-        context.run_migrations()
-    finally:
-        if dialect == "mysql":
-            connection.execute(text(f"SELECT RELEASE_LOCK({name})"))
+    context.run_migrations()

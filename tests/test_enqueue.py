@@ -290,7 +290,9 @@ def test_a_sale_committed_after_the_transaction_began_is_the_duplicate_it_return
     with app_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM app_orders")).scalar_one() == 0
         first = client.track_sale("purchase", "user_1", "inv_1", 4999, "USD", "id_1")
-        again = client.track_sale("purchase", "user_1", "inv_1", 1, "USD", "id_1", connection=conn)
+        again = client.track_sale(
+            "purchase", "user_1", "inv_1", 4999, "USD", "id_1", connection=conn
+        )
         conn.commit()
     assert again == first
     assert count_rows(app_engine) == 1
@@ -311,7 +313,7 @@ def test_the_same_invoice_from_two_open_transactions_stores_one_sale(
         def track_in_second() -> None:
             try:
                 second.append(client.track_sale(
-                    "purchase", "user_1", "inv_1", 1, "USD", "id_1", connection=second_conn
+                    "purchase", "user_1", "inv_1", 4999, "USD", "id_1", connection=second_conn
                 ))  # fmt: skip
                 second_conn.commit()
             except Exception as exc:  # reported by the assertion below

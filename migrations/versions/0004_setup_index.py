@@ -11,8 +11,7 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from alembic import op
+from cms_outbox.revision_steps import create_index, drop_index
 
 revision = "0004"
 down_revision = "0003"
@@ -23,16 +22,9 @@ TABLE = "cms_outbox_events"
 SETUPS = "ix_cms_outbox_events_customer_mode_id"
 
 
-def _has_index() -> bool:
-    # Rerun after a kill (MySQL commits each DDL statement by itself): create only once.
-    return SETUPS in {ix["name"] for ix in sa.inspect(op.get_bind()).get_indexes(TABLE)}
-
-
-def upgrade() -> None:
-    if not _has_index():
-        op.create_index(SETUPS, TABLE, ["customer_external_id", "mode", "id"])
+def upgrade() -> None:  # checked: resumable where DDL commits itself (MySQL)
+    create_index(SETUPS, TABLE, ["customer_external_id", "mode", "id"])
 
 
 def downgrade() -> None:
-    if _has_index():
-        op.drop_index(SETUPS, table_name=TABLE)
+    drop_index(SETUPS, TABLE)
