@@ -1,4 +1,5 @@
-"""Scale-out on PostgreSQL: several ``cms-outbox run`` daemons on one outbox.
+"""Scale-out on PostgreSQL (and, for the drain and kill tests, MySQL/MariaDB): several
+``cms-outbox run`` daemons on one outbox.
 
 Real server (``CMS_OUTBOX_TEST_POSTGRES_URL``), real daemon processes, the sandbox on
 loopback. What is asserted are exact counts (every event accepted exactly once, per
@@ -87,6 +88,7 @@ class Daemon:
 
     def __init__(self, argv: Sequence[str], log_path: Path, *, stdout: bool = False) -> None:
         self.app_name = f"cms-scaleout-{uuid.uuid4().hex[:12]}"
+        self.sessions: set[int] = set()
         self.log_path = log_path
         self._log: IO[str] = log_path.open("w")
         env = dict(os.environ, CMS_BEARER_TOKEN=TOKEN, PGAPPNAME=self.app_name)
@@ -114,7 +116,10 @@ class Daemon:
         return bool(count)
 
     def connected(self, engine: Engine) -> bool:
-        """Whether any database session of this daemon is still open."""
+        """Whether any database session of this daemon is still open (on MySQL: of the
+        ``sessions`` the test saw it open)."""
+        if engine.dialect.name == "mysql":
+            return bool(self.sessions & sessions(engine))
         with engine.connect() as conn:
             count = conn.execute(
                 text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"),
@@ -163,6 +168,15 @@ def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         daemon.close()
 
 
+def sessions(engine: Engine) -> set[int]:
+    """MySQL: the ids of the server's sessions on this database (PostgreSQL: none needed)."""
+    if engine.dialect.name != "mysql":
+        return set()
+    with engine.connect() as conn:
+        query = "SELECT id FROM information_schema.processlist WHERE db = DATABASE()"
+        return {int(session) for session in conn.execute(text(query)).scalars()}
+
+
 def run_daemon(
     start: Callable[..., Daemon], url: str, host: str, *, interval: str = "0.5"
 ) -> Daemon:
@@ -173,7 +187,12 @@ def run_daemon(
 
 
 def _ended_or_listening(daemon: Daemon, engine: Engine) -> bool:
-    return daemon.process.poll() is not None or daemon.listening(engine)
+    """Its LISTEN connection is open (PostgreSQL), or it began delivering (MySQL)."""
+    if daemon.process.poll() is not None:
+        return True
+    if engine.dialect.name == "postgresql":
+        return daemon.listening(engine)
+    return "delivering from" in daemon.log()
 
 
 def _accepted_once(sandbox: Sandbox, event_id: str) -> bool:
@@ -193,6 +212,25 @@ def wait_listening(engine: Engine, started: Sequence[Daemon]) -> None:
 # -- the outbox, seen from the test ----------------------------------------------------
 
 
+@pytest.fixture(params=["postgres", pytest.param("mysql", marks=pytest.mark.mysql)])
+def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database of this test's own on each configured server, dropped afterwards."""
+    configured = str(request.getfixturevalue(f"{request.param}_url"))
+    if request.param == "postgres":
+        yield from own_postgres_database(configured)
+        return
+    name = f"cms_outbox_scaleout_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(configured, poolclass=NullPool)
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE `{name}`"))
+    try:
+        yield make_url(configured).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        admin.dispose()
+
+
 @pytest.fixture
 def pg_url(postgres_url: str) -> Iterator[str]:
     """A database of this test's own on the configured server, dropped afterwards.
@@ -201,6 +239,10 @@ def pg_url(postgres_url: str) -> Iterator[str]:
     their ``postgres_url`` fixture drops the outbox tables under our daemons' feet.
     Without the right to create databases, the configured one is used as it is.
     """
+    yield from own_postgres_database(postgres_url)
+
+
+def own_postgres_database(postgres_url: str) -> Iterator[str]:
     name = f"cms_outbox_scaleout_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
@@ -227,9 +269,16 @@ def engine(pg_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def outbox(pg_url: str) -> Iterator[CMSClient]:
+def server_engine(server_url: str) -> Iterator[Engine]:
+    created = create_engine(server_url, pool_pre_ping=True)
+    yield created
+    created.dispose()
+
+
+@pytest.fixture
+def server_outbox(server_url: str) -> Iterator[CMSClient]:
     """An enqueue-only client; constructing it migrates the fresh database."""
-    client = CMSClient(database_url=pg_url, flush="off")
+    client = CMSClient(database_url=server_url, flush="off")
     yield client
     client.close()
 
@@ -258,8 +307,12 @@ def enqueue_backlog(engine: Engine, count: int, customers: int, prefix: str) -> 
     with engine.begin() as conn:
         for start in range(0, count, 5000):
             conn.execute(insert(events), rows[start : start + 5000])
-        conn.execute(text(f"ANALYZE {events.name}"))
-        conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+        if engine.dialect.name == "postgresql":
+            conn.execute(text(f"ANALYZE {events.name}"))
+            conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+    if engine.dialect.name == "mysql":  # no NOTIFY: the daemons find it on their next poll
+        with engine.connect() as conn:
+            conn.execute(text(f"ANALYZE TABLE {events.name}")).all()
 
 
 def enqueue_order(engine: Engine) -> dict[str, list[str]]:
@@ -297,24 +350,24 @@ def assert_each_accepted_once(sandbox: Sandbox, engine: Engine, total: int) -> N
 
 
 def test_four_daemons_share_a_backlog_exactly_once_in_customer_order(
-    pg_url: str,
-    engine: Engine,
+    server_url: str,
+    server_engine: Engine,
     sandbox: Sandbox,
     daemons: Callable[..., Daemon],
 ) -> None:
     """4 daemons start together on an empty database (concurrent migrations included),
     then drain ``EVENTS`` events over 500 customers: a bulk backlog plus events that
     four writer threads add with ``track_lead`` while the daemons work."""
-    started = [run_daemon(daemons, pg_url, sandbox.url) for _ in range(4)]
-    wait_listening(engine, started)
+    started = [run_daemon(daemons, server_url, sandbox.url) for _ in range(4)]
+    wait_listening(server_engine, started)
     live = min(1000, EVENTS // 4)  # through the public API, during the drain
-    enqueue_backlog(engine, EVENTS - live, CUSTOMERS, "customer")
+    enqueue_backlog(server_engine, EVENTS - live, CUSTOMERS, "customer")
 
     def write(writer: CMSClient, part: int) -> None:
         for n in range(part, live, 4):  # customer n % 500 is always written by one thread
             writer.track_lead("upgrade", f"customer-{n % CUSTOMERS:04d}", click_id=f"live-{n}")
 
-    writer = CMSClient(database_url=pg_url, flush="off")
+    writer = CMSClient(database_url=server_url, flush="off")
     try:
         threads = [threading.Thread(target=write, args=(writer, part)) for part in range(4)]
         for thread in threads:
@@ -324,15 +377,17 @@ def test_four_daemons_share_a_backlog_exactly_once_in_customer_order(
     finally:
         writer.close()
 
-    drained = wait_until(lambda: delivered(engine) == EVENTS, timeout=DRAIN_TIMEOUT, step=0.5)
-    assert drained, f"not drained: {states(engine)}"
+    drained = wait_until(
+        lambda: delivered(server_engine) == EVENTS, timeout=DRAIN_TIMEOUT, step=0.5
+    )
+    assert drained, f"not drained: {states(server_engine)}"
     for daemon in started:
         daemon.stop()
 
-    assert states(engine) == {"delivered": EVENTS}
-    assert_each_accepted_once(sandbox, engine, EVENTS)
-    assert accepted_in_order(sandbox) == enqueue_order(engine)  # per-customer FIFO
-    assert len(enqueue_order(engine)) == CUSTOMERS
+    assert states(server_engine) == {"delivered": EVENTS}
+    assert_each_accepted_once(sandbox, server_engine, EVENTS)
+    assert accepted_in_order(sandbox) == enqueue_order(server_engine)  # per-customer FIFO
+    assert len(enqueue_order(server_engine)) == CUSTOMERS
     shares = [daemon.delivered() for daemon in started]
     assert sum(shares) == EVENTS, shares
     assert all(share > 0 for share in shares), shares
@@ -340,9 +395,9 @@ def test_four_daemons_share_a_backlog_exactly_once_in_customer_order(
 
 
 def test_a_killed_daemon_s_leases_are_delivered_by_the_others(
-    pg_url: str,
-    engine: Engine,
-    outbox: CMSClient,
+    server_url: str,
+    server_engine: Engine,
+    server_outbox: CMSClient,
     sandbox: Sandbox,
     daemons: Callable[..., Daemon],
 ) -> None:
@@ -351,16 +406,18 @@ def test_a_killed_daemon_s_leases_are_delivered_by_the_others(
     Idempotency-Key makes the service count them once)."""
     total = 2000
     sandbox.set_faults(latency=0.05)  # requests last long enough to be cut by the kill
-    victim = daemons(sys.executable, "-c", SHORT_LEASE_DAEMON, pg_url, sandbox.url, stdout=True)
+    ours = sessions(server_engine)
+    victim = daemons(sys.executable, "-c", SHORT_LEASE_DAEMON, server_url, sandbox.url, stdout=True)
     assert victim.process.stdout is not None
     owner = victim.process.stdout.readline().strip()
     assert re.fullmatch(r"[0-9a-f]{32}", owner), victim.log()[-3000:]
-    rescuers = [run_daemon(daemons, pg_url, sandbox.url) for _ in range(3)]
-    wait_listening(engine, rescuers)
-    enqueue_backlog(engine, total, 100, "customer")
+    victim.sessions = sessions(server_engine) - ours  # MySQL: its sessions, before the others
+    rescuers = [run_daemon(daemons, server_url, sandbox.url) for _ in range(3)]
+    wait_listening(server_engine, rescuers)
+    enqueue_backlog(server_engine, total, 100, "customer")
 
     def victim_holds_leases() -> bool:
-        with engine.connect() as conn:
+        with server_engine.connect() as conn:
             return bool(
                 conn.execute(
                     select(func.count()).where(
@@ -375,8 +432,8 @@ def test_a_killed_daemon_s_leases_are_delivered_by_the_others(
     victim.process.wait(timeout=30)
     # A COMMIT the victim sent just before it died is still applied by its server
     # session: look at its leases only once every session of it has ended.
-    assert wait_until(lambda: not victim.connected(engine), timeout=30, step=0.05)
-    with engine.connect() as conn:
+    assert wait_until(lambda: not victim.connected(server_engine), timeout=30, step=0.05)
+    with server_engine.connect() as conn:
         orphaned = {
             row.event_id: row.lease_expires_at
             for row in conn.execute(
@@ -387,13 +444,13 @@ def test_a_killed_daemon_s_leases_are_delivered_by_the_others(
         }
     assert orphaned, "the kill landed between two rounds: nothing was leased"
 
-    assert wait_until(lambda: delivered(engine) == total, timeout=DRAIN_TIMEOUT, step=0.2)
+    assert wait_until(lambda: delivered(server_engine) == total, timeout=DRAIN_TIMEOUT, step=0.2)
     for rescuer in rescuers:
         rescuer.stop()
-    assert states(engine) == {"delivered": total}
-    assert_each_accepted_once(sandbox, engine, total)
-    assert accepted_in_order(sandbox) == enqueue_order(engine)
-    with engine.connect() as conn:
+    assert states(server_engine) == {"delivered": total}
+    assert_each_accepted_once(sandbox, server_engine, total)
+    assert accepted_in_order(sandbox) == enqueue_order(server_engine)
+    with server_engine.connect() as conn:
         delivered_at = dict(
             conn.execute(
                 select(events.c.event_id, events.c.delivered_at).where(

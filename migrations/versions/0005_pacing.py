@@ -17,7 +17,8 @@ Create Date: 2026-12-01
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
+
+from cms_outbox.revision_steps import add_column, drop_column
 
 revision = "0005"
 down_revision = "0004"
@@ -39,31 +40,17 @@ COLUMNS = (
 )
 
 
-def _columns() -> set[str]:
-    return {column["name"] for column in sa.inspect(op.get_bind()).get_columns(TABLE)}
-
-
 def upgrade() -> None:
     for name, kind, default in COLUMNS:
-        if name not in _columns():
-            nullable = default is None
-            server_default = None if default is None else sa.text(default)
-            op.add_column(
-                TABLE, sa.Column(name, kind, nullable=nullable, server_default=server_default)
-            )
-    if "rate_factor" in _columns():
-        with op.batch_alter_table(TABLE) as batch:
-            batch.drop_column("rate_factor")
+        server_default = None if default is None else sa.text(default)
+        add_column(TABLE, sa.Column(name, kind, nullable=default is None,
+                                    server_default=server_default))  # fmt: skip
+    drop_column(TABLE, "rate_factor")
 
 
 def downgrade() -> None:
-    if "rate_factor" not in _columns():
-        with op.batch_alter_table(TABLE) as batch:
-            batch.add_column(
-                sa.Column("rate_factor", sa.Double, nullable=False, server_default=sa.text("1"))
-            )
-    present = _columns()
-    with op.batch_alter_table(TABLE) as batch:
-        for name, _, _ in reversed(COLUMNS):
-            if name in present:
-                batch.drop_column(name)
+    add_column(
+        TABLE, sa.Column("rate_factor", sa.Double, nullable=False, server_default=sa.text("1"))
+    )
+    for name, _, _ in reversed(COLUMNS):
+        drop_column(TABLE, name)

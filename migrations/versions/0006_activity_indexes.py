@@ -12,8 +12,7 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from alembic import op
+from cms_outbox.revision_steps import create_index, drop_index
 
 revision = "0006"
 down_revision = "0005"
@@ -26,18 +25,11 @@ INDEXES = {
 }
 
 
-def _has_index(name: str, table: str) -> bool:
-    # Rerun after a kill (MySQL commits each DDL statement by itself): create only once.
-    return name in {ix["name"] for ix in sa.inspect(op.get_bind()).get_indexes(table)}
-
-
-def upgrade() -> None:
+def upgrade() -> None:  # each step checked: resumable where DDL commits itself (MySQL)
     for name, (table, columns) in INDEXES.items():
-        if not _has_index(name, table):
-            op.create_index(name, table, columns)
+        create_index(name, table, columns)
 
 
 def downgrade() -> None:
     for name, (table, _) in INDEXES.items():
-        if _has_index(name, table):
-            op.drop_index(name, table_name=table)
+        drop_index(name, table)
