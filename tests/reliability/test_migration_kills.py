@@ -8,6 +8,7 @@ table unstamped, and the next start must finish the work rather than fail on
 
 from __future__ import annotations
 
+import functools
 import signal
 import subprocess
 import sys
@@ -67,6 +68,10 @@ def engine(database_url: str) -> Iterator[Engine]:
     created = create_engine(database_url)
     yield created
     created.dispose()
+
+
+def started_or_ended(process: subprocess.Popen[bytes], output: Path) -> bool:
+    return process.poll() is not None or "delivering from" in output.read_text()
 
 
 def assert_at_head(engine: Engine) -> None:
@@ -168,13 +173,7 @@ def test_two_daemons_started_50_ms_apart_on_a_new_database_both_run(
             daemons.append(processes.spawn(argv, f"daemon-{round_}-{n}"))
             time.sleep(0.05)
         for process, output in daemons:
-            wait_for(
-                lambda o=output, p=process: (
-                    "delivering from" in o.read_text() or p.poll() is not None
-                ),
-                120,
-                "the daemon to start delivering",
-            )
+            wait_for(functools.partial(started_or_ended, process, output), 120, "a daemon start")
             assert process.poll() is None, output.read_text()
         for process, output in daemons:
             process.send_signal(signal.SIGTERM)
