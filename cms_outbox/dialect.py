@@ -106,7 +106,8 @@ def migration_lock(conn: Connection) -> Iterator[None]:
     try:
         yield
     finally:
-        if conn.in_transaction():
-            conn.rollback()
-        conn.execute(text(give), params)
-        conn.commit()
+        if not conn.invalidated:  # a lost connection took its lock with it
+            if conn.in_transaction():
+                conn.rollback()
+            conn.execute(text(give), params)
+            conn.commit()
