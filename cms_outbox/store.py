@@ -34,7 +34,7 @@ from .leasing import Attempt, Lease
 from .pacing import Budget
 from .queries import CONTROL_ROW
 from .results import EventState
-from .schema import control
+from .schema import control, events
 from .write_lock import WriteLock
 
 if TYPE_CHECKING:
