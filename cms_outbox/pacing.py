@@ -108,8 +108,8 @@ BURST = 5
 BURST_SHARE = 1 / 12
 # A 429 that names no end pauses this long.
 DEFAULT_PAUSE = 5.0
-# A learned limit is probed 10 % upward after this many quiet windows (at least QUIET_MIN
-# seconds), so that a raised limit is found again.
+# A learned (or merely assumed) limit is probed 10 % upward after this many quiet windows
+# spent sending at it (at least QUIET_MIN seconds), so that a raised limit is found.
 PROBE_STEP = 1.1
 QUIET_WINDOWS = 5
 QUIET_MIN = 30.0
@@ -124,7 +124,9 @@ class Budget:
     :param paused_until: a 429 stops every flusher until then.
     :param counted_since: start of the span whose grants ``counted`` counts (the end of the
         last 429 pause): a 429 inside it measures the service's real quota.
-    :param changed_at: when a 429 or a probe last changed a learned quota.
+    :param changed_at: when a 429 or a probe last changed a learned quota, or the
+        flushers last started sending at the limit: the quiet period before a probe
+        starts there.
     :param probed_from: the requests of the quota before the last upward probe (0: none).
     :param ceiling: the explicit ``rate_limit`` of the flusher that took last (requests
         per minute, 0: none), so that ``status`` can tell what is in force.
@@ -178,7 +180,7 @@ def burst(quota: Quota) -> float:
 
 def take(budget: Budget, want: int, now: float, limit: RateLimit) -> tuple[Budget, Grant]:
     """Refill, then take up to ``want`` requests: none during a pause or past ``remaining``."""
-    budget = _probe(budget, now)
+    budget = _probe(budget, now, limit)
     ceiling = float(limit.per_minute) if limit.mode is Mode.CEILING else 0.0
     if ceiling != budget.ceiling:
         budget = replace(budget, ceiling=ceiling)
@@ -308,11 +310,23 @@ def _window_of(budget: Budget, advert: Advert, now: float) -> float:
     return max(1.0, round((advert.reset_at - now) / min(1.0, max(left, 1e-3))))
 
 
-def _probe(budget: Budget, now: float) -> Budget:
-    if budget.source is not Source.LEARNED or now < budget.paused_until:
+def _probe(budget: Budget, now: float, limit: RateLimit) -> Budget:
+    """After a quiet period at the limit, raise a learned (or assumed) quota by 10 %.
+
+    Quiet means busy without a 429: while the flusher does not send at the limit there
+    is nothing to learn, and the quiet period starts again.
+    """
+    quota, source = in_force(budget, limit)
+    if source not in (Source.LEARNED, Source.ASSUMED) or now < budget.paused_until:
         return budget
+    busy = now - budget.tokens_at < 2 / (quota.per_second * SAFETY)
+    if not budget.changed_at or not busy:
+        return replace(budget, changed_at=now)
     quiet = max(QUIET_MIN, QUIET_WINDOWS * budget.quota.window)
     if now - max(budget.changed_at, budget.paused_until) < quiet:
         return budget
     raised = Quota(budget.quota.requests * PROBE_STEP, budget.quota.window)
-    return replace(budget, quota=raised, probed_from=budget.quota.requests, changed_at=now)
+    return replace(
+        budget, quota=raised, source=Source.LEARNED, probed_from=budget.quota.requests,
+        changed_at=now,
+    )  # fmt: skip

@@ -184,12 +184,30 @@ def test_without_headers_a_429_halves_then_the_next_one_measures_the_real_quota(
 
 def test_a_learned_limit_is_probed_upward_after_a_quiet_period_and_a_failed_probe_undone() -> None:
     learned = Budget(quota=Quota(30, 6), source=Source.LEARNED, changed_at=NOW, tokens_at=NOW)
-    quiet, _ = take(learned, 1, NOW + 10, AUTO)
-    assert quiet.quota == Quota(30, 6)
-    probed, _ = take(learned, 1, NOW + 31, AUTO)
+    quiet, _ = take(replace(learned, tokens_at=NOW + 9.9), 1, NOW + 10, AUTO)
+    assert quiet.quota == Quota(30, 6)  # busy, but not for a quiet period yet
+    probed, _ = take(replace(learned, tokens_at=NOW + 30.9), 1, NOW + 31, AUTO)
     assert probed.quota.requests == pytest.approx(33) and probed.probed_from == 30
     undone = rate_limited(probed, NOW + 33, NOW + 36, Advert(), AUTO)
     assert undone.quota == Quota(30, 6) and undone.changed_at == NOW + 33
+
+
+def test_no_probe_while_not_sending_at_the_limit() -> None:
+    learned = Budget(quota=Quota(30, 6), source=Source.LEARNED, changed_at=NOW, tokens_at=NOW)
+    idle, _ = take(learned, 1, NOW + 31, AUTO)  # nothing taken for 31 s: idle, not quiet
+    assert idle.quota == Quota(30, 6) and idle.changed_at == NOW + 31
+
+
+def test_an_assumed_limit_is_probed_too_but_never_an_advertised_or_configured_one() -> None:
+    start = Budget(tokens_at=NOW)
+    first, _ = take(start, 1, NOW, AUTO)
+    assert first.changed_at == NOW  # the quiet period starts with the first request
+    busy = replace(first, tokens_at=NOW + 299.5)
+    probed, _ = take(busy, 1, NOW + 300, AUTO)
+    assert (probed.quota.requests, probed.source) == (pytest.approx(66), Source.LEARNED)
+    for budget, limit in [(replace(busy, source=Source.ADVERTISED), AUTO), (busy, CEILING_30)]:
+        kept, _ = take(budget, 1, NOW + 300, limit)
+        assert kept.quota == ASSUMED
 
 
 def test_a_429_without_any_end_pauses_the_default_time() -> None:
