@@ -143,9 +143,10 @@ class CMSClient:
             self._scheduler.start()
         lifecycle.register(self)
 
-    def _new_scheduler(self) -> FlushScheduler:
-        """Passes of this client's flusher, woken by NOTIFY, with hourly purges (or a daemon's)."""
-        return self._wiring.new_scheduler(maintenance=self.purge_expired)
+    def _new_scheduler(self, kind: str = "client") -> FlushScheduler:
+        """Passes of this client's flusher, woken by NOTIFY, with hourly purges and a
+        heartbeat (or a daemon's: ``kind="daemon"``)."""
+        return self._wiring.new_scheduler(maintenance=self.purge_expired, kind=kind)
 
     def __repr__(self) -> str:
         return (

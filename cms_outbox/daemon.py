@@ -75,7 +75,7 @@ class Daemon:
         self.metrics_port = metrics_port
         self.metrics_address = metrics_address
         self.handle_signals = handle_signals
-        self._scheduler = self.client._new_scheduler()
+        self._scheduler = self.client._new_scheduler(kind="daemon")
 
     def __repr__(self) -> str:
         return f"Daemon(host={self.client.settings.host!r}, database={self.client.engine.url!r})"

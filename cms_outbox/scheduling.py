@@ -70,11 +70,14 @@ class FlushScheduler:
         maintenance_interval: float = 3600.0,
         listen: Callable[[Callable[[], None], threading.Event], None] | None = None,
         in_flight: Callable[[], int] = lambda: 0,
+        beat: Callable[[], None] | None = None,
     ) -> None:
         """:param listen: blocks calling its first argument on every outside wake-up
         signal (PostgreSQL NOTIFY) until its second is set; run in a thread.
-        :param in_flight: how many requests await an answer (for the stop line)."""
+        :param in_flight: how many requests await an answer (for the stop line).
+        :param beat: called before each run of passes (a heartbeat that limits itself)."""
         self._run_pass = run_pass
+        self._beat = beat
         self._in_flight = in_flight
         self._listen = listen
         self._interval = interval
@@ -195,6 +198,8 @@ class FlushScheduler:
             self._next = None
             self._idle.clear()
         try:
+            if self._beat is not None and not self.stop_event.is_set():
+                self._guarded(self._beat)()
             while not self.stop_event.is_set():
                 self._guarded(lambda: self._run_pass(self.stop_event))()
                 with self._lock:

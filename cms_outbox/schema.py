@@ -21,7 +21,15 @@ from sqlalchemy import (
     text,
 )
 
-__all__ = ["HAS_INVOICE", "NOTIFY_CHANNEL", "attempts", "control", "events", "metadata"]
+__all__ = [
+    "HAS_INVOICE",
+    "NOTIFY_CHANNEL",
+    "attempts",
+    "control",
+    "events",
+    "flushers",
+    "metadata",
+]
 
 metadata = MetaData()
 
@@ -118,4 +126,18 @@ control = Table(
     Column("ceiling", Double, nullable=False, server_default=text("0")),
     # The last operator retry or purge: health calls what went dead after it new.
     Column("acknowledged_at", Double),
+)
+
+# One row per running flusher (an in-process client's or a daemon's): who it is and when it
+# last beat. ``status`` and ``health`` tell a live outbox from one nobody delivers.
+flushers = Table(
+    "cms_outbox_flushers",
+    metadata,
+    Column("owner", String(64), primary_key=True),  # the flusher's lease owner token
+    Column("kind", String(16), nullable=False),  # "client" or "daemon"
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("started_at", Double, nullable=False),
+    Column("beat_at", Double, nullable=False),
 )

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union
 from sqlalchemy import (
     Connection,
     Engine,
+    delete,
+    insert,
     select,
     update,
 )
@@ -34,7 +36,7 @@ from .leasing import Attempt, Lease
 from .pacing import Budget
 from .queries import CONTROL_ROW
 from .results import EventState
-from .schema import control, events
+from .schema import control, events, flushers
 from .write_lock import WriteLock
 
 if TYPE_CHECKING:
@@ -341,6 +343,27 @@ class Store:
                     .values(**_budget_values(budget))
                 )
         return result
+
+    def beat(self, row: dict[str, Any]) -> None:
+        """Record a flusher's heartbeat (``schema.flushers``): its row, inserted or updated."""
+        owner = row["owner"]
+        with (
+            storage_errors("recording the flusher's heartbeat"),
+            self._writing(self.bookkeeping) as conn,
+        ):
+            changed = conn.execute(
+                update(flushers).where(flushers.c.owner == owner).values(**row)
+            ).rowcount
+            if not changed:
+                conn.execute(insert(flushers).values(**row))
+
+    def forget_flusher(self, owner: str) -> None:
+        """Remove a stopping flusher's heartbeat row: status then knows it is gone."""
+        with (
+            storage_errors("removing the flusher's heartbeat"),
+            self._writing(self.bookkeeping) as conn,
+        ):
+            conn.execute(delete(flushers).where(flushers.c.owner == owner))
 
     def set_pause(
         self, *, outage_since: float | None, auth_paused_since: float | None,

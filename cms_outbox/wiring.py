@@ -19,6 +19,7 @@ from . import database, migrate, notify
 from .config import Settings
 from .errors import EventNotFound
 from .flusher import Callback, Flusher
+from .heartbeat import Heartbeat
 from .results import EventState, FlushReport, TrackResult, result_of_row
 from .status import ActivityTracker
 from .store import Store
@@ -56,6 +57,7 @@ class Wiring:
             create_directories=settings.create_directories,
         )
         self.bookkeeping: Engine | None = None
+        self.heartbeat: Heartbeat | None = None  # once a flusher is scheduled
         try:
             migrate.ensure_schema(self.engine, auto_migrate=settings.auto_migrate)
         except BaseException:
@@ -138,6 +140,8 @@ class Wiring:
             if announce:
                 self._warn_undelivered(report)
         finally:
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
             self.flusher.close(deadline)
             self.store.close()
             self.dispose()
@@ -169,16 +173,21 @@ class Wiring:
                 waiting, "event" if waiting == 1 else "events", held, self.outbox,
             )  # fmt: skip
 
-    def new_scheduler(self, *, maintenance: Callable[[], object]) -> FlushScheduler:
-        """Passes of this flusher, woken by NOTIFY, with ``maintenance`` hourly."""
+    def new_scheduler(
+        self, *, maintenance: Callable[[], object], kind: str = "client"
+    ) -> FlushScheduler:
+        """Passes of this flusher, woken by NOTIFY, with ``maintenance`` hourly and a
+        heartbeat of ``kind`` (``"client"`` or ``"daemon"``)."""
         from .scheduling import FlushScheduler  # APScheduler only when a flusher starts
 
+        self.heartbeat = Heartbeat(self.store, lambda: self.flusher.owner, kind=kind)
         return FlushScheduler(
             lambda stop: self.flusher.run_pass(stop=stop),
             interval=self.settings.interval,
             maintenance=maintenance,
             listen=notify.listener(self.engine),
             in_flight=lambda: self.flusher.in_flight,
+            beat=self.heartbeat.beat,
         )
 
     def wait_for(self, event_id: str, seconds: float, *, alone: bool) -> TrackResult:

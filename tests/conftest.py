@@ -22,6 +22,7 @@ OUTBOX_TABLES = (
     "cms_outbox_attempts",
     "cms_outbox_events",
     "cms_outbox_control",
+    "cms_outbox_flushers",
     "cms_outbox_alembic_version",
 )
 

@@ -20,6 +20,7 @@ import pytest
 
 from cms_outbox import CMSClient
 from cms_outbox.cli import build_parser, main
+from cms_outbox.heartbeat import Heartbeat
 from cms_outbox.sandbox import Sandbox
 from tests.conftest import TOKEN, wait_until
 
@@ -371,6 +372,11 @@ def test_health_turns_green_after_a_flush(migrated: str, sandbox: Sandbox, inpro
     result = cli("health", "--max-pending-age", "10m", "--database-url", migrated)
     assert result.returncode == 1
     assert result.stdout.startswith("unhealthy: the oldest pending event is 1h")
+    # Within the age limit but nobody delivers it: its own exit code. With a daemon beating
+    # (a heartbeat row), the same outbox is healthy.
+    assert inproc("health", "--max-pending-age", "2h", "--database-url", migrated).returncode == 6
+    with seed(migrated) as client:
+        Heartbeat(client.store, lambda: "daemon-1", kind="daemon").beat()
     assert inproc("health", "--max-pending-age", "2h", "--database-url", migrated).returncode == 0
     flushed = inproc(
         "flush", "--host", sandbox.url, "--rate-limit", "0", "--database-url", migrated,

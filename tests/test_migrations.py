@@ -25,7 +25,12 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from cms_outbox import CMSClient, SchemaError, migrate, schema
 
 REPO = Path(__file__).resolve().parent.parent
-OUTBOX_TABLES = {"cms_outbox_events", "cms_outbox_attempts", "cms_outbox_control"}
+OUTBOX_TABLES = {
+    "cms_outbox_events",
+    "cms_outbox_attempts",
+    "cms_outbox_control",
+    "cms_outbox_flushers",
+}
 VERSION_TABLE = "cms_outbox_alembic_version"
 DEPENDENCIES = ("sqlalchemy", "requests", "apscheduler", "alembic")
 

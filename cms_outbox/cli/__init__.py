@@ -27,6 +27,7 @@ from ._common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_NO_DIRECTORY,
+    EXIT_NO_FLUSHER,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_STORAGE,
@@ -49,6 +50,8 @@ exit codes:
   {EXIT_NOT_FOUND}    an EVENT_ID (or prefix) that is not in the outbox
   {EXIT_NO_DIRECTORY}    the directory of a SQLite outbox does not exist (a mistyped path?):
        nothing was created; --create-directories creates it
+  {EXIT_NO_FLUSHER}    health: the one finding is that no flusher is running while events have
+       waited over 3 minutes (none beat in that time: start `cms-outbox run`)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C) outside the daemon
 
 environment:

@@ -26,6 +26,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_NOT_FOUND",
     "EXIT_NO_DIRECTORY",
+    "EXIT_NO_FLUSHER",
     "EXIT_OK",
     "EXIT_STORAGE",
     "EXIT_USAGE",
@@ -51,6 +52,7 @@ EXIT_USAGE = 2  # bad arguments or configuration (argparse uses 2 as well)
 EXIT_STORAGE = 3  # the database failed, is not migrated, or is newer than this code
 EXIT_NOT_FOUND = 4  # an event id that is not in the outbox
 EXIT_NO_DIRECTORY = 5  # a SQLite outbox's directory is missing (--create-directories)
+EXIT_NO_FLUSHER = 6  # health: events wait and no flusher is running
 EXIT_INTERRUPTED = 130  # Ctrl-C during a command that is not a daemon
 
 Handler = Callable[[argparse.Namespace], int]

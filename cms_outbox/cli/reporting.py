@@ -10,10 +10,13 @@ import json
 from typing import Any
 
 from .. import status as reports
+from ..heartbeat import STALE_AFTER
 from ..results import EventState
+from ..status import format_age
 from ..status.health import ANY, NEW, Limit
 from ._common import (
     EXIT_FAILURE,
+    EXIT_NO_FLUSHER,
     EXIT_OK,
     add_command,
     duration,
@@ -225,12 +228,26 @@ def cmd_status(args: argparse.Namespace) -> int:
         ),
     ]
     pause = status.pause
-    if pause is None:
+    live = status.live_flushers
+    if not live:
+        lines.append(
+            ("delivery", f"no flusher is running (none beat in the last {format_age(STALE_AFTER)})")
+        )
+    elif pause is None:
         lines.append(("delivery", "running (no pause in effect)"))
     else:
         what = "OUTAGE, probing" if pause.reason == "outage" else "PAUSED: token rejected"
         lines.append(
             ("delivery", f"{what} since {format_time(pause.since, now)}: {shorten(pause.error)}")
+        )
+    for flusher in live:
+        lines.append(
+            (
+                "flusher",
+                f"{flusher.kind} on {flusher.host} pid {flusher.pid} (cms-outbox "
+                f"{flusher.version}), started {format_time(flusher.started_at, now)}, "
+                f"last beat {format_time(flusher.beat_at, now)}",
+            )
         )
     lines.append(("pacing", _pacing(status.pacing, now)))
     for label, value in lines:
@@ -387,4 +404,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         echo_json(health.to_json())
     else:
         echo(health.summary)
-    return EXIT_OK if health.healthy else EXIT_FAILURE
+    if health.healthy:
+        return EXIT_OK
+    # Its own code when nobody delivering is the whole story; other findings come first.
+    return EXIT_NO_FLUSHER if health.no_flusher and len(health.reasons) == 1 else EXIT_FAILURE

@@ -61,6 +61,7 @@ from .rows import (
     event_ids_starting_with,
     event_row,
     event_rows,
+    flusher_rows,
     sale_by_invoice,
 )
 
@@ -91,6 +92,7 @@ __all__ = [
     "event_ids_starting_with",
     "event_row",
     "event_rows",
+    "flusher_rows",
     "fifo_clear",
     "has_work",
     "last_failed_attempt",

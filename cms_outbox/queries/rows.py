@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from ..pacing import Budget, Quota, Source
-from ..schema import attempts, control, events
+from ..schema import attempts, control, events, flushers
 from .base import CONTROL_ROW, SUMMARY_COLUMNS
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "event_ids_starting_with",
     "event_row",
     "event_rows",
+    "flusher_rows",
     "sale_by_invoice",
 ]
 
@@ -107,4 +108,10 @@ def attempt_rows(conn: Connection, seq: int) -> list[dict[str, Any]]:
     rows = conn.execute(
         select(attempts).where(attempts.c.event_seq == seq).order_by(attempts.c.id)
     ).all()
+    return [dict(row._mapping) for row in rows]
+
+
+def flusher_rows(conn: Connection) -> list[dict[str, Any]]:
+    """Every flusher's heartbeat row, the longest running first (stale ones included)."""
+    rows = conn.execute(select(flushers).order_by(flushers.c.started_at, flushers.c.owner))
     return [dict(row._mapping) for row in rows]

@@ -10,11 +10,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from .. import queries
+from ..heartbeat import STALE_AFTER
 from ..queries import IN_FLIGHT, PENDING
 from .formatting import isoformat, json_fields
 from .pacing import Pacing, pacing_of
 
-__all__ = ["LastError", "OutboxStatus", "Pause", "count_due", "outbox_status"]
+__all__ = ["FlusherBeat", "LastError", "OutboxStatus", "Pause", "count_due", "outbox_status"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,21 @@ class LastError:
 
     def to_json(self) -> dict[str, Any]:
         return json_fields(self, times=("at",))
+
+
+@dataclass(frozen=True)
+class FlusherBeat:
+    """A flusher's heartbeat: ``kind`` is ``"client"`` (in-process) or ``"daemon"``."""
+
+    kind: str
+    host: str
+    pid: int
+    version: str
+    started_at: float
+    beat_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return json_fields(self, times=("started_at", "beat_at"))
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,12 @@ class OutboxStatus:
     new_dead: int
     new_blocked: int
     pacing: Pacing | None = None  # None until a paced flusher has run
+    flushers: tuple[FlusherBeat, ...] = ()  # every heartbeat row, stale ones included
+
+    @property
+    def live_flushers(self) -> tuple[FlusherBeat, ...]:
+        """Flushers that beat within ``heartbeat.STALE_AFTER``: the ones delivering now."""
+        return tuple(f for f in self.flushers if self.now - f.beat_at <= STALE_AFTER)
 
     @property
     def to_send(self) -> int:
@@ -106,6 +128,8 @@ class OutboxStatus:
             "new_dead": self.new_dead,
             "new_blocked": self.new_blocked,
             "pacing": None if self.pacing is None else self.pacing.to_json(),
+            "flusher_running": bool(self.live_flushers),
+            "flushers": [flusher.to_json() for flusher in self.live_flushers],
         }
 
 
@@ -142,7 +166,16 @@ def outbox_status(engine: Engine, now: float | None = None) -> OutboxStatus:
             new_dead=new_dead,
             new_blocked=new_blocked,
             pacing=pacing_of(control, now),
+            flushers=tuple(_beat(row) for row in queries.flusher_rows(conn)),
         )
+
+
+def _beat(row: Mapping[str, Any]) -> FlusherBeat:
+    return FlusherBeat(
+        kind=str(row["kind"]), host=str(row["host"]), pid=int(row["pid"]),
+        version=str(row["version"]), started_at=float(row["started_at"]),
+        beat_at=float(row["beat_at"]),
+    )  # fmt: skip
 
 
 def count_due(engine: Engine, now: float | None = None) -> int:

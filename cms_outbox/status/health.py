@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Union
 
+from ..heartbeat import STALE_AFTER
 from ..queries import BLOCKED, DEAD
 from .counts import OutboxStatus
 from .formatting import format_age, isoformat
@@ -26,6 +27,7 @@ class Health:
     healthy: bool
     reasons: tuple[str, ...]
     status: OutboxStatus
+    no_flusher: bool = False  # events wait and no flusher beats
 
     @property
     def summary(self) -> str:
@@ -44,7 +46,12 @@ class Health:
         return line
 
     def to_json(self) -> dict[str, Any]:
-        return {"healthy": self.healthy, "reasons": list(self.reasons), "summary": self.summary}
+        return {
+            "healthy": self.healthy,
+            "reasons": list(self.reasons),
+            "summary": self.summary,
+            "flusher_running": bool(self.status.live_flushers),
+        }
 
 
 def check_health(
@@ -55,7 +62,9 @@ def check_health(
     max_blocked: Limit = NEW,
 ) -> Health:
     """Unhealthy when the oldest pending event is older than ``max_pending_age``, when
-    dead or blocked events exceed their limit, or while an auth pause is in effect.
+    dead or blocked events exceed their limit, while an auth pause is in effect, or when
+    events have waited longer than ``heartbeat.STALE_AFTER`` and no flusher is running
+    (``no_flusher``; an outbox with nothing to send needs no flusher).
 
     A dead or blocked event is conversion data lost until someone acts, so by default
     (``NEW``) one that went wrong since the last operator retry or purge is unhealthy; a
@@ -80,7 +89,16 @@ def check_health(
             f"delivery paused since {isoformat(status.pause.since)}: the service rejected "
             f"the token ({status.pause.error})"
         )
-    return Health(healthy=not reasons, reasons=tuple(reasons), status=status)
+    # Events that waited longer than a flusher takes to show up, and none beats: nobody
+    # delivers this outbox. (A freshly enqueued event before the daemon starts is not yet.)
+    waited = age is not None and age > STALE_AFTER
+    no_flusher = status.to_send > 0 and waited and not status.live_flushers
+    if no_flusher:
+        reasons.append(
+            f"no flusher is running and {status.to_send} events wait to be sent (none beat "
+            f"in the last {format_age(STALE_AFTER)}): start `cms-outbox run`"
+        )
+    return Health(healthy=not reasons, reasons=tuple(reasons), status=status, no_flusher=no_flusher)
 
 
 def _over_limit(status: OutboxStatus, state: str, limit: Limit, new: int) -> str | None:
