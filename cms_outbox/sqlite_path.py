@@ -11,12 +11,14 @@ volume path never becomes a throwaway outbox.
 from __future__ import annotations
 
 import os
+import sqlite3
+import urllib.parse
 
 from .errors import DirectoryNotFound, SchemaError, StorageError
 
-__all__ = ["SQLITE_HEADER", "prepare"]
+__all__ = ["prepare"]
 
-SQLITE_HEADER = b"SQLite format 3\x00"
+BUSY_TIMEOUT = 30.0  # seconds, as the engines wait for a lock
 
 
 def prepare(path: str, *, create: bool, create_directories: bool, writable: bool) -> None:
@@ -55,16 +57,29 @@ def prepare(path: str, *, create: bool, create_directories: bool, writable: bool
             "delivers events must write the file and its directory (SQLite keeps its -wal "
             "and -shm files beside it)"
         )
+    _check_is_sqlite(full)
+
+
+def _check_is_sqlite(full: str) -> None:
+    # Asked of SQLite, never by reading the file ourselves: closing any descriptor of the
+    # file drops every POSIX lock this process holds on it, the WAL's shared lock of the
+    # connections already open included. Another process then takes itself for the last
+    # user, checkpoints and deletes the WAL, and the writes still to come here are lost.
+    # SQLite shares one descriptor per file among a process's connections for that reason.
+    uri = f"file:{urllib.parse.quote(full)}?mode=ro"
     try:
-        with open(full, "rb") as file:
-            header = file.read(len(SQLITE_HEADER))
-    except OSError as exc:
-        raise StorageError(f"the outbox {full} cannot be read: {exc.strerror}") from exc
-    if header and header != SQLITE_HEADER[: len(header)]:
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        if "not a database" not in str(exc):
+            return  # anything else (a lock held long) is left for the engine to report
         raise StorageError(
             f"the outbox {full} is not a SQLite database: check --database-url or "
             "CMS_OUTBOX_URL (is it another file?)"
-        )
+        ) from exc
 
 
 def _directory(directory: str, full: str, *, create: bool) -> None:
