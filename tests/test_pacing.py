@@ -204,7 +204,7 @@ def test_an_assumed_limit_is_probed_too_but_never_an_advertised_or_configured_on
     assert first.changed_at == NOW  # the quiet period starts with the first request
     busy = replace(first, tokens_at=NOW + 299.5)
     probed, _ = take(busy, 1, NOW + 300, AUTO)
-    assert (probed.quota.requests, probed.source) == (pytest.approx(66), Source.LEARNED)
+    assert probed.quota.requests == pytest.approx(66) and probed.source is Source.LEARNED
     for budget, limit in [(replace(busy, source=Source.ADVERTISED), AUTO), (busy, CEILING_30)]:
         kept, _ = take(budget, 1, NOW + 300, limit)
         assert kept.quota == ASSUMED
