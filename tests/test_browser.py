@@ -155,6 +155,8 @@ def test_overview_counts_change_live_while_a_flusher_delivers(
     with flusher(sqlite_url, sandbox):
         until(browser, lambda: text_of(browser, "count-delivered") == "30",
               "the overview never showed 30 delivered")  # fmt: skip
+        until(browser, lambda: text_of(browser, "flushers").startswith("client on "),
+              "the overview never listed the running flusher")  # fmt: skip
     assert text_of(browser, "count-pending") == "0"
     # The same page load: the counts changed by live refresh, not by reloading.
     assert browser.execute_script("return performance.timeOrigin") == loaded

@@ -101,6 +101,7 @@ def test_overview_counts_states_and_charts_attempts_from_the_tables(
     before = text(browser.get("/"))
     assert re.search(r'id="count-pending">4<', before)
     assert re.search(r'id="count-delivered">0<', before)
+    assert re.search(r'id="flushers"><strong class="warn">none running</strong>', before)
     sender = delivering(outbox, sandbox)
     try:
         sandbox.set_faults(force_status=422, force_count=1)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, and_, func, true
+from sqlalchemy import ColumnElement, LargeBinary, and_, cast, func, true
 
 from ..errors import ValidationError
 from ..results import EventState
@@ -136,6 +136,8 @@ def _contains(column: ColumnElement[str], needle: str, dialect: str) -> ColumnEl
         return func.instr(column, needle) > 0
     if dialect == "postgresql":
         return func.strpos(column, needle) > 0
+    if dialect == "mysql":  # its default collations ignore case: compare the bytes
+        return func.instr(cast(column, LargeBinary), needle.encode()) > 0
     return column.contains(needle, autoescape=True)
 
 

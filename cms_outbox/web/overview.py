@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Integer, cast, func, select
 
+from ..heartbeat import STALE_AFTER
 from ..queries import (
     DEAD_OUTCOMES,
     DELIVERED,
@@ -28,6 +29,7 @@ from ..queries import (
     STATES,
     UNFINISHED,
     control_row,
+    flusher_rows,
     reading,
 )
 from ..schema import attempts, events
@@ -50,6 +52,7 @@ class Overview:
     pause_since: float | None
     pause_error: str | None
     pacing: Mapping[str, Any]  # the shared pacing budget's columns, as stored
+    flushers: Sequence[Mapping[str, Any]]  # heartbeat rows that beat within STALE_AFTER
 
     @property
     def backlog(self) -> int:
@@ -76,6 +79,7 @@ def overview(engine: Engine, now: float | None = None) -> Overview:
         oldest = [_first_created(conn, state) for state in (PENDING, IN_FLIGHT)]
         known = [moment for moment in oldest if moment is not None]
         values = control_row(conn)
+        beats = [row for row in flusher_rows(conn) if now - float(row["beat_at"]) <= STALE_AFTER]
     pause_reason = pause_since = pause_error = None
     pacing: dict[str, Any] = {}
     if values is not None:
@@ -98,6 +102,7 @@ def overview(engine: Engine, now: float | None = None) -> Overview:
         pause_since=pause_since,
         pause_error=pause_error,
         pacing=pacing,
+        flushers=beats,
     )
 
 

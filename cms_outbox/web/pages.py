@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from werkzeug.wrappers import Response
 
 from ..errors import ValidationError
+from ..heartbeat import STALE_AFTER
 from . import queries
 from .filters import STATES, EventFilter
 from .overview import overview as overview_now
@@ -41,7 +42,7 @@ def overview(ctx: Context) -> Response:
         status=status,
         states=STATES,
         charts=[chart(hour, "Last hour, per minute"), chart(day, "Last day, per 15 minutes")],
-        flushers=None,
+        stale_after=STALE_AFTER,
         purge_ages=PURGE_AGES,
         live=True,
     )
