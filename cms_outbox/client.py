@@ -180,8 +180,9 @@ class CMSClient:
 
         :param mode: ``"deferred"`` with ``click_id`` stores the click/customer
             association; later events of that customer omit ``click_id``.
-        :param connection: the application's SQLAlchemy ``Connection`` or ``Session``:
-            the event is inserted in its transaction and exists only if it commits.
+        :param connection: the application's SQLAlchemy ``Connection`` or ``Session``, or
+            Django's connection inside ``transaction.atomic()``: the event is inserted in
+            its transaction and exists only if it commits.
         :param wait: seconds to try delivering before returning; the result then
             carries the service's answer (the event stays stored if it cannot be sent).
         :raises ValidationError: bad input, naming the field; nothing was written.

@@ -47,7 +47,8 @@ __all__ = ["AppConnection", "Attempt", "Lease", "Store"]
 T = TypeVar("T")
 # A Session only ever comes from an application that imported the ORM itself: the outbox
 # does not import it (a third of SQLAlchemy's import time, for a short script's start).
-AppConnection = Union[Connection, "Session"]
+# Django's connection (``django.db.connection``) is accepted too.
+AppConnection = Union[Connection, "Session", Any]
 
 # Seconds between sweeps for expired leases while leasing.
 SWEEP_INTERVAL = 1.0
@@ -94,6 +95,10 @@ class Store:
         :raises StorageError: the database failed; nothing was written.
         """
         if connection is not None:
+            if _is_django(connection):  # Django's own cursor, in its atomic() block
+                from .django.transaction import insert_event
+
+                return insert_event(connection, event)
             with storage_errors("storing the event in the application's transaction"):
                 conn = connection if isinstance(connection, Connection) else connection.connection()
                 return self._insert_core(conn, event)
@@ -398,3 +403,8 @@ def _lock_control(conn: Connection) -> None:
     # Write first: on an application's SQLite engine in the driver's legacy transaction
     # mode a leading SELECT would run outside the transaction and the update could race.
     conn.execute(update(control).where(control.c.name == CONTROL_ROW).values(name=control.c.name))
+
+
+def _is_django(connection: object) -> bool:
+    """A Django ``DatabaseWrapper``, or ``django.db.connection`` (a proxy to one)."""
+    return type(connection).__module__.startswith(("django.db.backends.", "django.utils."))

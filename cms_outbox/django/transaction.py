@@ -1,0 +1,73 @@
+"""Insert an event through Django's own cursor, inside the current ``atomic()`` block.
+
+No SQLAlchemy connection takes part: the event is one more statement of the
+application's transaction, so it commits or rolls back with the user's rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import DatabaseError, IntegrityError, transaction
+
+from ..errors import StorageError, ValidationError
+from ..events import Event
+from ..inserting import COLUMNS, row_values
+from ..schema import NOTIFY_CHANNEL, events
+
+__all__ = ["insert_event"]
+
+_INSERT = (
+    f"INSERT INTO {events.name} ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
+)
+_ON_CONFLICT = " ON CONFLICT (invoice_id) WHERE invoice_id IS NOT NULL DO NOTHING"
+_COLUMNS = ", ".join(column.name for column in events.columns)
+_STORED_SALE = f"SELECT {_COLUMNS} FROM {events.name} WHERE invoice_id = %s"
+
+
+def insert_event(connection: Any, event: Event) -> dict[str, Any] | None:
+    """Store ``event`` in ``connection``'s open ``atomic()`` block.
+
+    :returns: None when stored, else the row of the sale already stored with the same
+        ``invoice_id`` (nothing was written).
+    :raises ValidationError: ``connection`` is in autocommit mode: the event would commit
+        on its own, not with the application's work.
+    :raises StorageError: the database failed.
+    """
+    if not connection.in_atomic_block:
+        raise ValidationError(
+            "connection",
+            "Django's connection is not inside transaction.atomic(): the event would commit "
+            "on its own, apart from your changes. Call track_* inside the atomic() block, or "
+            "leave out connection= to store the event in a transaction of its own",
+        )
+    vendor = connection.vendor
+    try:
+        with connection.cursor() as cursor:
+            if vendor in ("postgresql", "sqlite"):
+                cursor.execute(_INSERT + _ON_CONFLICT, row_values(event))
+                stored = cursor.rowcount == 1
+                if stored and vendor == "postgresql":  # delivered to listeners at commit
+                    cursor.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+            else:
+                try:
+                    with transaction.atomic(using=connection.alias):  # a savepoint
+                        cursor.execute(_INSERT, row_values(event))
+                    stored = True
+                except IntegrityError:  # the invoice id is taken
+                    stored = False
+            if stored:
+                return None
+            # The latest committed row: MySQL's snapshot of this transaction may predate it.
+            lock = " LOCK IN SHARE MODE" if vendor == "mysql" else ""
+            cursor.execute(_STORED_SALE + lock, [event.invoice_id])
+            row = cursor.fetchone()
+            names = [column[0] for column in cursor.description]
+    except DatabaseError as exc:
+        raise StorageError(
+            f"storing the event in Django's transaction failed ({type(exc).__name__}; "
+            "the driver's error is chained)"
+        ) from exc
+    if row is None:
+        raise StorageError(f"storing event {event.event_id} failed: it was not inserted")
+    return dict(zip(names, row))
