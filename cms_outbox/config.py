@@ -135,7 +135,8 @@ def _check_host(host: str, allow_insecure: bool) -> None:
     if parts.scheme == "http" and not allow_insecure and not _is_loopback(parts.hostname):
         raise ConfigurationError(
             f"refusing plain http:// to non-loopback host {parts.hostname!r}: "
-            "the bearer token would travel in clear text (pass allow_insecure=True to override)"
+            "the bearer token would travel in clear text: use https:// (the command line "
+            "sends plain http:// only to a loopback host; CMSClient takes allow_insecure=True)"
         )
 
 

@@ -60,7 +60,13 @@ def create(
     try:
         engine = create_engine(parsed, **options)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-        raise ConfigurationError(f"cannot use database URL {parsed!r}: {exc}") from exc
+        hint = ""
+        if parsed.get_backend_name() == "postgresql" and isinstance(exc, ImportError):
+            hint = (
+                ": install the PostgreSQL driver with pip install 'cms-outbox[postgres]' "
+                "and use a postgresql+psycopg:// URL"
+            )
+        raise ConfigurationError(f"cannot use database URL {parsed!r}: {exc}{hint}") from exc
     if is_sqlite(engine):
         prepare_sqlite(engine, durability=durability)
     return engine

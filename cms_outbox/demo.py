@@ -22,6 +22,12 @@ from .status import list_events, outbox_status
 
 __all__ = ["run"]
 
+PAUSE_WORDS = {
+    "outage": "the service does not answer; the flusher probes it with one request at a "
+    "growing interval and sends the backlog once it answers",
+    "auth": "the service rejected the token; every event stays pending until a valid one",
+}
+
 TOKEN = "demo-token"
 BACKGROUND_GRACE = 1.5  # seconds to let the background flusher's outage probe come round
 _Say = Callable[[str], None]
@@ -122,10 +128,9 @@ def _show_events(client: CMSClient, tracked: list[_Tracked], say: _Say) -> None:
             f"{event.state:<8} {event.attempts}"
         )
     status = outbox_status(client.engine)
-    if status.pause is not None:
-        error = status.pause.error or ""
-        error = error if len(error) <= 90 else error[:87] + "..."
-        say(f"   Delivery paused ({status.pause.reason}): {error}")
+    if status.pause is not None:  # in words: the transport's error is the driver's text
+        why = PAUSE_WORDS.get(status.pause.reason, status.pause.reason)
+        say(f"   Delivery paused: {why}")
 
 
 def _watch(client: CMSClient, tracked: list[_Tracked], timeout: float, say: _Say) -> bool:

@@ -127,8 +127,26 @@ class Transport:
 
 
 def _describe(exc: requests.RequestException) -> str:
+    """The failure in plain words: urllib3's text (pools, retries, reprs) helps no one."""
     kind = type(exc).__name__
     if isinstance(exc, requests.Timeout):
         return f"{kind}: no answer within the timeout"
+    text = str(exc)
+    if isinstance(exc, requests.ConnectionError):
+        for words, plain in _CONNECTION_FAILURES:
+            if words in text:
+                return f"{kind}: {plain}"
+        return f"{kind}: the connection to the service failed"
     # The message can hold the URL but never the headers, so the token cannot leak here.
-    return f"{kind}: {exc}"
+    return f"{kind}: {text}"
+
+
+_CONNECTION_FAILURES = (
+    ("Connection refused", "connection refused (nothing listens at the host and port)"),
+    ("Name or service not known", "the host name does not resolve"),
+    ("Temporary failure in name resolution", "the host name does not resolve (DNS)"),
+    ("Connection reset", "the connection was reset by the other side"),
+    ("RemoteDisconnected", "the service closed the connection without answering"),
+    ("Network is unreachable", "the network is unreachable"),
+    ("CERTIFICATE_VERIFY_FAILED", "the service's TLS certificate could not be verified"),
+)

@@ -5,7 +5,7 @@ wait for a SQLite write lock), so async endpoints run them in a worker thread wi
 ``asyncio.to_thread``: the event loop only awaits. (Plain ``def`` endpoints need
 nothing: FastAPI already runs them in its thread pool.)
 
-Run it against the local sandbox::
+Run it against the local sandbox, after ``pip install fastapi uvicorn``::
 
     cms-outbox sandbox --port 8765 --token dev-token
     CMS_BEARER_TOKEN=dev-token CMS_HOST=http://127.0.0.1:8765 \

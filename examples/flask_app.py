@@ -14,7 +14,7 @@ Use an absolute path for a SQLite database (``sqlite:////var/lib/app/app.db``): 
 relative one is relative to the working directory of whatever starts the app. The app
 prints the resolved path at start.
 
-Run it against the local sandbox (three shells)::
+Run it against the local sandbox (three shells), after ``pip install flask``::
 
     cms-outbox sandbox --port 8765 --token dev-token
     CMS_BEARER_TOKEN=dev-token CMS_HOST=http://127.0.0.1:8765 \

@@ -33,6 +33,7 @@ from ._common import (
     EXIT_STORAGE,
     EXIT_USAGE,
     HelpFormatter,
+    Parser,
     add_common_options,
 )
 
@@ -67,7 +68,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="cms-outbox",
         description="Operate a cms_outbox: deliver, inspect, retry and purge tracked events.",
         epilog=EPILOG,

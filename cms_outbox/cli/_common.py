@@ -7,7 +7,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -32,6 +32,7 @@ __all__ = [
     "EXIT_USAGE",
     "Handler",
     "HelpFormatter",
+    "Parser",
     "add_command",
     "duration",
     "echo",
@@ -114,6 +115,13 @@ def positive_float(text: str) -> float:
 
 
 # -- commands ----------------------------------------------------------------------------
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line that points at ``--help`` (argparse prints the whole usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 class HelpFormatter(argparse.HelpFormatter):

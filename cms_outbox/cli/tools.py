@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from ..errors import ConfigurationError
 from ..sandbox.limits import ACCOUNTING, HEADERS
 from ._common import EXIT_OK, add_command, echo, non_negative_int, positive_int
 
@@ -25,7 +26,7 @@ def register(subparsers: Any) -> None:
         "injection, until Ctrl-C or SIGTERM. Prints its URL on stdout once it listens. "
         "The rate limit (off by default) can change while running: POST /_admin/limits "
         "with any of requests, window, accounting, headers. "
-        "--database-url is accepted for symmetry and not used.",
+        "It keeps its state in memory: --database-url does not apply (an error).",
         examples=[
             "cms-outbox sandbox --port 8765 --token sandbox-token",
             "cms-outbox sandbox --port 0 --rate-limit 60 --latency 50",
@@ -77,7 +78,7 @@ def register(subparsers: Any) -> None:
         help="milliseconds added to every answer (default: 0)",
     )
 
-    add_command(
+    demo_parser = add_command(
         subparsers,
         "demo",
         cmd_demo,
@@ -90,10 +91,18 @@ def register(subparsers: Any) -> None:
         "Exit 0 when every event was accepted exactly once and in order.",
         examples=["cms-outbox demo", "cms-outbox demo --database-url sqlite:///demo.db"],
     )
+    for action in demo_parser._actions:  # the demo never reads CMS_OUTBOX_URL: say so
+        if action.dest == "database_url":
+            action.help = "outbox database for the demo (default: a fresh temporary SQLite file)"
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from ..sandbox import Limits, Sandbox, run
+
+    if getattr(args, "database_url", None):
+        raise ConfigurationError(
+            "the sandbox keeps its state in memory: --database-url does not apply to it"
+        )
 
     def ready(sandbox: Sandbox) -> None:
         echo(f"CMS sandbox listening on {sandbox.url} (token: {sandbox.token})")

@@ -1,0 +1,108 @@
+"""The small things a newcomer trips over: help that tells the truth, one-line errors that
+say what to do, and no library's internal text in what the user reads."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cms_outbox.cli import build_parser, main
+from cms_outbox.transport import Transport
+from tests.conftest import TOKEN
+
+REPO = Path(__file__).resolve().parent.parent
+URLLIB3_TEXT = ("HTTPConnectionPool", "Max retries exceeded", "NewConnectionError")
+
+
+def option_help(command: str, dest: str) -> str:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a.choices, dict))
+    assert isinstance(commands.choices, dict)
+    sub = commands.choices[command]
+    return str(next(a.help for a in sub._actions if a.dest == dest))
+
+
+def test_demo_help_does_not_promise_cms_outbox_url() -> None:
+    said = option_help("demo", "database_url")
+    assert "CMS_OUTBOX_URL" not in said and "temporary" in said
+
+
+def test_sandbox_refuses_a_database_url(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sandbox", "--database-url", "sqlite:///x.db"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["cms-outbox: error: the sandbox keeps its state in memory: "
+                   "--database-url does not apply to it"]  # fmt: skip
+
+
+def test_run_with_plain_http_says_what_the_command_line_accepts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CMS_BEARER_TOKEN", TOKEN)
+    assert main(["run", "--host", "http://example.com"]) == 2
+    err = capsys.readouterr().err
+    assert "use https://" in err and "only to a loopback host" in err
+
+
+def test_a_missing_postgres_driver_names_the_extra(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--database-url", "postgresql+pg8000://u@127.0.0.1/db"]) == 2
+    assert "pip install 'cms-outbox[postgres]'" in capsys.readouterr().err
+
+
+def test_a_bad_duration_is_one_line_not_the_whole_usage() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cms_outbox", "purge", "--delivered-older-than", "7x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "cms-outbox purge: error: argument --delivered-older-than: invalid duration '7x': use "
+        "a number with s, m, h, d or w (e.g. 30s, 10m, 7d) (see `cms-outbox purge --help`)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("example", "install"),
+    [("flask_app.py", "pip install flask"), ("fastapi_app.py", "pip install fastapi uvicorn")],
+)
+def test_the_examples_say_what_to_install(example: str, install: str) -> None:
+    assert install in (REPO / "examples" / example).read_text()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_refused_connection_is_said_in_plain_words() -> None:
+    transport = Transport(f"http://127.0.0.1:{closed_port()}", TOKEN, connect_timeout=1.0)
+    try:
+        reply = transport.send("lead", "e-1", '{"eventName":"x","customerExternalId":"u"}')
+    finally:
+        transport.close()
+    assert (
+        reply.error == "ConnectionError: connection refused (nothing listens at the host and port)"
+    )
+
+
+def test_the_demo_prints_no_urllib3_text(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMS_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "cms_outbox", "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    for text in URLLIB3_TEXT:
+        assert text not in done.stdout + done.stderr
+    assert "Delivery paused: the service does not answer" in done.stdout
