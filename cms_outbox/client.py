@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy import Engine
 
-from . import config, lifecycle
+from . import aio, config, lifecycle
 from .errors import ClientClosed, EventNotFound, InvoiceConflict
 from .events import Event, build_lead, build_sale, sale_differences
 from .flusher import Callback
@@ -261,6 +261,12 @@ class CMSClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         return self.flusher.run_pass(deadline=deadline, probe=True)
 
+    # -- asyncio: the same calls, awaited, in a worker thread (see ``cms_outbox.aio``) -------
+
+    atrack_lead = aio.in_thread(track_lead)
+    atrack_sale = aio.in_thread(track_sale)
+    aflush = aio.in_thread(flush)
+
     def result(self, event_id: str) -> TrackResult:
         """The current ``TrackResult`` of any stored event.
 
@@ -372,6 +378,8 @@ class CMSClient:
         self._wiring.shut_down(
             self._scheduler, announce=self._scheduler is not None or self._flushed
         )
+
+    aclose = aio.in_thread(close)
 
     @property
     def outbox(self) -> str:

@@ -1,9 +1,9 @@
 """FastAPI: track from async endpoints without blocking the event loop.
 
 ``track_lead``/``track_sale`` are a short database write (an fsynced INSERT that may
-wait for a SQLite write lock), so async endpoints run them in a worker thread with
-``asyncio.to_thread``: the event loop only awaits. (Plain ``def`` endpoints need
-nothing: FastAPI already runs them in its thread pool.)
+wait for a SQLite write lock), so async endpoints await ``atrack_lead``/``atrack_sale``,
+which run them in a worker thread: the event loop only awaits. (Plain ``def`` endpoints
+can call ``track_lead``: FastAPI already runs them in its thread pool.)
 
 Run it against the local sandbox, after ``pip install fastapi uvicorn``::
 
@@ -20,7 +20,6 @@ Environment: ``CMS_BEARER_TOKEN``, ``CMS_HOST``, ``CMS_OUTBOX_URL`` and
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -51,7 +50,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # One client per worker process, with its background flusher.
     app.state.cms = CMSClient(rate_limit=int(os.environ.get("CMS_RATE_LIMIT", "60")))
     yield
-    await asyncio.to_thread(app.state.cms.close)  # a bounded final flush
+    await app.state.cms.aclose()  # a bounded final flush
 
 
 app = FastAPI(lifespan=lifespan)
@@ -69,8 +68,7 @@ def tracked(result: TrackResult) -> dict[str, str]:
 @app.post("/signups")
 async def signup(body: Signup, request: Request) -> dict[str, str]:
     cms: CMSClient = request.app.state.cms
-    result = await asyncio.to_thread(
-        cms.track_lead,
+    result = await cms.atrack_lead(
         event_name="signup",
         customer_external_id=body.customer_id,
         click_id=body.click_id,
@@ -82,8 +80,7 @@ async def signup(body: Signup, request: Request) -> dict[str, str]:
 @app.post("/purchases")
 async def purchase(body: Purchase, request: Request) -> dict[str, str]:
     cms: CMSClient = request.app.state.cms
-    result = await asyncio.to_thread(
-        cms.track_sale,
+    result = await cms.atrack_sale(
         event_name="purchase",
         customer_external_id=body.customer_id,
         click_id=body.click_id,
