@@ -1,4 +1,5 @@
-"""Contention: eight writer processes and a delivering daemon on one SQLite file.
+"""Contention: eight writer processes and delivering daemons on one SQLite file, and on
+one PostgreSQL and one MySQL/MariaDB database.
 
 WRITERS processes start at the same moment on a file that does not exist yet (so they
 also race to create the schema) and each enqueues PER_WRITER leads and sales with the
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
 
 from cms_outbox.sandbox import Sandbox
 
@@ -72,3 +75,79 @@ def test_eight_writers_and_a_daemon_share_one_file_without_an_error_or_a_loss(
         f"(all exited 0), {len(sandbox.requests)} requests, {EVENTS} accepted once each, "
         f"lost 0, doubled 0; {time.monotonic() - began:.0f}s"
     )
+
+
+SERVER_PER_WRITER = 250  # a server commit is a network round trip and an fsync
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "backend",
+    [pytest.param("postgres", marks=pytest.mark.postgres),
+     pytest.param("mysql", marks=pytest.mark.mysql)],
+)  # fmt: skip
+def test_eight_writers_and_two_daemons_share_one_server_database_without_an_error_or_a_loss(
+    processes: Processes, make_sandbox: Callable[..., Sandbox], request: pytest.FixtureRequest,
+    backend: str,
+) -> None:  # fmt: skip
+    """The same storm on PostgreSQL and MySQL/MariaDB: the writers race to create the schema
+    of an empty database, two daemons share the delivery."""
+    url = str(request.getfixturevalue(f"{backend}_url"))  # its outbox tables dropped
+    sandbox = make_sandbox(latency=0.002)
+    total = WRITERS * SERVER_PER_WRITER
+    writers = [
+        processes.program(
+            "contention_writer", f"writer-{n}", database_url=url, writer=n,
+            events=SERVER_PER_WRITER,
+        )
+        for n in range(WRITERS)
+    ]  # fmt: skip
+    daemons = [
+        processes.spawn(
+            [
+                sys.executable,
+                "-m",
+                "cms_outbox",
+                "run",
+                "--database-url",
+                url,
+                "--host",
+                sandbox.url,
+                "--rate-limit",
+                "0",
+                "--workers",
+                "8",
+                "--interval",
+                "0.2",
+            ],
+            f"daemon-{n}",
+        )  # fmt: skip
+        for n in range(2)
+    ]
+    ids: list[str] = []
+    for process, output in writers:
+        assert process.wait(timeout=240) == 0, output.read_text()
+        lines = output.read_text().splitlines()
+        assert lines[-1] == f"stored {SERVER_PER_WRITER}", lines[-5:]
+        ids += json.loads(lines[-2][4:])
+    assert len(set(ids)) == total
+
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        wait_for(lambda: server_states(engine) == {"delivered": total}, 240, "all delivered")
+    finally:
+        engine.dispose()
+    for daemon, log in daemons:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0, log.read_text()[-2000:]
+        text_ = log.read_text()
+        assert "Traceback" not in text_ and "Deadlock" not in text_, text_[-2000:]
+        assert "pass failed" not in text_, text_[-2000:]
+    assert {event.idempotency_key for event in sandbox.accepted} == set(ids)
+    assert [key for key in ids if sandbox.accepted_count(key) != 1] == []
+
+
+def server_states(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT state, count(*) FROM cms_outbox_events GROUP BY state"))
+        return {str(state): int(count) for state, count in rows}

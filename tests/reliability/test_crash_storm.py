@@ -7,7 +7,7 @@ deliver them and are SIGKILLed 32 times (KILLS), each after a seeded number of o
 deliveries, and restarted at once. Leases are short (2 s) and the sandbox answers after
 4 ms, so kills land with requests in flight and rows leased. A last flusher then runs to
 completion: every event must be accepted exactly once, each customer's in enqueue order,
-none dead.
+none dead. On the SQLite file (read with plain ``sqlite3``) and on MySQL/MariaDB.
 """
 
 from __future__ import annotations
@@ -18,17 +18,43 @@ import signal
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from cms_outbox.sandbox import Sandbox
 
 from .conftest import Child, Launcher, integrity, query, states, wait_for
 
 
-def _delivered_or_dead(path: Path, flusher: Child, target: int) -> bool:
-    return states(path).get("delivered", 0) >= target or not flusher.alive
+class Outbox:
+    """The outbox seen from the test: plain ``sqlite3`` on the file, else SQLAlchemy."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite") else None
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        if self.path is not None:
+            return query(self.path, sql)
+        engine = create_engine(self.url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                return [tuple(row) for row in conn.execute(text(sql))]
+        finally:
+            engine.dispose()
+
+    def states(self) -> dict[str, int]:
+        if self.path is not None:
+            return states(self.path)
+        rows = self.query("SELECT state, count(*) FROM cms_outbox_events GROUP BY state")
+        return {str(state): int(count) for state, count in rows}
+
+
+def _delivered_or_dead(outbox: Outbox, flusher: Child, target: int) -> bool:
+    return outbox.states().get("delivered", 0) >= target or not flusher.alive
 
 
 SEED = 20250611
@@ -40,15 +66,22 @@ DELIVERIES_PER_KILL = (20, 250)
 LEASE = {"lease_seconds": 2.0, "connect_timeout": 0.5, "read_timeout": 1.0}
 
 
+@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
+def storm_url(request: pytest.FixtureRequest, workdir: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{workdir / 'outbox.db'}"
+    return str(request.getfixturevalue("mysql_url"))  # its outbox tables dropped
+
+
 @pytest.mark.slow
 def test_flusher_killed_again_and_again_delivers_every_event_once_in_order(
-    launcher: Launcher, workdir: Path, make_sandbox: Callable[..., Sandbox]
+    launcher: Launcher, storm_url: str, make_sandbox: Callable[..., Sandbox]
 ) -> None:
     started = time.monotonic()
     rng = random.Random(SEED)
     sandbox = make_sandbox(latency=0.004, seed=SEED)
-    path = workdir / "outbox.db"
-    url = f"sqlite:///{path}"
+    url = storm_url
+    outbox = Outbox(url)
     writer = launcher.start(
         "writer", "writer", database_url=url, seed=SEED, events=EVENTS, durability="normal"
     )
@@ -62,17 +95,16 @@ def test_flusher_killed_again_and_again_delivers_every_event_once_in_order(
         flusher.wait_for_line("ready")
         # Paced by observed progress, not by the clock: each flusher is killed once it has
         # delivered a seeded number of events, so every kill lands mid-work on any machine.
-        target = states(path).get("delivered", 0) + rng.randint(*DELIVERIES_PER_KILL)
+        target = outbox.states().get("delivered", 0) + rng.randint(*DELIVERIES_PER_KILL)
         wait_for(
-            functools.partial(_delivered_or_dead, path, flusher, target),
+            functools.partial(_delivered_or_dead, outbox, flusher, target),
             120,
             f"flusher {kill} to deliver up to {target}",
         )
         assert flusher.alive, flusher.tail()
         flusher.kill()
-        assert states(path).get("delivered", 0) < EVENTS, f"kill {kill} came after the work"
-        leases = query(
-            path,
+        assert outbox.states().get("delivered", 0) < EVENTS, f"kill {kill} came after the work"
+        leases = outbox.query(
             "SELECT lease_owner, count(*) FROM cms_outbox_events WHERE state = 'in_flight' "
             "GROUP BY lease_owner",
         )
@@ -82,7 +114,7 @@ def test_flusher_killed_again_and_again_delivers_every_event_once_in_order(
 
     assert writer.wait_for_line("done", timeout=120) == f"done {EVENTS}"
     final = launcher.start("flusher", "final", **options)
-    wait_for(lambda: states(path) == {"delivered": EVENTS}, 240, f"{EVENTS} events delivered")
+    wait_for(lambda: outbox.states() == {"delivered": EVENTS}, 240, f"{EVENTS} delivered")
     final.kill(signal.SIGTERM)
 
     enqueued: dict[str, list[str]] = defaultdict(list)
@@ -114,8 +146,9 @@ def test_flusher_killed_again_and_again_delivers_every_event_once_in_order(
     # No request was refused as out of order (404), doubled (409) or invalid (422).
     refused = [r for r in sandbox.requests if r.status in (404, 409, 422)]
     assert refused == []
-    assert query(path, "SELECT count(*) FROM cms_outbox_attempts WHERE outcome = 'dead'") == [(0,)]
-    assert integrity(path) == "ok"
+    assert outbox.query("SELECT count(*) FROM cms_outbox_attempts WHERE outcome = 'dead'") == [(0,)]
+    if outbox.path is not None:
+        assert integrity(outbox.path) == "ok"
 
     sent: dict[str, int] = defaultdict(int)
     for request in sandbox.requests:
