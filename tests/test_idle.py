@@ -2,7 +2,11 @@
 
 Every SQLite commit appends at least a page to the WAL: a daemon that wrote on every
 pass grew an idle outbox's WAL by megabytes an hour. ``benchmarks/idle.py`` measures
-the full 10 minutes; this test measures a short window of passes 20 times as frequent.
+the full 10 minutes; these tests measure short windows: idle passes 20 times as frequent
+write nothing at all, and heartbeats 60 times as frequent (``heartbeat.EVERY`` set to 1 s
+in the daemon's process) give the cost of one beat, scaled to the ten beats of 10 idle
+minutes. The scaling holds because the passes write nothing and a beat's ``write()``
+calls do not depend on how often it comes.
 """
 
 from __future__ import annotations
@@ -23,12 +27,23 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="need
 
 INTERVAL = 0.05  # seconds between the daemon's idle passes (default 1)
 WINDOW = 5.0  # seconds measured: 100 passes
+BUDGET = 64 * 1024  # bytes an idle daemon may write in 10 minutes, heartbeats included
+# The daemon, with heartbeats every ``argv[1]`` seconds instead of heartbeat.EVERY.
+DAEMON = (
+    "import sys; from cms_outbox import heartbeat; heartbeat.EVERY = float(sys.argv[1]); "
+    "from cms_outbox.cli import main; sys.exit(main(sys.argv[2:]))"
+)
+
+
+def counters(pid: int) -> dict[str, int]:
+    lines = Path(f"/proc/{pid}/io").read_text().splitlines()
+    return {key: int(value) for key, value in (line.split(": ") for line in lines)}
 
 
 def written(pid: int) -> int:
     """Bytes the process passed to ``write()`` plus those its writes put on the disk."""
-    counters = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
-    return int(counters["wchar"]) + int(counters["write_bytes"])
+    io = counters(pid)
+    return io["wchar"] + io["write_bytes"]
 
 
 def test_an_idle_daemon_with_held_dead_and_later_events_writes_nothing(
@@ -85,3 +100,39 @@ def _quiet_for(pid: int, seconds: float) -> bool:
     before = written(pid)
     time.sleep(seconds)
     return written(pid) == before
+
+
+def test_heartbeats_are_the_only_idle_writes_and_stay_under_64_kb_per_10_minutes(
+    sqlite_url: str, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    from cms_outbox import heartbeat
+
+    CMSClient(database_url=sqlite_url, flush="off").close()  # an empty, migrated outbox
+    every, window = 1.0, 10.0
+    log_path = tmp_path / "daemon.log"
+    env = {**os.environ, "CMS_BEARER_TOKEN": TOKEN, "CMS_HOST": sandbox.url}
+    with log_path.open("w") as log:
+        daemon = subprocess.Popen(
+            [sys.executable, "-c", DAEMON, str(every), "run", "--database-url", sqlite_url,
+             "--interval", str(INTERVAL)],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            assert wait_until(lambda: "delivering" in log_path.read_text(), timeout=60)
+            time.sleep(2 * every)  # past start-up and the first beat
+            before, began = counters(daemon.pid)["wchar"], time.monotonic()
+            time.sleep(window)
+            wchar = counters(daemon.pid)["wchar"] - before
+            beats = (time.monotonic() - began) / every
+        finally:
+            daemon.terminate()
+            daemon.wait(60)
+    assert daemon.returncode == 0, log_path.read_text()
+    per_beat = wchar / beats
+    per_ten_minutes = per_beat * 600.0 / heartbeat.EVERY
+    print(
+        f"{wchar} bytes written in {beats:.1f} beats: {per_beat:.0f} per beat, "
+        f"{per_ten_minutes:.0f} per 10 idle minutes at one beat every {heartbeat.EVERY:g}s"
+    )
+    assert per_beat > 0  # the beats were measured: they are the only writes
+    assert per_ten_minutes < BUDGET
