@@ -349,6 +349,11 @@ class Store:
                 )
         return result
 
+    def count_leased_by(self, owner: str) -> int:
+        """Events in flight under ``owner``'s leases."""
+        with queries.reading(self.engine, "counting leased events") as conn:
+            return queries.leased_by(conn, owner)
+
     def beat(self, row: dict[str, Any]) -> None:
         """Record a flusher's heartbeat (``schema.flushers``): its row, inserted or updated."""
         owner = row["owner"]

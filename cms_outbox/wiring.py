@@ -155,13 +155,13 @@ class Wiring:
             return None
 
     def _warn_undelivered(self, report: FlushReport | None) -> None:
+        # Pending and blocked events, and those this flusher leaves in flight; not those in
+        # flight with another flusher (a forked sibling, a daemon): it is delivering them.
         try:
-            if report is None:
-                counts = self.store.count_by_state()
-                waiting = sum(counts.get(state.value, 0) for state in UNDELIVERED)
-                blocked = counts.get(EventState.BLOCKED.value, 0)
-            else:
-                waiting, blocked = report.pending + report.blocked, report.blocked
+            counts = self.store.count_by_state()
+            blocked = counts.get(EventState.BLOCKED.value, 0)
+            waiting = counts.get(EventState.PENDING.value, 0) + blocked
+            waiting += self.store.count_leased_by(self.flusher.owner)
         except Exception as exc:
             logger.warning("could not count undelivered events in %s: %s", self.outbox, exc)
             return

@@ -13,6 +13,7 @@ from .base import (
     DEAD_OUTCOMES,
     DELIVERED,
     DELIVERED_OUTCOMES,
+    IN_FLIGHT,
     NO_REQUEST_OUTCOMES,
     PENDING,
     RETRIED_OUTCOMES,
@@ -27,6 +28,7 @@ __all__ = [
     "counts_by_state",
     "deliveries",
     "last_failed_attempt",
+    "leased_by",
     "oldest_unsent_at",
     "pending_summary",
     "unacknowledged",
@@ -145,3 +147,9 @@ def last_failed_attempt(conn: Connection) -> dict[str, Any] | None:
         .limit(1)
     ).first()
     return None if row is None else dict(row._mapping)
+
+
+def leased_by(conn: Connection, owner: str) -> int:
+    """Events in flight under ``owner``'s leases."""
+    query = select(func.count()).where(events.c.state == IN_FLIGHT, events.c.lease_owner == owner)
+    return int(conn.execute(query).scalar_one())
