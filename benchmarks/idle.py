@@ -163,16 +163,27 @@ def main() -> None:
     )
     print(f"outbox states: {result['states']}; daemon woke {result['wake_ups_per_10min']:,} "
           "times per 10 minutes")  # fmt: skip
-    written = max(result["write_bytes_per_10min"], result["wchar_per_10min"])
+    written = result["wchar_per_10min"]
     emit(
         {
             "benchmark": "idle",
             "quick": args.quick,
             **result,
-            "ratios": {"written_to_budget": round(written / BUDGET, 4)},
+            "ratios": {
+                "written_to_budget": round(written / BUDGET, 4),
+                "disk_to_budget": round(result["write_bytes_per_10min"] / BUDGET, 4),
+            },
             "targets": {
                 "bytes_written_per_10_idle_minutes": target(
-                    "bytes written per 10 idle minutes", written, "<", BUDGET
+                    "bytes written (write()) per 10 idle minutes", written, "<", BUDGET
+                ),
+                # Page-cache accounting: a commit dirties whole 4 KB pages of the WAL (a
+                # frame straddles two) and of its -shm index, about five per commit.
+                "disk_bytes_per_10_idle_minutes": target(
+                    "bytes reaching the disk (write_bytes) per 10 idle minutes",
+                    result["write_bytes_per_10min"],
+                    "<",
+                    BUDGET,
                 ),
                 "requests_while_idle": target(
                     "requests sent while idle (nothing was due)",
