@@ -15,7 +15,8 @@ Run it against the local sandbox, after ``pip install fastapi uvicorn``::
              "amount": 4999, "currency": "USD"}'
 
 Environment: ``CMS_BEARER_TOKEN``, ``CMS_HOST``, ``CMS_OUTBOX_URL`` and
-``CMS_RATE_LIMIT`` (requests per minute, 0 = no pacing: for the sandbox only).
+``CMS_RATE_LIMIT`` (``auto`` by default: follow the service's limit; a number of requests
+per minute is a ceiling; 0 = no pacing: for the sandbox only).
 """
 
 from __future__ import annotations
@@ -45,10 +46,13 @@ class Purchase(BaseModel):
     currency: str
 
 
+RATE_LIMIT = os.environ.get("CMS_RATE_LIMIT", "auto")
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # One client per worker process, with its background flusher.
-    app.state.cms = CMSClient(rate_limit=int(os.environ.get("CMS_RATE_LIMIT", "60")))
+    app.state.cms = CMSClient(rate_limit=RATE_LIMIT if RATE_LIMIT == "auto" else int(RATE_LIMIT))
     yield
     await app.state.cms.aclose()  # a bounded final flush
 

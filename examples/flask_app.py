@@ -23,8 +23,9 @@ Run it against the local sandbox (three shells), after ``pip install flask``::
         -d '{"email": "jane@example.com", "name": "Jane Doe", "click_id": "clk_123"}'
 
 Environment: ``CMS_BEARER_TOKEN``, ``CMS_HOST``, ``CMS_OUTBOX_URL`` (the application's
-database, SQLite or PostgreSQL) and ``CMS_RATE_LIMIT`` (requests per minute, 0 = no
-pacing: for the sandbox only).
+database, SQLite or PostgreSQL) and ``CMS_RATE_LIMIT`` (``auto`` by default: follow the
+service's limit; a number of requests per minute is a ceiling; 0 = no pacing: for the
+sandbox only).
 """
 
 from __future__ import annotations
@@ -60,7 +61,11 @@ class User(Base):
 # One client per process; its background flusher delivers what the handlers commit.
 # It reads CMS_BEARER_TOKEN and CMS_HOST, and migrates its tables on first use. Created
 # before the engine so that a new SQLite file gets the outbox's private mode (0600).
-cms = CMSClient(database_url=DATABASE_URL, rate_limit=int(os.environ.get("CMS_RATE_LIMIT", "60")))
+RATE_LIMIT = os.environ.get("CMS_RATE_LIMIT", "auto")
+
+cms = CMSClient(
+    database_url=DATABASE_URL, rate_limit=RATE_LIMIT if RATE_LIMIT == "auto" else int(RATE_LIMIT)
+)
 engine = create_engine(DATABASE_URL)
 Base.metadata.create_all(engine)  # in a real application: your own Alembic migrations
 

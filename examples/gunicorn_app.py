@@ -14,8 +14,9 @@ Run it against the local sandbox::
     curl -X POST 'localhost:8000/signup/user_42?click_id=clk_1'
 
 Environment: ``CMS_BEARER_TOKEN``, ``CMS_HOST``, ``CMS_OUTBOX_URL`` and
-``CMS_RATE_LIMIT`` (requests per minute, 0 = no pacing: for the sandbox only). Give a
-SQLite outbox an absolute path: a relative ``sqlite:///app.db`` is relative to the
+``CMS_RATE_LIMIT`` (``auto`` by default: follow the service's limit; a number of requests
+per minute is a ceiling; 0 = no pacing: for the sandbox only). Give a SQLite outbox an
+absolute path: a relative ``sqlite:///app.db`` is relative to the
 working directory, which ``--chdir`` changes (each worker logs the path it resolved).
 """
 
@@ -37,7 +38,11 @@ def delivered(result: TrackResult) -> None:
     logger.info("delivered %s", result.event_id)  # the pid shows which flusher sent it
 
 
-cms = CMSClient(rate_limit=int(os.environ.get("CMS_RATE_LIMIT", "60")), on_delivered=delivered)
+RATE_LIMIT = os.environ.get("CMS_RATE_LIMIT", "auto")
+
+cms = CMSClient(
+    rate_limit=RATE_LIMIT if RATE_LIMIT == "auto" else int(RATE_LIMIT), on_delivered=delivered
+)
 if cms.engine.dialect.name == "sqlite":
     logger.info("outbox: %s", os.path.abspath(cms.engine.url.database or ""))
 

@@ -51,6 +51,26 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None
         time.sleep(0.01)
 
 
+def wait_for_drain(
+    counts: Callable[[], dict[str, int]], total: int, what: str, stall: float = 120.0
+) -> None:
+    """Wait until ``counts()`` shows ``total`` delivered events and nothing else.
+
+    Paced by progress, not by the clock: the test fails only when the counts stop
+    changing for ``stall`` seconds, so a slow or loaded machine takes longer but gives
+    the same verdict, while a real hang still fails.
+    """
+    last = counts()
+    changed = time.monotonic()
+    while last != {"delivered": total}:
+        time.sleep(0.05)
+        now = counts()
+        if now != last:
+            last, changed = now, time.monotonic()
+        elif time.monotonic() - changed >= stall:
+            pytest.fail(f"no progress for {stall:.0f}s waiting for {what}: {last}")
+
+
 class Child:
     """A process forked by the launcher; its stdout and stderr go to ``output``."""
 

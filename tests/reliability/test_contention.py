@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from cms_outbox.sandbox import Sandbox
 
-from .conftest import Processes, integrity, states, wait_for
+from .conftest import Processes, integrity, states, wait_for_drain
 
 WRITERS = 8
 PER_WRITER = 1_000
@@ -60,7 +60,7 @@ def test_eight_writers_and_a_daemon_share_one_file_without_an_error_or_a_loss(
     enqueued_in = time.monotonic() - began
     assert len(set(ids)) == EVENTS
 
-    wait_for(lambda: states(path) == {"delivered": EVENTS}, 240, f"{EVENTS} events delivered")
+    wait_for_drain(lambda: states(path), EVENTS, f"{EVENTS} events delivered")
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=60) == 0, daemon_log.read_text()[-2000:]
     log = daemon_log.read_text()
@@ -134,7 +134,7 @@ def test_eight_writers_and_two_daemons_share_one_server_database_without_an_erro
 
     engine = create_engine(url, poolclass=NullPool)
     try:
-        wait_for(lambda: server_states(engine) == {"delivered": total}, 240, "all delivered")
+        wait_for_drain(lambda: server_states(engine), total, "all delivered")
     finally:
         engine.dispose()
     for daemon, log in daemons:

@@ -26,7 +26,7 @@ from sqlalchemy.pool import NullPool
 
 from cms_outbox.sandbox import Sandbox
 
-from .conftest import Child, Launcher, integrity, query, states, wait_for
+from .conftest import Child, Launcher, integrity, query, states, wait_for, wait_for_drain
 
 
 class Outbox:
@@ -114,7 +114,7 @@ def test_flusher_killed_again_and_again_delivers_every_event_once_in_order(
 
     assert writer.wait_for_line("done", timeout=120) == f"done {EVENTS}"
     final = launcher.start("flusher", "final", **options)
-    wait_for(lambda: outbox.states() == {"delivered": EVENTS}, 240, f"{EVENTS} delivered")
+    wait_for_drain(outbox.states, EVENTS, f"{EVENTS} delivered")
     final.kill(signal.SIGTERM)
 
     enqueued: dict[str, list[str]] = defaultdict(list)

@@ -23,7 +23,7 @@ import pytest
 from cms_outbox import CMSClient
 from cms_outbox.sandbox import Sandbox
 
-from .conftest import Launcher, integrity, query, states, wait_for
+from .conftest import Launcher, integrity, query, states, wait_for_drain
 from .programs import call, story
 
 SEED = 7301
@@ -99,7 +99,7 @@ def test_flapping_service_gets_every_event_once_in_order_without_being_hammered(
     thread.join(timeout=60)
     assert not thread.is_alive() and errors == []
     delivered_during_chaos = states(path).get("delivered", 0)
-    wait_for(lambda: states(path) == {"delivered": EVENTS}, 180, f"{EVENTS} events delivered")
+    wait_for_drain(lambda: states(path), EVENTS, f"{EVENTS} events delivered")
     flusher.kill(signal.SIGTERM)
 
     # Exactly once, in order, nothing dead: every key accepted once, each customer's events
