@@ -283,7 +283,7 @@ def test_gunicorn_workers_each_deliver_and_nothing_is_sent_twice(
         [sys.executable, "-m", "gunicorn", "-c", str(EXAMPLES / "gunicorn.conf.py"),
          "--chdir", str(EXAMPLES), "--bind", f"127.0.0.1:{port}", "-w", "4",
          # Preloaded workers import nothing at boot: a short timeout ends a stuck one early.
-         *(["--preload", "--timeout", "10"] if preload else []), "gunicorn_app:app"],
+         *(["--preload", "--timeout", "30"] if preload else []), "gunicorn_app:app"],
         {**app_env(sqlite_url, sandbox), "HOME": str(tmp_path)},  # its control socket
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
