@@ -85,11 +85,14 @@ def _check_is_sqlite(full: str) -> None:
 def _directory(directory: str, full: str, *, create: bool) -> None:
     if os.path.isdir(directory):
         return
+    existing = directory
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise StorageError(f"the outbox {full} cannot exist: {existing} is a file, not a directory")
     missing = directory
-    while not os.path.exists(os.path.dirname(missing)):
+    while os.path.dirname(missing) != existing:
         missing = os.path.dirname(missing)
-    if os.path.exists(os.path.dirname(missing)) and not os.path.isdir(os.path.dirname(missing)):
-        raise StorageError(f"the outbox {full} cannot exist: {os.path.dirname(missing)} is a file")
     if not create:
         raise DirectoryNotFound(
             f"the directory of the outbox {full} does not exist ({missing} is missing): check "

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from cms_outbox import (
     ClientClosed,
     CMSClient,
+    DirectoryNotFound,
     EventNotFound,
     EventState,
     InvoiceConflict,
@@ -500,11 +501,13 @@ def assert_translated(error: StorageError) -> None:
     assert error.__cause__ is not None  # the driver's error, kept for debugging
 
 
-def test_unusable_path_is_a_storage_error(tmp_path: Path) -> None:
+def test_a_path_under_a_file_is_a_storage_error_naming_the_file(tmp_path: Path) -> None:
     (tmp_path / "a_file").write_text("not a directory")
     with pytest.raises(StorageError) as caught:
         CMSClient(database_url=f"sqlite:///{tmp_path / 'a_file' / 'outbox.db'}", flush="off")
-    assert_translated(caught.value)
+    assert not isinstance(caught.value, DirectoryNotFound)  # the directory is there: a file
+    assert f"{tmp_path / 'a_file'} is a file, not a directory" in str(caught.value)
+    assert list(tmp_path.iterdir()) == [tmp_path / "a_file"]  # nothing was created
 
 
 def test_file_that_is_not_sqlite_is_a_storage_error(tmp_path: Path) -> None:
