@@ -149,17 +149,30 @@ class Store:
         return here or (self._group is not None and self._group.busy_here)
 
     def before_fork(self, timeout: float) -> bool:
-        """Wait for the enqueue under way and keep new ones from starting (around ``fork()``)."""
-        return self._group is None or self._group.before_fork(timeout)
+        """Wait for the writes under way (an enqueue, a heartbeat, a hand-back) and keep
+        new ones from starting, around ``fork()``."""
+        lock = self._write_lock
+        if lock is not None and not lock.before_fork(timeout):
+            return False
+        if self._group is None or self._group.before_fork(timeout):
+            return True
+        if lock is not None:
+            lock.after_fork_in_parent()
+        return False
 
     def after_fork_in_parent(self) -> None:
         if self._group is not None:
             self._group.after_fork_in_parent()
+        if self._write_lock is not None:
+            self._write_lock.after_fork_in_parent()
 
     def after_fork_in_child(self) -> None:
-        """Forget the parent's enqueue connection without closing it (it is not ours)."""
+        """Forget the parent's enqueue connection and lock files without closing its locks."""
         if self._group is not None:
             self._group.after_fork_in_child()
+        for lock in (self._enqueue_lock, self._write_lock):
+            if lock is not None:
+                lock.after_fork_in_child()
 
     def _insert_core(self, conn: Connection, event: Event) -> dict[str, Any] | None:
         return None if inserting.insert_event(conn, event) else self._existing_row(conn, event)

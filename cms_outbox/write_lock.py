@@ -60,6 +60,19 @@ class WriteLock:
         finally:
             self._threads.release()
 
+    def before_fork(self, timeout: float) -> bool:
+        """Wait for this process's write under way and keep new ones from starting: a
+        child forked mid-write inherits SQLite's view of a lock that no process holds."""
+        if self._pid != os.getpid():
+            self._forget()
+        return self._threads.acquire(timeout=timeout)
+
+    def after_fork_in_parent(self) -> None:
+        self._threads.release()
+
+    def after_fork_in_child(self) -> None:
+        self._forget()
+
     def close(self) -> None:
         with self._threads:
             fd, self._fd = self._fd, None
