@@ -134,8 +134,7 @@ class CMSClient:
         self._wiring = Wiring(
             self.settings, engine, clock=self._now, on_delivered=on_delivered, on_dead=on_dead
         )
-        self.engine = self._wiring.engine
-        self.store = self._wiring.store
+        self.engine, self.store = self._wiring.engine, self._wiring.store
         self.flusher = self._wiring.flusher
         self._scheduler: FlushScheduler | None = None
         if self.settings.flush == "background":
@@ -287,9 +286,8 @@ class CMSClient:
     ) -> int:
         """Make dead or blocked events pending and due now; their attempt history is kept.
 
-        Retrying a dead deferred setup also releases its customer's blocked follow-ups.
-        Like a purge, it acknowledges what is dead or blocked: `health` flags only what
-        goes wrong after it.
+        Retrying a dead deferred setup also releases its customer's blocked follow-ups. Like
+        a purge, it acknowledges what is dead or blocked: `health` flags only what follows.
 
         :param event_ids: these events (those that are dead or blocked).
         :param dead: every dead event.
@@ -343,9 +341,8 @@ class CMSClient:
         """Counters and gauges of this client's outbox, for dashboards and metrics.
 
         ``enqueued``, ``delivered``, ``retried`` and ``dead`` count what happened in the
-        outbox (all its writers and flushers) since this client started; they
-        never decrease, not even across purges. ``pending`` and ``oldest_pending_age``
-        describe the outbox now.
+        outbox (all its writers and flushers) since this client started and never
+        decrease, not even across purges; ``pending`` and ``oldest_pending_age`` are now.
 
         :raises StorageError: the database failed.
         """
@@ -367,9 +364,8 @@ class CMSClient:
             if self._closed and not self._close_deferred:
                 return
             self._closed = True
-            # From a signal handler that interrupted this thread inside a write or a pass,
-            # every wait would wait for ourselves: stop new work now and finish the close
-            # at exit (or at the next close()), once the interrupted work has unwound.
+            # From a signal handler that interrupted this thread inside a write or a pass, any
+            # wait would wait for itself: stop new work, finish at exit or the next close().
             self._close_deferred = self.store.busy_here or self.flusher.busy_here
             if self._close_deferred:
                 if self._scheduler is not None:

@@ -19,14 +19,11 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union
 from sqlalchemy import (
     Connection,
     Engine,
-    delete,
-    insert,
     select,
-    update,
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import inserting, leasing, operations, queries
+from . import bookkeeping, inserting, leasing, operations, queries
 from .dialect import latest_committed, write_transaction
 from .driver_errors import storage_error, storage_errors
 from .errors import StorageError
@@ -34,9 +31,8 @@ from .events import Event
 from .group_commit import GroupCommit
 from .leasing import Attempt, Lease
 from .pacing import Budget
-from .queries import CONTROL_ROW
 from .results import EventState
-from .schema import control, events, flushers
+from .schema import events
 from .write_lock import WriteLock
 
 if TYPE_CHECKING:
@@ -346,20 +342,10 @@ class Store:
     def with_budget(self, change: Callable[[Budget], tuple[Budget, T]]) -> T:
         """Read the shared budget under lock, store ``change``'s budget, return its result."""
         with storage_errors("pacing"), self._writing(self.bookkeeping) as conn:
-            _lock_control(conn)
-            row = conn.execute(
-                select(*queries.BUDGET_COLUMNS)
-                .where(control.c.name == CONTROL_ROW)
-                .with_for_update()
-            ).one()
-            before = queries.budget_of(row._mapping)
+            before = bookkeeping.locked_budget(conn)
             budget, result = change(before)
             if budget != before:
-                conn.execute(
-                    update(control)
-                    .where(control.c.name == CONTROL_ROW)
-                    .values(**_budget_values(budget))
-                )
+                bookkeeping.store_budget(conn, budget)
         return result
 
     def count_leased_by(self, owner: str) -> int:
@@ -369,60 +355,24 @@ class Store:
 
     def beat(self, row: dict[str, Any]) -> None:
         """Record a flusher's heartbeat (``schema.flushers``): its row, inserted or updated."""
-        owner = row["owner"]
-        with (
-            storage_errors("recording the flusher's heartbeat"),
-            self._writing(self.bookkeeping) as conn,
-        ):
-            # Only the beat changes for an owner: setting the key too rewrites its index page,
-            # a second WAL page per beat on an idle outbox.
-            changed = conn.execute(
-                update(flushers).where(flushers.c.owner == owner).values(beat_at=row["beat_at"])
-            ).rowcount
-            if not changed:
-                conn.execute(insert(flushers).values(**row))
+        with storage_errors("recording the flusher's heartbeat"):
+            with self._writing(self.bookkeeping) as conn:
+                bookkeeping.beat(conn, row)
 
     def forget_flusher(self, owner: str) -> None:
         """Remove a stopping flusher's heartbeat row: status then knows it is gone."""
-        with (
-            storage_errors("removing the flusher's heartbeat"),
-            self._writing(self.bookkeeping) as conn,
-        ):
-            conn.execute(delete(flushers).where(flushers.c.owner == owner))
+        with storage_errors("removing the flusher's heartbeat"):
+            with self._writing(self.bookkeeping) as conn:
+                bookkeeping.forget_flusher(conn, owner)
 
     def set_pause(
         self, *, outage_since: float | None, auth_paused_since: float | None,
         error: str | None,
     ) -> None:  # fmt: skip
         """Publish this outbox's outage or auth pause (or its end) for ``status``."""
-        with (
-            storage_errors("publishing the delivery pause"),
-            self._writing(self.bookkeeping) as conn,
-        ):
-            conn.execute(
-                update(control)
-                .where(control.c.name == CONTROL_ROW)
-                .values(outage_since=outage_since, auth_paused_since=auth_paused_since,
-                        pause_error=error)
-            )  # fmt: skip
-
-
-def _budget_values(budget: Budget) -> dict[str, Any]:
-    return {
-        "tokens": budget.tokens, "tokens_at": budget.tokens_at,
-        "quota_requests": budget.quota.requests, "quota_window": budget.quota.window,
-        "limit_source": budget.source.value, "remaining": budget.remaining,
-        "reset_at": budget.reset_at, "paused_until": budget.paused_until,
-        "counted_since": budget.counted_since, "counted": budget.counted,
-        "changed_at": budget.changed_at, "probed_from": budget.probed_from,
-        "ceiling": budget.ceiling,
-    }  # fmt: skip
-
-
-def _lock_control(conn: Connection) -> None:
-    # Write first: on an application's SQLite engine in the driver's legacy transaction
-    # mode a leading SELECT would run outside the transaction and the update could race.
-    conn.execute(update(control).where(control.c.name == CONTROL_ROW).values(name=control.c.name))
+        with storage_errors("publishing the delivery pause"):
+            with self._writing(self.bookkeeping) as conn:
+                bookkeeping.set_pause(conn, outage_since, auth_paused_since, error)
 
 
 def _is_django(connection: object) -> bool:

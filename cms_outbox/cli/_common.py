@@ -20,6 +20,7 @@ from ..errors import ConfigurationError
 from ..pacing import AUTO, RateLimit
 from ..reader import OutboxReader
 from ..status import format_age, isoformat
+from ..status.health import ANY, NEW, Limit
 
 __all__ = [
     "EXIT_FAILURE",
@@ -92,6 +93,19 @@ def rate_limit(text: str) -> RateLimit:
 
 def non_negative_int(text: str) -> int:
     return _int(text, minimum=0)
+
+
+def health_limit(text: str) -> Limit:
+    """``new``, ``any`` or a count >= 0."""
+    word = text.strip().lower()
+    if word in (NEW, ANY):
+        return word
+    try:
+        return non_negative_int(word)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"invalid limit {text!r}: use a number, 'new' or 'any'"
+        ) from None
 
 
 def _int(text: str, *, minimum: int) -> int:

@@ -13,7 +13,7 @@ from .. import status as reports
 from ..heartbeat import STALE_AFTER
 from ..results import EventState
 from ..status import format_age
-from ..status.health import ANY, NEW, Limit
+from ..status.health import NEW
 from ._common import (
     EXIT_FAILURE,
     EXIT_NO_FLUSHER,
@@ -23,8 +23,8 @@ from ._common import (
     echo,
     echo_json,
     format_time,
+    health_limit,
     mask_url,
-    non_negative_int,
     open_reader,
     positive_int,
     resolve_settings,
@@ -154,7 +154,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--max-dead",
-        type=limit,
+        type=health_limit,
         default=NEW,
         metavar="N",
         help="dead events allowed: a number in all, 'new' for none since the last retry or "
@@ -162,25 +162,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--max-blocked",
-        type=limit,
+        type=health_limit,
         default=NEW,
         metavar="N",
         help="blocked events allowed, likewise (default: new)",
     )
     parser.add_argument("--json", action="store_true", help="{healthy, reasons, summary}")
-
-
-def limit(text: str) -> Limit:
-    """``new``, ``any`` or a count >= 0."""
-    word = text.strip().lower()
-    if word in (NEW, ANY):
-        return word
-    try:
-        return non_negative_int(word)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"invalid limit {text!r}: use a number, 'new' or 'any'"
-        ) from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
