@@ -49,7 +49,9 @@ class WriteLock:
             fd = self._fd if self._fd is not None else self._open()
             if fd is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
+        except BaseException:  # e.g. a signal handler's SystemExit right after the flock
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)  # a no-op unless it was taken
             self._threads.release()
             raise
 
