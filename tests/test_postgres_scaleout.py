@@ -276,6 +276,14 @@ def server_engine(server_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
+def outbox(pg_url: str) -> Iterator[CMSClient]:
+    """An enqueue-only client on this test's PostgreSQL database; constructing it migrates."""
+    client = CMSClient(database_url=pg_url, flush="off")
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def server_outbox(server_url: str) -> Iterator[CMSClient]:
     """An enqueue-only client; constructing it migrates the fresh database."""
     client = CMSClient(database_url=server_url, flush="off")
