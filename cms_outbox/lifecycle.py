@@ -13,9 +13,14 @@ import threading
 import weakref
 from typing import Protocol
 
+from .fork_gate import GATE
+
 __all__ = ["Managed", "register"]
 
 logger = logging.getLogger(__name__)
+
+# Seconds fork() waits for reads under way to leave SQLite (writes were waited for first).
+_GATE_TIMEOUT = 10.0
 
 
 class Managed(Protocol):
@@ -70,11 +75,15 @@ def _close_all() -> None:
 
 
 def _before_fork() -> None:
+    # The clients first: their passes and writes must pass the gate on their way out.
     for client in _open_clients():
         client._before_fork()
+    if not GATE.close(_GATE_TIMEOUT):
+        logger.warning("forking while a read is still inside SQLite: the child may hang")
 
 
 def _after_fork_in_parent() -> None:
+    GATE.reopen()
     for client in _open_clients():
         client._after_fork_in_parent()
 
@@ -82,5 +91,6 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()  # another thread may have held it at the fork
+    GATE.after_fork_in_child()
     for client in list(_clients):
         client._after_fork_in_child()
