@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -45,7 +46,11 @@ class Reply:
 
 
 class Transport:
-    """Sends wire payloads; safe to share between threads (each gets its own session)."""
+    """Sends wire payloads; safe to share between threads (each gets its own session).
+
+    :param clock: epoch seconds stamped as each reply's start: backoffs and pauses are
+        counted from it, on the same clock as the flusher's (tests inject one).
+    """
 
     def __init__(
         self,
@@ -54,6 +59,7 @@ class Transport:
         *,
         connect_timeout: float = 3.05,
         read_timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._base = host.rstrip("/")
         headers = {
@@ -72,6 +78,7 @@ class Transport:
         except requests.RequestException as exc:
             raise ConfigurationError(f"host {host!r} is not a usable URL: {exc}") from exc
         self._timeout = (connect_timeout, read_timeout)
+        self._clock = clock
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
@@ -86,7 +93,7 @@ class Transport:
         request.headers["Idempotency-Key"] = event_id
         request.headers["Content-Length"] = str(len(body))
         request.body = body
-        started = time.time()
+        started = self._clock()
         clock = time.perf_counter()
         try:
             response = self._session().send(request, timeout=self._timeout, allow_redirects=False)

@@ -84,6 +84,13 @@ def test_a_redirect_is_answered_not_followed(server: ThreadingHTTPServer) -> Non
     assert len(server.RequestHandlerClass.seen) == 1  # type: ignore[attr-defined]
 
 
+def test_a_reply_starts_on_the_injected_clock(server: ThreadingHTTPServer) -> None:
+    """Backoffs and pauses are counted from the reply's start: on the flusher's clock."""
+    reply = Transport(url(server), "t", clock=lambda: 1_000_000.0).send("lead", "key", "{}")
+    assert reply.status_code == 200
+    assert reply.started_at == 1_000_000.0 and reply.finished_at >= reply.started_at
+
+
 def test_a_host_requests_cannot_use_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="not a usable URL"):
         Transport("https://\u2603.example", "t")
