@@ -7,7 +7,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -18,6 +18,7 @@ from cms_outbox.sandbox import Sandbox
 TOKEN = "test-token-0123456789"
 POSTGRES_URL = os.environ.get("CMS_OUTBOX_TEST_POSTGRES_URL")
 MYSQL_URL = os.environ.get("CMS_OUTBOX_TEST_MYSQL_URL")
+T = TypeVar("T")
 OUTBOX_TABLES = (
     "cms_outbox_attempts",
     "cms_outbox_events",
@@ -125,8 +126,11 @@ def make_backend_client(database_url: str) -> Iterator[Callable[..., CMSClient]]
     yield from client_factory(database_url)
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0, step: float = 0.01) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` passes (no fixed sleeps in tests)."""
+def wait_until(predicate: Callable[[], object], timeout: float = 60.0, step: float = 0.01) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes (no fixed sleeps in tests).
+
+    The default only runs out on a real hang: a loaded machine is slow, never that slow.
+    """
     import time
 
     deadline = time.monotonic() + timeout
@@ -135,6 +139,29 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, step: flo
             return False
         time.sleep(step)
     return True
+
+
+def returns(call: Callable[[], T], timeout: float = 60.0) -> T:
+    """``call()``'s value; fails instead of hanging the run when it has not returned
+    within ``timeout``, a bound that only a real hang reaches, never a slow machine."""
+    import threading
+
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(call())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="returns", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"still running after {timeout:g}s: a hang"
+    if errors:
+        raise errors[0]
+    return results[0]
 
 
 def accepted_in_order(sandbox: Sandbox) -> dict[str, list[str]]:

@@ -80,6 +80,7 @@ def inproc(
 
 
 Run = Callable[..., "subprocess.CompletedProcess[str]"]
+STALL = 60.0  # seconds a daemon may take to show progress before the test calls it a hang
 
 
 def seed(url: str, **options: Any) -> CMSClient:
@@ -96,7 +97,7 @@ def sender(url: str, sandbox: Sandbox, **options: Any) -> CMSClient:
     return CMSClient(TOKEN, sandbox.url, url, flush="off", rate_limit=None, **options)
 
 
-def settle(client: CMSClient, *event_ids: str, timeout: float = 10.0) -> None:
+def settle(client: CMSClient, *event_ids: str, timeout: float = STALL) -> None:
     """Flush until these events are delivered or dead (sitting out short retry backoffs)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -524,21 +525,19 @@ def test_run_delivers_serves_metrics_and_stops_on_sigterm(migrated: str, sandbox
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
     )  # fmt: skip
     try:
-        assert sandbox.wait_for(lambda sb: all(sb.accepted_count(i) for i in before), 20)
+        assert sandbox.wait_for(lambda sb: all(sb.accepted_count(i) for i in before), STALL)
         with seed(migrated) as client:
             after = lead(client, "after")
-        assert sandbox.wait_for(lambda sb: sb.accepted_count(after) == 1, 10)
+        assert sandbox.wait_for(lambda sb: sb.accepted_count(after) == 1, STALL)
         # The sandbox counts a request before the daemon records its answer: wait for that.
-        assert wait_until(lambda: _scrape(port)["cms_outbox_pending"] == 0, timeout=10)
+        assert wait_until(lambda: _scrape(port)["cms_outbox_pending"] == 0)
         metrics = _scrape(port)
         assert metrics["cms_outbox_enqueued_total"] >= 1
         assert metrics["cms_outbox_delivered_total"] >= 1
         assert metrics["cms_outbox_pending"] == 0
         assert metrics["cms_outbox_request_duration_seconds_count"] >= 1
-        started = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=15)
-        assert time.monotonic() - started < 5
+        out, err = process.communicate(timeout=STALL)
     finally:
         if process.poll() is None:
             process.kill()
@@ -546,6 +545,7 @@ def test_run_delivers_serves_metrics_and_stops_on_sigterm(migrated: str, sandbox
     assert process.returncode == 0, err
     assert f"delivering from {migrated} to {sandbox.url}" in err
     assert "rate limit unpaced, 8 workers" in err
+    assert "did not end within" not in err  # its last pass ended: no lease left to expire
     assert "stopped after" in err and "delivered 4" in err
     assert TOKEN not in out + err
     assert all(sandbox.accepted_count(i) == 1 for i in [*before, after])

@@ -19,6 +19,7 @@ from cms_outbox.sandbox import Sandbox
 from tests.conftest import TOKEN, wait_until
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+STALL = 60.0  # seconds without the awaited progress that mean a hang, not a slow machine
 
 
 def enqueue(url: str, count: int) -> list[str]:
@@ -38,11 +39,11 @@ def test_run_forever_delivers_until_stop_and_returns_the_totals(
     runner = threading.Thread(target=lambda: result.append(daemon.run_forever()))
     runner.start()  # not the main thread: signals stay the application's
     try:
-        assert sandbox.wait_for(lambda sb: all(sb.accepted_count(i) == 1 for i in ids), 20)
+        assert sandbox.wait_for(lambda sb: all(sb.accepted_count(i) == 1 for i in ids), STALL)
         assert wait_until(lambda: daemon.totals.delivered == 5)  # recorded, not just sent
     finally:
         daemon.stop()
-        runner.join(15)
+        runner.join(STALL)
     assert not runner.is_alive()
     assert result == [FlushReport(delivered=5, retried=0, dead=0, pending=0, blocked=0)]
     lines = [record.getMessage() for record in caplog.records]
@@ -78,9 +79,9 @@ def test_the_readme_three_lines_run_the_daemon_until_sigterm(
         [sys.executable, str(script)], stderr=subprocess.PIPE, text=True, env=environment
     )
     try:
-        assert sandbox.wait_for(lambda sb: all(sb.accepted_count(i) == 1 for i in ids), 20)
+        assert sandbox.wait_for(lambda sb: all(sb.accepted_count(i) == 1 for i in ids), STALL)
         process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=15)
+        _, err = process.communicate(timeout=STALL)
     finally:
         if process.poll() is None:
             process.kill()

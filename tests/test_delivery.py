@@ -8,13 +8,14 @@ import sqlite3
 import threading
 import time
 from collections import Counter, defaultdict
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import pytest
 
 from cms_outbox import CMSClient, EventState, StorageError, TrackResult
 from cms_outbox.sandbox import Sandbox
-from tests.conftest import TOKEN, FakeClock, accepted_in_order, wait_until
+from tests.conftest import TOKEN, FakeClock, accepted_in_order, returns, wait_until
 
 Factory = Callable[..., CMSClient]
 
@@ -78,7 +79,8 @@ def test_background_flusher_delivers_the_backlog_without_any_call(
     sandbox.down()
     client = connect(make_client, sandbox, flush="background", interval=0.2)
     order = enqueue_story(client, customers=10, per_customer=10)
-    time.sleep(0.5)
+    # The flusher has tried and found the service down: it delivers once it is back.
+    assert wait_until(lambda: client.store.control_row()["outage_since"] is not None)
     assert sandbox.accepted == []
     sandbox.up()
     assert sandbox.wait_for(lambda sb: len(sb.accepted) == 100, timeout=30)
@@ -88,13 +90,15 @@ def test_background_flusher_delivers_the_backlog_without_any_call(
 def test_online_event_is_sent_at_once_by_the_background_flusher(
     make_client: Factory, sandbox: Sandbox
 ) -> None:
-    client = connect(make_client, sandbox, flush="background", interval=60)
-    time.sleep(0.2)  # let the first, empty pass finish: from now on only a wake-up can send
-    started = time.perf_counter()
+    client = connect(make_client, sandbox, flush="background", interval=3600)
+    first = client.track_lead("signup", "user-0", click_id="c")
+    assert sandbox.wait_for(lambda sb: len(sb.accepted) == 1, timeout=60)
+    # That pass over, the next one is an hour away: only a wake-up can send now.
+    assert wait_until(lambda: client.store.count_by_state() == {"delivered": 1})
+    assert wait_until(lambda: not client.flusher.busy)
     result = client.track_lead("signup", "user-1", click_id="c")
-    assert sandbox.wait_for(lambda sb: len(sb.accepted) == 1, timeout=5)
-    assert time.perf_counter() - started < 1.0
-    assert sandbox.accepted[0].idempotency_key == result.event_id
+    assert sandbox.wait_for(lambda sb: len(sb.accepted) == 2, timeout=60)
+    assert [a.idempotency_key for a in sandbox.accepted] == [first.event_id, result.event_id]
 
 
 def test_wire_request_carries_the_documented_headers(
@@ -116,22 +120,25 @@ def test_wire_request_carries_the_documented_headers(
 
 
 def test_retry_after_on_429_is_honoured(make_client: Factory, sandbox: Sandbox) -> None:
-    client = connect(make_client, sandbox)
+    # A day off the wall clock: the wait is counted on the client's clock, not the host's.
+    clock = FakeClock(datetime.now(timezone.utc) - timedelta(days=1))
+    client = connect(make_client, sandbox, clock=clock)
     event = client.track_lead("signup", "user-1", click_id="c")
     sandbox.set_faults(force_status=429, force_count=1, retry_after="2")
     first = client.flush()
     assert (first.retried, first.pending) == (1, 1)
-    deadline = time.monotonic() + 10
-    while client.result(event.event_id).state is not EventState.DELIVERED:
-        assert time.monotonic() < deadline
-        client.flush()
-        time.sleep(0.05)
-    times = [r.time for r in sandbox.requests if r.idempotency_key == event.event_id]
-    assert len(times) == 2 and times[1] - times[0] >= 2.0
+    clock.advance(1.9)
+    assert client.flush().pending == 1
+    assert len(sandbox.requests) == 1  # not before Retry-After
+    clock.advance(30)  # past it, whatever the request itself took
+    assert client.flush().delivered == 1
+    assert client.result(event.event_id).state is EventState.DELIVERED
+    assert [r.idempotency_key for r in sandbox.requests] == [event.event_id] * 2
 
 
 def test_server_errors_back_off_with_jitter(make_client: Factory, sandbox: Sandbox) -> None:
-    client = connect(make_client, sandbox)
+    clock = FakeClock()  # stands still: no backoff comes due during the test
+    client = connect(make_client, sandbox, clock=clock)
     events = [client.track_lead("signup", f"user-{n}", click_id="c").event_id for n in range(20)]
     sandbox.set_faults(force_status=500)
     report = client.flush()
@@ -141,9 +148,12 @@ def test_server_errors_back_off_with_jitter(make_client: Factory, sandbox: Sandb
     ceilings = [2.0 ** (row["attempts"] - 1) for row in rows]  # type: ignore[index]
     assert all(0 <= d <= c for d, c in zip(delays, ceilings))  # full jitter under 2^(n-1)
     assert len({round(d, 3) for d in delays}) > 10  # jittered, not in lockstep
-    started = time.monotonic()
-    assert client.flush().pending == 20
-    assert time.monotonic() - started < 1.0  # flush returns when nothing is due: no sleeping
+    sent = len(sandbox.requests)
+    # Nothing is due until the clock moves: a flush that sat out the backoff would hang.
+    assert returns(lambda: client.flush().pending) == 20
+    assert len(sandbox.requests) == sent
+    clock.advance(30)  # past every backoff, whatever its request took
+    assert client.flush().retried == 20 and len(sandbox.requests) == sent + 20
 
 
 def test_422_is_dead_with_the_servers_error_kept(make_client: Factory, sandbox: Sandbox) -> None:
@@ -211,16 +221,31 @@ def test_dead_deferred_setup_blocks_followups_until_retried(
 def test_outage_opens_the_circuit_and_probes_sparingly(
     make_client: Factory, sandbox: Sandbox
 ) -> None:
+    """The passes a background flusher runs, one after another, on a clock moved by hand."""
     sandbox.set_faults(reset=True)  # connections accepted, then dropped without an answer
-    client = connect(make_client, sandbox, flush="background", interval=0.05)
+    clock = FakeClock()
+    client = connect(make_client, sandbox, clock=clock)
     for n in range(20):
         client.track_lead("signup", f"user-{n}", click_id="c")
-    time.sleep(3.0)
-    attempts_during_outage = len(sandbox.requests)
-    assert 1 <= attempts_during_outage <= 6  # 1s, 2s, ... between probes, not 20 per pass
+
+    def passes(count: int) -> int:
+        for _ in range(count):
+            client.flusher.run_pass()
+        return len(sandbox.requests)
+
+    assert passes(5) == 1  # a new flusher probes once, then the circuit is open
     assert client.store.control_row()["outage_since"] is not None
+    probes = [1]
+    for reopened in (1.0, 2.0, 4.0):  # each failed probe reopens it for up to twice as long
+        clock.advance(reopened * 0.49)  # under the shortest the jitter allows
+        assert passes(5) == probes[-1]
+        clock.advance(reopened * 0.51)  # past the longest
+        probes.append(passes(5))
+    assert probes == [1, 2, 3, 4]  # one probe per reopening, not 20 requests per pass
     sandbox.clear_faults()
-    assert wait_until(lambda: client.store.count_by_state() == {"delivered": 20}, timeout=30)
+    clock.advance(8.0)
+    client.flusher.run_pass()
+    assert client.store.count_by_state() == {"delivered": 20}
     assert len(sandbox.accepted) == 20
 
 
@@ -257,9 +282,7 @@ def test_max_age_is_the_only_way_retries_dead_letter(
     sandbox.set_faults(force_status=503)
     client.flush()
     assert client.result(event.event_id).state is EventState.PENDING
-    # Older than max_age, and past the first backoff (under a second), which is counted from
-    # the attempt's wall-clock time: a migration on a loaded server can take a second too.
-    clock.advance(30)
+    clock.advance(30)  # older than max_age, and past the first backoff (under a second)
     client.flush()
     result = client.result(event.event_id)
     assert result.state is EventState.DEAD and "max_age" in (result.error or "")
@@ -273,9 +296,8 @@ def test_wait_reports_the_servers_answer(make_client: Factory, sandbox: Sandbox)
     rejected = client.track_lead("signup", "user-2", click_id="c", wait=5)
     assert rejected.success is False and rejected.status_code == 422 and rejected.error
     sandbox.down()
-    started = time.monotonic()
-    offline = client.track_lead("signup", "user-3", click_id="c", wait=1)
-    assert time.monotonic() - started < 3
+    # Refused: the call returns at once, well before a wait it could not use up.
+    offline = returns(lambda: client.track_lead("signup", "user-3", click_id="c", wait=3600))
     assert offline.success is True and offline.state is EventState.PENDING
 
 
@@ -334,7 +356,7 @@ def test_a_stop_sends_none_of_the_rows_leased_behind_the_requests_on_the_wire(
     client = connect(make_sqlite_client, sandbox, workers=1)
     client.track_lead("signup", "user-0", click_id="c")  # closes the new flusher's circuit
     client.flush()
-    sandbox.set_faults(latency=0.5)
+    sandbox.set_faults(stall=300.0)  # the request on the wire is held until down()
     for n in range(1, 4):
         client.track_lead("signup", f"user-{n}", click_id="c")
     stop = threading.Event()
@@ -343,12 +365,15 @@ def test_a_stop_sends_none_of_the_rows_leased_behind_the_requests_on_the_wire(
     thread.start()
     assert wait_until(lambda: len(sandbox.requests) == 2)
     assert client.store.count_by_state()["in_flight"] == 2  # one on the wire, one queued
+    assert client.flusher.in_flight == 2
     stop.set()
-    thread.join(30)
+    assert wait_until(lambda: client.flusher.in_flight == 1)  # the queued one taken back
+    sandbox.down()  # the held request ends without an answer
+    thread.join(60)
     [report] = reports
-    assert (report.delivered, report.pending) == (1, 2)
+    assert (report.delivered, report.pending) == (0, 3)
     assert len(sandbox.requests) == 2
-    assert client.store.count_by_state() == {"delivered": 2, "pending": 2}
+    assert client.store.count_by_state() == {"delivered": 1, "pending": 3}
     with sqlite3.connect(str(client.engine.url.database)) as conn:
         assert conn.execute("SELECT count(*) FROM cms_outbox_attempts").fetchone()[0] == 2
 
