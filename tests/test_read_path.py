@@ -14,7 +14,6 @@ import json
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from cms_outbox.schema import control, events
 from cms_outbox.status import ActivityTracker
 
 COMMITTED = 3
-LIMIT = 5.0  # seconds; the old behaviour was a 30 s wait and then the driver's error
 DRIVER_WORDS = ("sqlite3.", "sqlalchemy", "psycopg.", "OperationalError", "[SQL", "Traceback")
 
 
@@ -82,17 +80,15 @@ def _assert_write_lock_is_held(path: str) -> None:
         probe.close()
 
 
-def timed(call: Any, *args: Any) -> Any:
-    started = time.monotonic()
-    value = call(*args)
-    elapsed = time.monotonic() - started
-    assert elapsed < LIMIT, f"{call} took {elapsed:.1f}s behind the writer"
-    return value
+def read(call: Any, *args: Any) -> Any:
+    """``call(*args)`` behind the writer: with the readers' short lock timeouts, a read
+    that waited for it raises instead of answering, whatever the machine's speed."""
+    return call(*args)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     capsys.readouterr()
-    code = timed(main, list(args))
+    code = read(main, list(args))
     captured = capsys.readouterr()
     output = captured.out + captured.err
     for word in DRIVER_WORDS:
@@ -128,11 +124,11 @@ def test_library_reads_answer_behind_an_open_write_transaction(
     reader_url: str, seeded: list[str]
 ) -> None:
     # A client started while the transaction is open: construction reads the schema version.
-    client = timed(lambda: CMSClient(database_url=reader_url, flush="off"))
+    client = read(lambda: CMSClient(database_url=reader_url, flush="off"))
     try:
-        result = timed(client.result, seeded[0])
+        result = read(client.result, seeded[0])
         assert result.state.value == "pending"
-        stats = timed(client.stats)
+        stats = read(client.stats)
         assert stats.pending == COMMITTED
     finally:
         client.close()
@@ -149,7 +145,7 @@ def test_metrics_answer_behind_an_open_write_transaction(reader_url: str) -> Non
     try:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(OutboxCollector(ActivityTracker(engine)))
-        text = timed(generate_latest, registry).decode()
+        text = read(generate_latest, registry).decode()
     finally:
         engine.dispose()
     assert f"cms_outbox_pending {float(COMMITTED)}" in text
@@ -159,18 +155,15 @@ def test_metrics_answer_behind_an_open_write_transaction(reader_url: str) -> Non
 def test_health_probe_process_answers_behind_an_open_write_transaction(database_url: str) -> None:
     """What a liveness probe runs, as its own process, with the default busy timeout."""
     url = _fail_fast_on_locks(database_url)
-    started = time.monotonic()
     probe = subprocess.run(
         [sys.executable, "-m", "cms_outbox", "health", "--database-url", url],
         capture_output=True,
         text=True,
         timeout=25,  # below the 30 s busy timeout: a waiting read fails here
     )
-    elapsed = time.monotonic() - started
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.startswith("ok: 3 to send")
     assert probe.stderr == ""
-    assert elapsed < 20
 
 
 def test_reads_answer_while_another_connection_holds_begin_immediate(
@@ -185,8 +178,8 @@ def test_reads_answer_while_another_connection_holds_begin_immediate(
         writer.execute("DELETE FROM cms_outbox_events")  # uncommitted: readers still see 3
         code, out = run_cli(capsys, "status", "--json", "--database-url", sqlite_url)
         assert code == 0 and json.loads(out)["counts"]["pending"] == COMMITTED
-        assert timed(client.stats).pending == COMMITTED
-        assert timed(client.result, seeded[-1]).state.value == "pending"
+        assert read(client.stats).pending == COMMITTED
+        assert read(client.result, seeded[-1]).state.value == "pending"
     finally:
         writer.rollback()
         writer.close()
