@@ -1,4 +1,8 @@
-"""The HTTP side of the sandbox: a threaded HTTP/1.1 server and its request handler."""
+"""The HTTP side of the sandbox: a threaded HTTP/1.1 server and its request handler.
+
+The handler knows the sandbox only as a ``Host`` (its ledger, its connections, its
+sleep and its way down), so imports go one way: ``server`` -> ``handler`` -> ``state``.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,15 @@ import socket
 import socketserver
 import struct
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from cms_outbox.__version__ import __version__
 from cms_outbox.sandbox.faults import faults_from_json
 from cms_outbox.sandbox.limits import limits_from_json
-from cms_outbox.sandbox.state import Reply, error_reply
+from cms_outbox.sandbox.state import Ledger, Reply, error_reply
 
-if TYPE_CHECKING:
-    from cms_outbox.sandbox.server import Sandbox
-
-__all__ = ["SandboxHandler", "SandboxServer"]
+__all__ = ["Host", "SandboxHandler", "SandboxServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +39,30 @@ ADMIN_ROUTES: dict[str, tuple[str, ...]] = {
 }
 
 
+class Host(Protocol):
+    """What the handler needs of the sandbox it serves (``server.Sandbox`` is one)."""
+
+    _ledger: Ledger
+
+    @property
+    def url(self) -> str: ...
+
+    def _register(self, conn: socket.socket) -> None: ...
+
+    def _unregister(self, conn: socket.socket) -> None: ...
+
+    def _sleep(self, seconds: float) -> bool: ...
+
+    def _go_down(self, seconds: float | None, keep: socket.socket | None) -> None: ...
+
+
 class SandboxServer(ThreadingHTTPServer):
     daemon_threads = True  # a stalled handler must never keep the process alive
     allow_reuse_address = True  # up() rebinds the same port while old sockets linger
     request_queue_size = 1024  # a few hundred concurrent connections must not be refused
     timeout = 0  # handle_request() must not block: serve() has seen the socket ready
 
-    def __init__(self, address: tuple[str, int], sandbox: Sandbox) -> None:
+    def __init__(self, address: tuple[str, int], sandbox: Host) -> None:
         self.sandbox = sandbox
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, SandboxHandler)
@@ -250,7 +268,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def _track(self, kind: str, key: str | None, raw: bytes) -> Reply | None:
         sandbox = self.server.sandbox
-        faults = sandbox.faults
+        faults = sandbox._ledger.faults
         if faults.reset:
             return None
         if faults.stall is not None and not sandbox._sleep(faults.stall):
@@ -261,6 +279,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def _admin(self, path: str, raw: bytes) -> None:
         sandbox = self.server.sandbox
+        ledger = sandbox._ledger
         method = self.command
         allowed = ADMIN_ROUTES.get(path)
         if allowed is None:
@@ -280,27 +299,27 @@ class SandboxHandler(BaseHTTPRequestHandler):
         if path == "/_admin/health":
             self._send_json({"ok": True, "version": __version__, "url": sandbox.url})
         elif path == "/_admin/accepted":
-            self._send_json({"accepted": [item.to_json() for item in sandbox.accepted]})
+            self._send_json({"accepted": [item.to_json() for item in ledger.accepted]})
         elif path == "/_admin/requests":
-            self._send_json({"requests": [item.to_json() for item in sandbox.requests]})
+            self._send_json({"requests": [item.to_json() for item in ledger.requests]})
         elif path == "/_admin/faults":
             if method == "POST":
                 try:
-                    sandbox._ledger.update_faults(lambda current: faults_from_json(current, body))
+                    ledger.update_faults(lambda current: faults_from_json(current, body))
                 except (TypeError, ValueError) as exc:
                     self._send(error_reply(400, str(exc)))
                     return
-            self._send_json({"faults": sandbox.faults.to_json()})
+            self._send_json({"faults": ledger.faults.to_json()})
         elif path == "/_admin/limits":
             if method == "POST":
                 try:
-                    sandbox._ledger.update_limits(lambda current: limits_from_json(current, body))
+                    ledger.update_limits(lambda current: limits_from_json(current, body))
                 except (TypeError, ValueError) as exc:
                     self._send(error_reply(400, str(exc)))
                     return
-            self._send_json({"limits": sandbox.limits.to_json()})
+            self._send_json({"limits": ledger.limits.to_json()})
         elif path == "/_admin/reset":
-            sandbox.reset()
+            ledger.reset()
             self._send_json({"ok": True})
         else:
             self._admin_down(body)
