@@ -31,7 +31,6 @@ __all__ = ["Wiring"]
 
 logger = logging.getLogger(__name__)
 CLOSE_GRACE = 1.0  # seconds close() gives requests in flight, even with no final flush
-UNDELIVERED = (EventState.PENDING, EventState.IN_FLIGHT, EventState.BLOCKED)
 FINAL_STATES = (EventState.DELIVERED.value, EventState.DEAD.value)
 
 

@@ -148,10 +148,6 @@ class Ledger:
         with self.lock:
             return self._faults
 
-    def set_faults(self, faults: Faults) -> None:
-        with self.lock:
-            self._faults = faults
-
     def update_faults(self, update: Callable[[Faults], Faults]) -> Faults:
         with self.lock:
             self._faults = update(self._faults)
