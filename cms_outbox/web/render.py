@@ -13,9 +13,10 @@ from typing import Any
 
 from jinja2 import Environment
 
+from ..status.formatting import format_age
 from .overview import Timeline
 
-__all__ = ["Chart", "chart", "format_age", "register_filters"]
+__all__ = ["Chart", "chart", "register_filters"]
 
 WIDTH = 600.0
 HEIGHT = 120.0
@@ -32,23 +33,6 @@ def format_utc(moment: float | None) -> str:
     if moment is None:
         return "—"
     return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def format_age(seconds: float | None) -> str:
-    """A short human duration: ``45s``, ``3m12s``, ``2h05m``, ``4d03h``."""
-    if seconds is None:
-        return "—"
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
 
 
 def pretty_json(value: Any) -> str:
