@@ -16,9 +16,10 @@ from sqlalchemy import create_engine, update
 from werkzeug.test import Client, TestResponse
 
 from cms_outbox import CMSClient, EventState, SchemaError
+from cms_outbox.queries import browse
 from cms_outbox.sandbox import Sandbox
 from cms_outbox.schema import events
-from cms_outbox.web import Dashboard, queries
+from cms_outbox.web import Dashboard
 from cms_outbox.web.filters import EventFilter
 from tests.conftest import TOKEN
 
@@ -200,7 +201,7 @@ def test_keyset_pages_walk_every_event_once_both_ways(
 def test_a_filter_no_index_narrows_is_searched_window_by_window(
     outbox: CMSClient, dashboards: Callable[..., Dashboard], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(queries, "SCAN_WINDOW", 10)
+    monkeypatch.setattr(browse, "SCAN_WINDOW", 10)
     rare = [outbox.track_lead("rare", "c1", click_id="k").event_id]
     rare += [outbox.track_lead("common", "c2", click_id="k").event_id for _ in range(25)]
     browser = Browser(dashboards(outbox.settings.database_url))

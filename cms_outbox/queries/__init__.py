@@ -13,7 +13,8 @@ The lease rule's predicate (``leasable``) lives here too: the store leases by it
 ``status`` counts by it, so the two can never disagree.
 
 By question: ``base`` (the words, ``reading``), ``due`` (the lease rule, what waits),
-``counts`` (how many, what happened), ``rows`` (whole rows).
+``counts`` (how many, what happened), ``rows`` (whole rows), ``selection`` (which events
+a filter picks) and ``browse`` (the dashboard's pages of events and one event in context).
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ from .base import (
     TO_SEND,
     UNFINISHED,
     reading,
+)
+from .browse import (
+    MAX_BULK,
+    SCAN_WINDOW,
+    event_page,
+    event_view,
+    retryable_count,
+    retryable_ids,
 )
 from .counts import (
     activity_between,
@@ -65,6 +74,7 @@ from .rows import (
     flusher_rows,
     sale_by_invoice,
 )
+from .selection import Selection
 
 __all__ = [
     "BLOCKED",
@@ -75,14 +85,17 @@ __all__ = [
     "DELIVERED",
     "DELIVERED_OUTCOMES",
     "IN_FLIGHT",
+    "MAX_BULK",
     "NO_REQUEST_OUTCOMES",
     "PENDING",
     "PAUSED_OUTCOMES",
     "RETRIED_OUTCOMES",
+    "SCAN_WINDOW",
     "STATES",
     "SUMMARY_COLUMNS",
     "TO_SEND",
     "UNFINISHED",
+    "Selection",
     "activity_between",
     "attempt_rows",
     "budget_of",
@@ -91,8 +104,10 @@ __all__ = [
     "counts_by_state",
     "deliveries",
     "event_ids_starting_with",
+    "event_page",
     "event_row",
     "event_rows",
+    "event_view",
     "flusher_rows",
     "fifo_clear",
     "has_work",
@@ -103,6 +118,8 @@ __all__ = [
     "pending_outlook",
     "pending_summary",
     "reading",
+    "retryable_count",
+    "retryable_ids",
     "sale_by_invoice",
     "unacknowledged",
     "waits_on",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +33,8 @@ __all__ = [
     "UNFINISHED",
     "as_float",
     "count_if",
+    "event_name_of",
+    "parse_json",
     "reading",
 ]
 
@@ -83,3 +86,20 @@ def count_if(condition: Any) -> Any:
 def as_float(value: Any) -> float | None:
     """A column's number as a float; NULL stays None."""
     return None if value is None else float(value)
+
+
+def parse_json(text: str | None) -> Any:
+    """Stored JSON text as a value; text that is not JSON stays text."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def event_name_of(payload: str) -> str | None:
+    """The ``eventName`` of a stored payload, if it has one."""
+    value = parse_json(payload)
+    name = value.get("eventName") if isinstance(value, dict) else None
+    return name if isinstance(name, str) else None

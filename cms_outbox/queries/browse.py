@@ -1,15 +1,14 @@
-"""The dashboard's reads of events: a filtered page of them, and one with its context.
+"""The dashboard's reads of events: a selected page of them, and one with its context.
 
-Each function opens one read transaction through ``cms_outbox.queries.reading``, the
-read path that never takes the write lock, so the dashboard answers while an
-application transaction holds it. Nothing is cached: each page is the database now.
-Each query is bounded by an index or a ``LIMIT`` so that a page stays fast with a
-million events stored (``benchmarks/dashboard.py``).
+Each function opens one read transaction through ``reading``, the read path that never
+takes the write lock, so the dashboard answers while an application transaction holds
+it. Nothing is cached: each page is the database now. Each query is bounded by an index
+or a ``LIMIT`` so that a page stays fast with a million events stored
+(``benchmarks/dashboard.py``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,15 +16,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 
 from ..errors import EventNotFound
-from ..queries import (
-    BLOCKED,
-    DEAD,
-    PENDING,
-    UNFINISHED,
-    reading,
-)
 from ..schema import attempts, events
-from .filters import EventFilter
+from .base import BLOCKED, DEAD, PENDING, UNFINISHED, as_float, event_name_of, parse_json, reading
+from .selection import Selection
 
 __all__ = [
     "MAX_BULK",
@@ -95,7 +88,7 @@ _ROW_COLUMNS = (
 
 def event_page(
     engine: Engine,
-    selection: EventFilter,
+    selection: Selection,
     *,
     before: int | None = None,
     after: int | None = None,
@@ -146,7 +139,7 @@ def event_page(
     return EventPage(rows, older, newer, searched)
 
 
-def retryable_ids(engine: Engine, selection: EventFilter) -> tuple[list[str], bool]:
+def retryable_ids(engine: Engine, selection: Selection) -> tuple[list[str], bool]:
     """The dead and blocked events matching ``selection``, oldest first, at most ``MAX_BULK``.
 
     :returns: their event ids, and whether more than ``MAX_BULK`` match.
@@ -170,7 +163,7 @@ def retryable_ids(engine: Engine, selection: EventFilter) -> tuple[list[str], bo
     return [event_id for _, event_id in found[:MAX_BULK]], len(found) > MAX_BULK
 
 
-def retryable_count(engine: Engine, selection: EventFilter) -> int:
+def retryable_count(engine: Engine, selection: Selection) -> int:
     """How many dead and blocked events match ``selection``, counted up to ``MAX_BULK + 1``.
 
     :raises StorageError: the database failed.
@@ -200,13 +193,13 @@ def _row(row: Mapping[Any, Any]) -> EventRow:
         seq=int(row["id"]),
         event_id=row["event_id"],
         kind=row["kind"],
-        event_name=_event_name(row["payload"]),
+        event_name=event_name_of(row["payload"]),
         customer_external_id=row["customer_external_id"],
         invoice_id=row["invoice_id"],
         state=row["state"],
         attempts=int(row["attempts"]),
         created_at=float(row["created_at"]),
-        last_attempt_at=_float(row["last_attempt_at"]),
+        last_attempt_at=as_float(row["last_attempt_at"]),
         last_status_code=row["last_status_code"],
         last_error=row["last_error"],
     )
@@ -313,9 +306,9 @@ def event_view(engine: Engine, event_id: str) -> EventView:
         row=row,
         click_id=values["click_id"],
         mode=values["mode"],
-        next_attempt_at=_float(values["next_attempt_at"]) if row.state == PENDING else None,
-        delivered_at=_float(values["delivered_at"]),
-        payload=_parse_json(values["payload"]),
+        next_attempt_at=as_float(values["next_attempt_at"]) if row.state == PENDING else None,
+        delivered_at=as_float(values["delivered_at"]),
+        payload=parse_json(values["payload"]),
         last_response=values["last_response"],
         attempts=tuple(
             Attempt(
@@ -339,22 +332,3 @@ def event_view(engine: Engine, event_id: str) -> EventView:
 def _one(conn: Connection, query: Any) -> EventRow | None:
     found = conn.execute(query.limit(1)).first()
     return None if found is None else _row(found._mapping)
-
-
-def _event_name(payload: str) -> str | None:
-    value = _parse_json(payload)
-    name = value.get("eventName") if isinstance(value, dict) else None
-    return name if isinstance(name, str) else None
-
-
-def _parse_json(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _float(value: Any) -> float | None:
-    return None if value is None else float(value)

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine
 from .. import queries
 from ..heartbeat import STALE_AFTER
 from ..queries import IN_FLIGHT, PENDING
+from ..queries.base import as_float
 from .formatting import isoformat, json_fields
 from .pacing import Pacing, pacing_of
 
@@ -146,7 +147,7 @@ def outbox_status(engine: Engine, now: float | None = None) -> OutboxStatus:
         due, held, next_at = queries.pending_outlook(conn, now)
         last_delivery, last_minute, last_hour = queries.deliveries(conn, now)
         control = queries.control_row(conn)
-        acknowledged_at = None if control is None else _float(control["acknowledged_at"])
+        acknowledged_at = None if control is None else as_float(control["acknowledged_at"])
         new_dead, new_blocked = queries.unacknowledged(conn, acknowledged_at)
         return OutboxStatus(
             now=now,
@@ -199,10 +200,6 @@ def _last_error(conn: Connection) -> LastError | None:
         outcome=str(row["outcome"]),
         message=row["error"],
     )
-
-
-def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 def _pause(row: Mapping[str, Any] | None) -> Pause | None:

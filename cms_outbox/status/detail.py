@@ -11,7 +11,8 @@ from sqlalchemy import Engine
 from .. import queries
 from ..errors import EventNotFound, ValidationError
 from ..queries import BLOCKED, PENDING
-from .formatting import as_float, json_fields, parse_json
+from ..queries.base import as_float, event_name_of, parse_json
+from .formatting import json_fields
 
 __all__ = [
     "AttemptRecord",
@@ -203,13 +204,11 @@ def resolve_event_id(engine: Engine, text: str) -> str:
 
 
 def _summary(row: Mapping[str, Any]) -> EventSummary:
-    payload = parse_json(row["payload"])
-    name = payload.get("eventName") if isinstance(payload, dict) else None
     return EventSummary(
         seq=int(row["id"]),
         event_id=row["event_id"],
         kind=row["kind"],
-        event_name=name if isinstance(name, str) else None,
+        event_name=event_name_of(row["payload"]),
         customer_external_id=row["customer_external_id"],
         click_id=row["click_id"],
         mode=row["mode"],

@@ -7,13 +7,12 @@ Times are epoch seconds in the values and ISO 8601 UTC strings (``...Z``) in the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["as_float", "format_age", "isoformat", "json_fields", "parse_json"]
+__all__ = ["format_age", "isoformat", "json_fields"]
 
 
 def isoformat(moment: float | None) -> str | None:
@@ -49,17 +48,3 @@ def json_fields(value: Any, *, times: Sequence[str]) -> dict[str, Any]:
         else getattr(value, item.name)
         for item in fields(value)
     }
-
-
-def as_float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def parse_json(text: str | None) -> Any:
-    """Stored JSON text as a value; text that is not JSON stays text."""
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text

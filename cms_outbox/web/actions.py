@@ -14,8 +14,8 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Response
 
 from ..errors import ValidationError
+from ..queries import MAX_BULK
 from .pages import parse_age
-from .queries import MAX_BULK
 
 if TYPE_CHECKING:
     from .app import Context

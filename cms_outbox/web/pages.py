@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 
 from werkzeug.wrappers import Response
 
+from .. import queries
 from ..errors import ValidationError
 from ..heartbeat import STALE_AFTER
-from . import queries
-from .filters import STATES, EventFilter
+from ..queries import STATES
+from .filters import EventFilter
 from .overview import overview as overview_now
 from .render import chart
 
