@@ -4,9 +4,12 @@ sandbox on loopback."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import pytest
@@ -124,6 +127,35 @@ def make_sqlite_client(sqlite_url: str) -> Iterator[Callable[..., CMSClient]]:
 def make_backend_client(database_url: str) -> Iterator[Callable[..., CMSClient]]:
     """Build clients on each backend in turn (``database_url``)."""
     yield from client_factory(database_url)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Mounts a tmpfs under ``tmp_path``: ``tmpfs("small", size="2m", mode="0700")``.
+
+    Each is unmounted at teardown; the test is skipped where mounting is not permitted.
+    """
+    mounted: list[Path] = []
+
+    def mount(name: str, *, size: str, mode: str | None = None) -> Path:
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command: cannot build a file system of the test's own")
+        mountpoint = tmp_path / name
+        mountpoint.mkdir()
+        options = f"size={size}" + (f",mode={mode}" if mode else "")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
+        mounted.append(mountpoint)
+        return mountpoint
+
+    yield mount
+    for mountpoint in reversed(mounted):
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 60.0, step: float = 0.01) -> bool:

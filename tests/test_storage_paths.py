@@ -6,11 +6,10 @@ entrypoint: an error with its own exit code (5) unless creation is asked for."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -125,25 +124,12 @@ def test_the_container_entrypoint_refuses_a_missing_volume_directory(tmp_path: P
 
 
 @pytest.fixture
-def read_only_mount(tmp_path: Path) -> Iterator[Path]:
+def read_only_mount(tmpfs: Callable[..., Path]) -> Path:
     """A tmpfs holding an outbox, remounted read-only: refused even for root."""
-    mountpoint = tmp_path / "ro"
-    mountpoint.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command: cannot build a read-only file system")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {mounted.stderr.strip()}")
-    try:
-        CMSClient(database_url=f"sqlite:///{mountpoint / 'outbox.db'}", flush="off").close()
-        subprocess.run(["mount", "-o", "remount,ro", str(mountpoint)], check=True)
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=False)
+    mountpoint = tmpfs("ro", size="4m")
+    CMSClient(database_url=f"sqlite:///{mountpoint / 'outbox.db'}", flush="off").close()
+    subprocess.run(["mount", "-o", "remount,ro", str(mountpoint)], check=True)
+    return mountpoint
 
 
 def test_a_read_only_outbox_is_refused_at_construction_for_a_writing_client(

@@ -8,11 +8,8 @@ from __future__ import annotations
 import errno
 import os
 import random
-import shutil
 import sqlite3
-import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -146,23 +143,9 @@ def test_damaged_pages_give_storage_errors_never_driver_errors(
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs, unmounted at teardown; skipped where mounting is not permitted."""
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command: cannot build a small file system for the full-disk test")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"mounting a 2 MiB tmpfs is not permitted here: {mounted.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+def small_disk(tmpfs: Callable[..., Path]) -> Path:
+    """A 2 MiB tmpfs for the full-disk test."""
+    return tmpfs("small", size="2m", mode="0700")
 
 
 def fill(directory: Path, headroom: int) -> Path:
