@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmark scripts: arguments, a sandbox in its own process, output.
+"""Shared helpers of the benchmark scripts: arguments, output, a sandbox in its own
+process, ``cms-outbox`` daemons and a throwaway PostgreSQL database.
 
 Every script measures ``cms_outbox`` beside its alternatives in the same run, prints a
 readable table, then one final line of JSON (what CI and the README read).
@@ -7,15 +8,35 @@ readable table, then one final line of JSON (what CI and the README read).
 from __future__ import annotations
 
 import argparse
+import atexit
+import dataclasses
 import json
 import multiprocessing
 import os
+import re
+import shutil
+import signal
+import sqlite3
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from multiprocessing.connection import Connection
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from cms_outbox import CMSClient
+from cms_outbox.events import build_lead
 
 TOKEN = "bench-token-0123456789"
 HEADERS = {
@@ -26,9 +47,21 @@ HEADERS = {
 
 
 def parse_args(description: str) -> argparse.Namespace:
+    return arguments(description).parse_args()
+
+
+def arguments(description: str, *, server: str | None = None) -> argparse.ArgumentParser:
+    """``--quick``, and with ``server`` (what it is for) ``--database-url`` of a PostgreSQL
+    server, by default env ``CMS_OUTBOX_TEST_POSTGRES_URL``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI")
-    return parser.parse_args()
+    if server is not None:
+        parser.add_argument(
+            "--database-url",
+            default=os.environ.get("CMS_OUTBOX_TEST_POSTGRES_URL"),
+            help=f"{server} (default: env CMS_OUTBOX_TEST_POSTGRES_URL)",
+        )
+    return parser
 
 
 def lead(i: int, customers: int = 1000) -> dict[str, str]:
@@ -116,6 +149,27 @@ def emit(result: dict[str, Any]) -> None:
     print(json.dumps({**result, "loadavg": load}, sort_keys=True), flush=True)
 
 
+# -- outboxes ----------------------------------------------------------------------
+# Alembic's upgrade of a new outbox takes about a second; an outbox is a copy of one
+# migrated once per process instead (the same file a new client would have made).
+
+_migrated: list[Path] = []
+
+
+def migrated_outbox(path: Path) -> str:
+    """An empty SQLite outbox at the schema head at ``path``; returns its URL."""
+    if not _migrated:
+        directory = Path(tempfile.mkdtemp(prefix="cms-bench-"))
+        atexit.register(shutil.rmtree, directory, True)
+        template = directory / "outbox.db"
+        CMSClient(database_url=f"sqlite:///{template}", flush="off").close()
+        with sqlite3.connect(template) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # all in the file, no -wal
+        _migrated.append(template)
+    shutil.copy(_migrated[0], path)
+    return f"sqlite:///{path}"
+
+
 # -- a sandbox in its own process ----------------------------------------------------
 # The real service runs elsewhere: a sandbox in the benchmark's process would compete
 # with the client for the GIL and distort every ratio.
@@ -198,3 +252,101 @@ def wait_until(predicate: Any, timeout: float, step: float = 0.01) -> bool:
             return False
         time.sleep(step)
     return True
+
+
+# -- processes of the command line: the sandbox and daemons ----------------------------
+
+
+@contextmanager
+def sandbox_process(*options: str) -> Iterator[str]:
+    """``cms-outbox sandbox`` with these command-line ``options`` in its own process;
+    yields its URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cms_outbox", "sandbox", "--port", "0", "--token", TOKEN,
+         *options],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        match = re.search(r"listening on (\S+)", process.stdout.readline())
+        assert match is not None, "the sandbox did not start"
+        yield match.group(1)
+    finally:
+        process.terminate()
+        process.wait(30)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def admin(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """A sandbox's ``/_admin/<path>``: GET without ``body``, POST with it."""
+    method = "GET" if body is None else "POST"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url}/_admin/{path}", data=data, method=method)
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+
+class DaemonProcess:
+    """``cms-outbox run`` on ``database_url`` against ``host`` with ``options``, its stderr
+    (the operator's log) in ``log_path``."""
+
+    def __init__(
+        self,
+        database_url: str,
+        host: str,
+        log_path: Path,
+        options: Sequence[str],
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.log_path = log_path
+        self._log: IO[str] = log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cms_outbox", "run", "--database-url", database_url,
+             "--host", host, *options],
+            env={**os.environ, "CMS_BEARER_TOKEN": TOKEN, **(env or {})},
+            stdout=subprocess.DEVNULL, stderr=self._log,
+        )  # fmt: skip
+
+    def terminate(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self) -> str:
+        """SIGTERM, wait; returns its log."""
+        self.terminate()
+        self.process.wait(60)
+        self._log.close()
+        return self.log_path.read_text()
+
+
+# -- an outbox of the benchmark's own on a PostgreSQL server --------------------------
+
+
+@contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A database of the benchmark's own on the server, dropped afterwards; yields its URL."""
+    name = f"cms_outbox_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin_engine = create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin_engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin_engine.dispose()
+
+
+def backlog_rows(count: int, customers: int) -> list[dict[str, Any]]:
+    """``count`` leads built by ``build_lead`` exactly as ``track_lead`` stores them."""
+    now = datetime.now(timezone.utc)
+    rows = []
+    for n in range(count):
+        event = build_lead(
+            "signup_completed", f"customer_{n % customers:05d}", click_id=f"click_{n:08d}",
+            customer_email=f"customer.{n}@example.com", now=now,
+        )  # fmt: skip
+        rows.append({**dataclasses.asdict(event), "state": "pending", "attempts": 0,
+                     "next_attempt_at": event.created_at})  # fmt: skip
+    return rows

@@ -12,8 +12,8 @@ in fixed windows of 6 seconds, and changed while they run:
 Per phase it counts the sandbox's answers per window: 429s, and the accepted requests as
 a share of the real limit. Afterwards it checks that no event was lost, doubled,
 reordered within its customer or dead-lettered (the backlog is not meant to drain: the
-limit decides, which is the point). ``--quick`` uses 2-second windows, 10 and 40 per
-window, and fewer windows.
+limit decides, which is the point). ``--quick`` uses 1-second windows, 5 and 20 per
+window, and fewer windows, to show the script works (no figure to read).
 
     python benchmarks/pacing.py [--quick] [--backend both|sqlite|postgresql]
         [--database-url postgresql+psycopg://...]
@@ -22,25 +22,27 @@ window, and fewer windows.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from _common import TOKEN, emit, table, target
-from scaleout import backlog_rows, fresh_database
+from _common import (
+    DaemonProcess,
+    admin,
+    arguments,
+    backlog_rows,
+    emit,
+    fresh_database,
+    sandbox_process,
+    table,
+    target,
+)
 from sqlalchemy import create_engine, func, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -63,16 +65,12 @@ class Plan:
 
 
 FULL = Plan(window=6, limit=30, raised=120, windows=(6, 5, 10))
-QUICK = Plan(window=2, limit=10, raised=40, windows=(3, 3, 4))
+QUICK = Plan(window=1, limit=5, raised=20, windows=(2, 3, 3))
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short windows, for CI")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("CMS_OUTBOX_TEST_POSTGRES_URL"),
-        help="a PostgreSQL server for the second run (default: env CMS_OUTBOX_TEST_POSTGRES_URL)",
+    parser = arguments(
+        (__doc__ or "").split("\n\n")[0], server="a PostgreSQL server for the second run"
     )
     parser.add_argument(
         "--backend",
@@ -86,54 +84,18 @@ def parse_args() -> argparse.Namespace:
 # -- processes -----------------------------------------------------------------------------
 
 
-@contextmanager
-def sandbox_process(plan: Plan) -> Iterator[str]:
-    """``cms-outbox sandbox`` with its own limit, in its own process; yields its URL."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cms_outbox", "sandbox", "--port", "0", "--token", TOKEN,
-         "--rate-limit", str(plan.limit), "--rate-window", str(plan.window),
-         "--rate-accounting", "fixed", "--rate-headers", "ietf"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+def sandbox_of(plan: Plan) -> AbstractContextManager[str]:
+    """``cms-outbox sandbox`` with the plan's own limit, in its own process; yields its URL."""
+    return sandbox_process(
+        "--rate-limit", str(plan.limit), "--rate-window", str(plan.window),
+        "--rate-accounting", "fixed", "--rate-headers", "ietf",
     )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        match = re.search(r"listening on (\S+)", process.stdout.readline())
-        assert match is not None, "the sandbox did not start"
-        yield match.group(1)
-    finally:
-        process.terminate()
-        process.wait(30)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
-def admin(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    method = "GET" if body is None else "POST"
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{url}/_admin/{path}", data=data, method=method)
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.load(response)
-
-
-class Daemon:
-    """``cms-outbox run`` at its defaults (``rate_limit="auto"``), its log in a file."""
-
-    def __init__(self, database_url: str, host: str, log_path: Path) -> None:
-        self.log_path = log_path
-        self._log: IO[str] = log_path.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cms_outbox", "run", "--database-url", database_url,
-             "--host", host, "--workers", str(WORKERS), "--interval", "0.5"],
-            env=dict(os.environ, CMS_BEARER_TOKEN=TOKEN),
-            stdout=subprocess.DEVNULL, stderr=self._log,
-        )  # fmt: skip
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        self.process.wait(60)
-        self._log.close()
-        return self.log_path.read_text()
+def start_daemon(database_url: str, host: str, log_path: Path) -> DaemonProcess:
+    """``cms-outbox run`` at its defaults (``rate_limit="auto"``)."""
+    options = ["--workers", str(WORKERS), "--interval", "0.5"]
+    return DaemonProcess(database_url, host, log_path, options)
 
 
 # -- one run -------------------------------------------------------------------------------
@@ -159,8 +121,9 @@ def run(url: str, plan: Plan, directory: Path) -> dict[str, Any]:
     """Three daemons through the three phases; the sandbox's answers per window."""
     prepare(url)
     w = plan.window
-    with sandbox_process(plan) as sandbox:
-        daemons = [Daemon(url, sandbox, directory / f"daemon-{n}.log") for n in range(DAEMONS)]
+    with sandbox_of(plan) as sandbox:
+        logs_at = [directory / f"daemon-{n}.log" for n in range(DAEMONS)]
+        daemons = [start_daemon(url, sandbox, log_path) for log_path in logs_at]
         logs: list[str] = []
         try:
             # The clock starts with the first request: start-up time is not pacing.

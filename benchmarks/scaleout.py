@@ -20,32 +20,35 @@ why and a JSON line marked ``skipped``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import datetime, timezone
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from _common import TOKEN, emit, ratio, table, target, wait_until
+from _common import (
+    DaemonProcess,
+    admin,
+    arguments,
+    backlog_rows,
+    emit,
+    fresh_database,
+    ratio,
+    sandbox_process,
+    table,
+    target,
+    wait_until,
+)
 from sqlalchemy import Engine, create_engine, func, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from cms_outbox import CMSClient
-from cms_outbox.events import build_lead
 from cms_outbox.schema import NOTIFY_CHANNEL, attempts, events
 
 DAEMON_COUNTS = (1, 2, 4)
@@ -55,58 +58,20 @@ STOPPED = re.compile(r"stopped after .* \(delivered (\d+), retried (\d+), dead (
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, for CI")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("CMS_OUTBOX_TEST_POSTGRES_URL"),
-        help="a PostgreSQL server (default: env CMS_OUTBOX_TEST_POSTGRES_URL)",
-    )
+    parser = arguments((__doc__ or "").split("\n\n")[0], server="a PostgreSQL server")
     return parser.parse_args()
 
 
 # -- processes -----------------------------------------------------------------------
 
 
-@contextmanager
-def sandbox_process() -> Iterator[str]:
-    """``cms-outbox sandbox`` in its own process; yields its URL."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cms_outbox", "sandbox", "--port", "0", "--token", TOKEN,
-         "--latency", str(LATENCY_MS)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        match = re.search(r"listening on (\S+)", process.stdout.readline())
-        assert match is not None, "the sandbox did not start"
-        yield match.group(1)
-    finally:
-        process.terminate()
-        process.wait(30)
-        if process.stdout is not None:
-            process.stdout.close()
+class Daemon(DaemonProcess):
+    """A drain daemon (no pacing); the ``application_name`` tells its connections apart."""
 
-
-def admin(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    method = "GET" if body is None else "POST"
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{url}/_admin/{path}", data=data, method=method)
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.load(response)
-
-
-class Daemon:
     def __init__(self, database_url: str, host: str, log_path: Path) -> None:
         self.app_name = f"cms-bench-{uuid.uuid4().hex[:12]}"
-        self.log_path = log_path
-        self._log: IO[str] = log_path.open("w")
-        env = dict(os.environ, CMS_BEARER_TOKEN=TOKEN, PGAPPNAME=self.app_name)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cms_outbox", "run", "--database-url", database_url,
-             "--host", host, "--rate-limit", "0", "--workers", str(WORKERS), "--interval", "1"],
-            env=env, stdout=subprocess.DEVNULL, stderr=self._log,
-        )  # fmt: skip
+        options = ["--rate-limit", "0", "--workers", str(WORKERS), "--interval", "1"]
+        super().__init__(database_url, host, log_path, options, env={"PGAPPNAME": self.app_name})
 
     def listening(self, engine: Engine) -> bool:
         with engine.connect() as conn:
@@ -126,16 +91,9 @@ class Daemon:
             return 0.0
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def terminate(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def stop(self) -> int:
+    def delivered(self) -> int:
         """SIGTERM, wait; returns what it says it delivered."""
-        self.terminate()
-        self.process.wait(60)
-        self._log.close()
-        log = self.log_path.read_text()
+        log = self.stop()
         match = STOPPED.search(log)
         if match is None:
             raise RuntimeError(f"daemon ended without its summary:\n{log[-2000:]}")
@@ -143,35 +101,6 @@ class Daemon:
 
 
 # -- the outbox ------------------------------------------------------------------------
-
-
-@contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
-    """A database of the benchmark's own on the server, dropped afterwards."""
-    name = f"cms_outbox_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin_engine = create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin_engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin_engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin_engine.dispose()
-
-
-def backlog_rows(count: int, customers: int) -> list[dict[str, Any]]:
-    """``count`` leads built by ``build_lead`` exactly as ``track_lead`` stores them."""
-    now = datetime.now(timezone.utc)
-    rows = []
-    for n in range(count):
-        event = build_lead(
-            "signup_completed", f"customer_{n % customers:05d}", click_id=f"click_{n:08d}",
-            customer_email=f"customer.{n}@example.com", now=now,
-        )  # fmt: skip
-        rows.append({**dataclasses.asdict(event), "state": "pending", "attempts": 0,
-                     "next_attempt_at": event.created_at})  # fmt: skip
-    return rows
 
 
 def store_backlog(engine: Engine, rows: Sequence[dict[str, Any]]) -> float:
@@ -234,7 +163,7 @@ def drain(url: str, sandbox_url: str, daemons: int, rows: Sequence[dict[str, Any
     finally:
         for daemon in started:  # all at once: they stop in parallel
             daemon.terminate()
-        shares = [daemon.stop() for daemon in started]
+        shares = [daemon.delivered() for daemon in started]
         engine.dispose()
     accepted = admin(sandbox_url, "accepted")["accepted"]
     keys = {item["idempotency_key"] for item in accepted}
@@ -261,7 +190,7 @@ def skipped(quick: bool, reason: str) -> None:
 
 def main() -> None:
     args = parse_args()
-    events_per_run, customers = (400, 100) if args.quick else (3000, 500)
+    events_per_run, customers = (80, 20) if args.quick else (3000, 500)
     if not args.database_url or make_url(args.database_url).get_backend_name() != "postgresql":
         skipped(args.quick, "no PostgreSQL URL (--database-url or CMS_OUTBOX_TEST_POSTGRES_URL)")
         return
@@ -276,7 +205,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     rows = backlog_rows(events_per_run, customers)
     results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory() as tmp, sandbox_process() as sandbox_url, \
+    with tempfile.TemporaryDirectory() as tmp, \
+            sandbox_process("--latency", str(LATENCY_MS)) as sandbox_url, \
             fresh_database(args.database_url) as url:  # fmt: skip
         CMSClient(database_url=url, flush="off").close()  # migrate before any daemon starts
         for count in DAEMON_COUNTS:
