@@ -10,6 +10,9 @@ Deferred setups die whenever the service rejects a click id, and dead rows are k
   the same in every row, would otherwise drown what is measured, how long the flusher's
   transactions hold the write lock that every enqueue needs.
 
+``--quick`` stores 0, 30 and 300 dead setups and sends 100 events, to show the script
+works (no figure to read).
+
     python benchmarks/dead_setups.py [--quick]
 """
 
@@ -26,6 +29,7 @@ from _common import (
     emit,
     lead,
     median,
+    migrated_outbox,
     parse_args,
     percentile,
     ratio,
@@ -45,7 +49,7 @@ def seed(path: Path, url: str, dead: int) -> None:
     """Store ``dead`` deferred setups the service rejected, each with the follow-up it
     blocked, and one more follow-up each, tracked after the setup died."""
     options = {"token": TOKEN, "host": url, "flush": "off", "durability": "normal"}
-    with CMSClient(database_url=f"sqlite:///{path}", **options) as client:
+    with CMSClient(database_url=migrated_outbox(path), **options) as client:
         for n in range(dead):
             customer = f"rejected_{n:06d}"
             client.track_lead("lead_captured", customer, click_id=f"bad_{n}", mode="deferred")
@@ -103,11 +107,11 @@ def enqueue(path: Path, url: str, calls: int) -> dict[str, Any]:
 
 def main() -> None:
     args = parse_args(__doc__ or "")
-    events = 500 if args.quick else 3000
-    calls = 500 if args.quick else 3000
+    events = calls = 100 if args.quick else 3000
+    stored = (0, 30, 300) if args.quick else (0, 1000, 10000)
     results: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp, remote_sandbox() as sandbox:
-        for dead in (0, 1000, 10000):
+        for dead in stored:
             path = Path(tmp) / f"dead_{dead}.db"
             seed(path, sandbox.url, dead)
             sandbox.call("reset")
@@ -124,7 +128,7 @@ def main() -> None:
     base = results[0]
     ratios: dict[str, float] = {}
     targets: dict[str, Any] = {}
-    for dead in (1000, 10000):
+    for dead in stored[1:]:
         run = results[dead]
         ratios[f"drain_{dead}_vs_0"] = ratio(run["drain"]["per_s"], base["drain"]["per_s"])
         ratios[f"p99_{dead}_vs_0"] = ratio(run["enqueue"]["p99_ms"], base["enqueue"]["p99_ms"])

@@ -7,6 +7,7 @@ against a local sandbox (0 ms latency). The contenders take turns in rounds, so 
 machine's noise hits them alike. The same raw INSERT into the outbox's own schema shows
 what its indexes cost. Then 4 threads and 4 processes enqueue at once. The targets are
 for the default durability (full); durability normal is shown for comparison.
+``--quick`` makes a few calls of each, to show the script works (no figure to read).
 
     python benchmarks/enqueue.py [--quick]
 """
@@ -26,19 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import persistqueue
 from _common import (
     TOKEN,
     emit,
     lead,
     median,
+    migrated_outbox,
     parse_args,
     ratio,
     remote_sandbox,
     table,
     target,
 )
-from cutmeshort import CMSClient as SdkClient
 
 from cms_outbox import CMSClient, StorageError
 
@@ -54,7 +54,7 @@ class Contender:
 
 
 def outbox(directory: Path, durability: str, calls: int) -> Contender:
-    url = f"sqlite:///{directory / f'outbox-{durability}.db'}"
+    url = migrated_outbox(directory / f"outbox-{durability}.db")
     client = CMSClient(database_url=url, flush="off", durability=durability)
     return Contender(
         f"cms_outbox track_lead ({durability})",
@@ -79,7 +79,7 @@ def raw_sqlite(directory: Path, synchronous: str, calls: int) -> Contender:
 def raw_sqlite_outbox_schema(directory: Path, synchronous: str, calls: int) -> Contender:
     """The same raw INSERT, but of an outbox row into the outbox's own table and indexes."""
     path = directory / f"raw-schema-{synchronous}.db"
-    CMSClient(database_url=f"sqlite:///{path}", flush="off").close()  # tables via Alembic
+    migrated_outbox(path)
     conn = _connect(path, synchronous)
     payload = json.dumps({"eventName": "signup_completed", "x": "y" * 200})
     sql = (
@@ -107,6 +107,8 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 def persist_queue(directory: Path, synchronous: str, calls: int) -> Contender:
     """``put`` of the same lead; ``full`` is persist-queue's default (SQLite's, in WAL mode)."""
+    import persistqueue  # here, not at the top: the spawned writers import this module
+
     queue = persistqueue.SQLiteAckQueue(str(directory / f"pq-{synchronous}"), multithreading=True)
     queue._putter.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     return Contender(
@@ -118,6 +120,8 @@ def persist_queue(directory: Path, synchronous: str, calls: int) -> Contender:
 
 
 def official_sdk(url: str, calls: int) -> Contender:
+    from cutmeshort import CMSClient as SdkClient  # as persistqueue above
+
     client = SdkClient(token=TOKEN, host=url)
     return Contender(
         "official SDK track_lead (0 ms)",
@@ -177,7 +181,7 @@ class Writer:
 
 def prepare(kind: str, path: Path) -> None:
     if kind == "outbox":
-        Writer(kind, path).close()  # migrated before any writer starts
+        migrated_outbox(path)  # before any writer starts
     else:
         with _connect(path, "FULL") as conn:
             conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)")
@@ -279,8 +283,8 @@ def concurrency(directory: Path, per_worker: int, repeats: int) -> dict[str, dic
 def main() -> None:
     args = parse_args(__doc__ or "")
     # Many short rounds: the machine's (and the disk's) speed drifts within seconds.
-    rounds, calls, sdk_calls = (12, 25, 10) if args.quick else (80, 25, 5)
-    per_worker, repeats = (50, 1) if args.quick else (500, 3)
+    rounds, calls, sdk_calls, warm_up = (2, 5, 3, 3) if args.quick else (80, 25, 5, 20)
+    per_worker, repeats = (5, 1) if args.quick else (500, 3)
     with tempfile.TemporaryDirectory() as tmp, remote_sandbox() as sandbox:
         directory = Path(tmp)
         contenders = {
@@ -298,7 +302,7 @@ def main() -> None:
         }
         samples: dict[str, list[float]] = {key: [] for key in contenders}
         for contender in contenders.values():  # warm up: connections, statement caches
-            timed_calls(Contender(contender.name, contender.call, contender.close, 20), 10**8)
+            timed_calls(Contender(contender.name, contender.call, contender.close, warm_up), 10**8)
         for r in range(rounds):
             for key, contender in contenders.items():
                 samples[key] += timed_calls(contender, r * contender.calls_per_round)

@@ -2,7 +2,7 @@
 
 A ``cms-outbox run`` daemon on a SQLite outbox that holds an ordinary day's state
 (delivered history, dead events, a blocked follow-up holding back its customer's next
-event, a retry due in an hour) and has nothing to send. Over 10 idle minutes (20 s
+event, a retry due in an hour) and has nothing to send. Over 10 idle minutes (2 s
 with ``--quick``, scaled to 10 minutes) it measures, from ``/proc/PID/io``, the bytes
 the daemon's writes put on the disk (``write_bytes``) and passed to ``write()``
 (``wchar``), and the growth of the outbox's files. Heartbeats are part of the figure.
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import TOKEN, emit, lead, parse_args, table, target, wait_until
+from _common import TOKEN, emit, lead, migrated_outbox, parse_args, table, target, wait_until
 from sqlalchemy import update
 
 from cms_outbox import CMSClient
@@ -57,11 +57,11 @@ def files_size(database: Path) -> int:
     return sum(path.stat().st_size for path in names if path.exists())
 
 
-def accumulate(url: str, sandbox: Sandbox) -> dict[str, int]:
+def accumulate(url: str, sandbox: Sandbox, delivered: int) -> dict[str, int]:
     """An outbox after a day's traffic: delivered, dead, blocked, held and a retry not due."""
     with CMSClient(token=TOKEN, host=sandbox.url, database_url=url, flush="off",
                    rate_limit=0) as client:  # fmt: skip
-        for i in range(500):
+        for i in range(delivered):
             client.track_lead(**lead(i))
         client.flush(60)
         sandbox.set_faults(force_status=422, force_count=9)
@@ -90,21 +90,21 @@ def accumulate(url: str, sandbox: Sandbox) -> dict[str, int]:
         return client.store.count_by_state()
 
 
-def settle(pid: int, deadline: float) -> None:
-    """Until two seconds pass in which the daemon wakes and writes nothing."""
+def settle(pid: int, deadline: float, quiet: float) -> None:
+    """Until ``quiet`` seconds pass in which the daemon wakes and writes nothing."""
     while time.monotonic() < deadline:
         before, woke = process_io(pid), wake_ups(pid)
-        time.sleep(2.0)
+        time.sleep(quiet)
         if process_io(pid)["wchar"] == before["wchar"] and wake_ups(pid) > woke:
             return
 
 
-def measure(seconds: float) -> dict[str, Any]:
+def measure(seconds: float, quiet: float, delivered: int) -> dict[str, Any]:
     logging.getLogger("cms_outbox").setLevel(logging.ERROR)  # the setup's dead-letter lines
     with tempfile.TemporaryDirectory() as tmp, Sandbox(token=TOKEN) as sandbox:
         database = Path(tmp) / "outbox.db"
-        url = f"sqlite:///{database}"
-        states = accumulate(url, sandbox)
+        url = migrated_outbox(database)
+        states = accumulate(url, sandbox, delivered)
         env = {**os.environ, "CMS_BEARER_TOKEN": TOKEN, "CMS_HOST": sandbox.url}
         log_path = Path(tmp) / "daemon.log"
         with log_path.open("w") as log:
@@ -115,7 +115,7 @@ def measure(seconds: float) -> dict[str, Any]:
             try:
                 started = wait_until(lambda: "delivering" in log_path.read_text(), timeout=SETTLE)
                 assert started, log_path.read_text()
-                settle(daemon.pid, time.monotonic() + SETTLE)
+                settle(daemon.pid, time.monotonic() + SETTLE, quiet)
                 before, size_before = process_io(daemon.pid), files_size(database)
                 woke, began = wake_ups(daemon.pid), time.monotonic()
                 requests = len(sandbox.requests)
@@ -150,8 +150,9 @@ def measure(seconds: float) -> dict[str, Any]:
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
-    seconds = 20.0 if args.quick else TEN_MINUTES
-    result = measure(seconds)
+    # Quick: 2 idle seconds after 1 quiet one, 50 delivered events (no figure to read).
+    seconds, quiet, delivered = (2.0, 1.0, 50) if args.quick else (TEN_MINUTES, 2.0, 500)
+    result = measure(seconds, quiet, delivered)
     table(
         f"idle daemon, {result['seconds']} s measured, per 10 minutes (bytes)",
         ["measure", "bytes"],

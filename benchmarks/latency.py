@@ -23,6 +23,7 @@ from _common import (
     emit,
     lead,
     median,
+    migrated_outbox,
     parse_args,
     percentile,
     remote_sandbox,
@@ -44,7 +45,7 @@ def outbox_latencies(sandbox: RemoteSandbox, path: Path, events: int) -> dict[st
         delivered.set()
 
     client = CMSClient(
-        token=TOKEN, host=sandbox.url, database_url=f"sqlite:///{path}",
+        token=TOKEN, host=sandbox.url, database_url=migrated_outbox(path),
         flush="background", rate_limit=None, on_delivered=on_delivered,
     )  # fmt: skip
     began: dict[str, float] = {}
@@ -95,7 +96,7 @@ def summary(latencies: list[float]) -> dict[str, Any]:
 
 def main() -> None:
     args = parse_args(__doc__ or "")
-    events = 200 if args.quick else 500
+    events = 20 if args.quick else 500
     with tempfile.TemporaryDirectory() as tmp, remote_sandbox() as sandbox:
         parts = outbox_latencies(sandbox, Path(tmp) / "outbox.db", events)
         sandbox.call("reset")

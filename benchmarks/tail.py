@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -34,6 +33,7 @@ from _common import (
     TOKEN,
     emit,
     lead,
+    migrated_outbox,
     parse_args,
     percentile,
     ratio,
@@ -69,8 +69,8 @@ class Pool:
         for pipe in self.pipes:
             assert pipe.recv() == "ready"
 
-    def run(self, kind: str, path: Path, seconds: float) -> dict[str, Any]:
-        start = time.time() + 1.0  # every process has opened its database by then
+    def run(self, kind: str, path: Path, seconds: float, lead_time: float) -> dict[str, Any]:
+        start = time.time() + lead_time  # every process has opened its database by then
         for pipe in self.pipes:
             pipe.send((kind, path, start, seconds))
         reports = [pipe.recv() for pipe in self.pipes]
@@ -88,16 +88,8 @@ class Pool:
             process.join(30)
 
 
-def template(directory: Path) -> Path:
-    path = directory / "template.db"
-    CMSClient(database_url=f"sqlite:///{path}", flush="off").close()  # migrated
-    with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return path
-
-
-def fresh_copy(source: Path, path: Path, backlog: int) -> Path:
-    shutil.copy(source, path)
+def fresh_copy(path: Path, backlog: int) -> Path:
+    migrated_outbox(path)
     if backlog:
         client = CMSClient(database_url=f"sqlite:///{path}", flush="off", durability="normal")
         for i in range(backlog):
@@ -133,7 +125,7 @@ def count_rows(path: Path) -> int:
 
 
 def segment(
-    pool: Pool, kind: str, path: Path, seconds: float, sandbox: Any
+    pool: Pool, kind: str, path: Path, seconds: float, lead_time: float, sandbox: Any
 ) -> tuple[dict[str, Any], int]:
     """One contender's run; returns its samples and what the daemon delivered meanwhile."""
     daemon = None
@@ -146,7 +138,7 @@ def segment(
             raise RuntimeError("the daemon delivered nothing within 60 s")
     before = count_rows(path)
     try:
-        run = pool.run(kind, path, seconds)
+        run = pool.run(kind, path, seconds, lead_time)
     finally:
         delivered_during = sandbox.summary()["accepted"] if daemon else 0
         if daemon is not None:
@@ -187,13 +179,13 @@ def tail_shares(split: Sequence[tuple[float, ...]]) -> dict[str, float]:
 
 def main() -> None:
     args = parse_args(__doc__ or "")
-    rounds, seconds = (1, 1.5) if args.quick else (3, 5.0)
-    backlog = 300 if args.quick else BACKLOG
+    # Quick: one short round of the first scenario, to show the script works.
+    rounds, seconds, lead_time = (1, 0.5, 0.3) if args.quick else (3, 5.0, 1.0)
+    backlog = 100 if args.quick else BACKLOG
     scenarios = SCENARIOS[:1] if args.quick else SCENARIOS
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, remote_sandbox() as sandbox:
         directory = Path(tmp)
-        source = template(directory)
         for processes, threads in scenarios:
             name = f"{processes}x{threads}"
             pool = Pool(processes, threads)
@@ -206,11 +198,10 @@ def main() -> None:
                 for r in range(rounds):
                     for kind in CONTENDERS:
                         path = fresh_copy(
-                            source,
                             directory / f"{name}-{kind}-{r}.db",
                             backlog if kind == "ours_daemon" else 0,
                         )
-                        run, delivered = segment(pool, kind, path, seconds, sandbox)
+                        run, delivered = segment(pool, kind, path, seconds, lead_time, sandbox)
                         for key in ("samples", "split"):
                             runs[kind][key] += run[key]
                         for key in ("locked", "other", "missing_rows"):
