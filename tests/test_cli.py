@@ -22,7 +22,7 @@ from cms_outbox import CMSClient
 from cms_outbox.cli import build_parser, main
 from cms_outbox.heartbeat import Heartbeat
 from cms_outbox.sandbox import Sandbox
-from tests.conftest import TOKEN, wait_until
+from tests.conftest import TOKEN, FakeClock, wait_until
 
 COMMANDS = [
     "run", "flush", "status", "events", "show", "health", "retry", "purge", "migrate",
@@ -246,7 +246,7 @@ def test_status_counts_and_json_keys(migrated: str, sandbox: Sandbox, inproc: Ru
         ["pending", "in_flight", "delivered", "dead", "blocked"], 0
     )
     assert empty["oldest_pending_at"] is None and empty["pause"] is None
-    with sender(migrated, sandbox) as client:
+    with sender(migrated, sandbox, clock=FakeClock()) as client:  # b's backoff never ends
         lead(client, "a")
         client.flush(5)
         sandbox.set_faults(force_status=503, force_count=1)

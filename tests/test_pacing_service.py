@@ -16,7 +16,7 @@ from cms_outbox.cli import main as cli_main
 from cms_outbox.pacing import Budget, Quota, Source, burst
 from cms_outbox.sandbox import Limits, Sandbox
 from cms_outbox.status import ActivityTracker, outbox_status
-from tests.conftest import TOKEN, wait_until
+from tests.conftest import TOKEN, FakeClock, wait_until
 
 Factory = Callable[..., CMSClient]
 
@@ -56,27 +56,34 @@ def test_explicit_ceiling_is_never_exceeded_whatever_is_advertised(make_client: 
 
 
 def test_a_429_pauses_every_flusher_and_the_same_event_goes_first(make_client: Factory) -> None:
-    with Sandbox(token=TOKEN, limits=Limits(600, 6)) as sandbox:  # advertised: nothing to learn
-        first = make_client(token=TOKEN, host=sandbox.url)
-        other = make_client(token=TOKEN, host=sandbox.url)
+    clock = FakeClock()  # the flushers' and the service's, moved by hand
+
+    def now() -> float:
+        return clock().timestamp()
+
+    with Sandbox(token=TOKEN, limits=Limits(600, 6), clock=now) as sandbox:  # nothing to learn
+        first = make_client(token=TOKEN, host=sandbox.url, clock=clock)
+        other = make_client(token=TOKEN, host=sandbox.url, clock=clock)
         ids = leads(first, 3)
         sandbox.set_faults(force_status=429, force_count=1, retry_after="2")
         report = first.flush(timeout=0.5)
         assert (report.delivered, report.pending) == (0, 3)
-        assert budget_of(other).paused_until > sandbox.requests[0].time + 1.5
+        assert budget_of(other).paused_until >= now() + 2.0
         assert other.flush(timeout=0.5).delivered == 0  # the other flusher waits too
+        clock.advance(1.9)
+        assert other.flush(timeout=0.5).delivered == 0  # until the Retry-After has passed
         assert len(sandbox.requests) == 1
         delivered = 0
 
         def flushed_all() -> bool:
             nonlocal delivered
-            delivered += other.flush(timeout=10).delivered
+            clock.advance(1.0)
+            delivered += other.flush(timeout=1.0).delivered
             return delivered == 3
 
-        assert wait_until(flushed_all, timeout=15, step=0.05)
+        assert wait_until(flushed_all, step=0)
         keys = [r.idempotency_key for r in sandbox.requests]
         assert keys == [ids[0], ids[0], ids[1], ids[2]]  # retried first: order holds
-        assert sandbox.requests[1].time - sandbox.requests[0].time >= 1.9
         row = first.store.get(ids[0])
         assert row is not None and row["state"] == EventState.DELIVERED.value
         assert row["attempts"] == 1  # the 429 does not count toward the attempts
@@ -100,14 +107,20 @@ def test_remaining_holds_back_until_the_reset_without_a_429(make_client: Factory
 
 
 def test_without_headers_a_429_teaches_a_lower_limit(make_client: Factory) -> None:
+    clock = FakeClock()  # stands still until the test moves it past the Retry-After
     with Sandbox(token=TOKEN) as sandbox:
-        client = make_client(token=TOKEN, host=sandbox.url)
+        client = make_client(token=TOKEN, host=sandbox.url, clock=clock)
         leads(client, 1)
         sandbox.set_faults(force_status=429, force_count=1, retry_after="1")
         assert client.flush(timeout=0.3).delivered == 0
         budget = budget_of(client)
         assert (budget.quota, budget.source) == (Quota(30, 60), Source.LEARNED)  # halved
-        assert wait_until(lambda: client.flush(timeout=10).delivered == 1, timeout=15, step=0.05)
+
+        def delivered_later() -> bool:
+            clock.advance(1.0)
+            return client.flush(timeout=1.0).delivered == 1
+
+        assert wait_until(delivered_later, step=0)
 
 
 def test_status_and_metrics_show_the_pacing_in_force_and_its_source(
@@ -135,18 +148,20 @@ def test_status_and_metrics_show_the_pacing_in_force_and_its_source(
         text = main_output(["status", "--database-url", sqlite_url])
         assert "600 per 6s = 6000.0/min (advertised)" in text
 
-        sandbox.set_faults(force_status=429, force_count=1, retry_after="30")
+        sandbox.set_faults(force_status=429, force_count=1, retry_after="3600")
         leads(client, 1, "other")
+        began = time.monotonic()
         client.flush(timeout=0.2)
         paused = outbox_status(client.engine).pacing
+        took = time.monotonic() - began  # what has passed of the pause, at most
         assert paused is not None and paused.paused_until is not None
-        assert 28 <= paused.pause_seconds <= 30
+        assert 3600 - took <= paused.pause_seconds <= 3600
         assert "PAUSED after a 429 until" in main_output(["status", "--database-url", sqlite_url])
         registry = CollectorRegistry(auto_describe=False)
         registry.register(OutboxCollector(ActivityTracker(client.engine)))
         metrics = generate_latest(registry).decode()
         assert 'cms_outbox_pacing_requests_per_minute{source="advertised"} 6000.0' in metrics
-        assert "cms_outbox_pacing_pause_seconds 2" in metrics  # 28-30 s left
+        assert "cms_outbox_pacing_pause_seconds 35" in metrics  # under an hour left
 
 
 def test_an_explicit_ceiling_shows_as_configured(make_client: Factory) -> None:

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, update
 from werkzeug.test import Client, TestResponse
 
-from cms_outbox import CMSClient, EventState, SchemaError
+from cms_outbox import CMSClient, EventState, SchemaError, database
 from cms_outbox.queries import browse
 from cms_outbox.sandbox import Sandbox
 from cms_outbox.schema import events
@@ -463,19 +463,20 @@ def test_no_secret_is_rendered_and_nothing_loads_from_the_internet(
 
 
 def test_pages_answer_while_an_application_holds_the_write_lock(
-    sqlite_url: str, make_client: Factory, dashboards: Callable[..., Dashboard]
+    sqlite_url: str,
+    make_client: Factory,
+    dashboards: Callable[..., Dashboard],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     make_client(database_url=sqlite_url).track_lead("signup", "c1", click_id="k")
+    monkeypatch.setattr(database, "BUSY_TIMEOUT", 0.5)  # a page that waited gets a 503
     browser = Browser(dashboards(sqlite_url))
     holder = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
         holder.execute("UPDATE cms_outbox_events SET attempts = attempts")
-        started = time.monotonic()
         for page in ("/", "/events", "/events?state=pending"):
             assert browser.get(page).status_code == 200
-        # The busy timeout is 30 s: a page that waited for the lock would take that long.
-        assert time.monotonic() - started < 10
     finally:
         holder.execute("ROLLBACK")
         holder.close()
