@@ -13,9 +13,10 @@ answers are recorded half a round per transaction: few, short holds of SQLite's 
 from __future__ import annotations
 
 import functools
+import queue
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from .policy import Verdict, classify
@@ -46,6 +47,9 @@ class Pass:
         self.stop = stop or threading.Event()
         self.paced = flusher.pacer.paced
         self.inflight: dict[Future[Reply | None], Lease] = {}
+        # Each request, once answered (or cancelled), lands here: waiting on a queue costs
+        # the pass thread one step per answer, where ``wait()`` visits every request.
+        self.answered: queue.SimpleQueue[Future[Reply | None]] = queue.SimpleQueue()
         self.unsent: list[int] = []  # rows leased, then not sent: handed back at the end
         self.halted = False  # set by a worker: send nothing more in this pass
         self.exhausted = False
@@ -88,15 +92,9 @@ class Pass:
                     return
                 self._sleep(wait_for_token)
                 continue
-            done, _ = wait(
-                self.inflight, timeout=self._wait_time(wait_for_token), return_when=FIRST_COMPLETED
-            )
-            finished = self._judge(done)
+            finished = self._judge(self._answers(self._wait_time(wait_for_token)))
             while self._keep_collecting(finished):
-                done, _ = wait(
-                    self.inflight, timeout=self._wait_time(None), return_when=FIRST_COMPLETED
-                )
-                finished += self._judge(done)
+                finished += self._judge(self._answers(self._wait_time(None)))
 
     def _keep_collecting(self, finished: list[tuple[Attempt, str]]) -> bool:
         """Whether to wait for more answers before recording them: half a round goes
@@ -107,7 +105,8 @@ class Pass:
             return False
         if self.flusher.breaker.reason is not None or self._stopping():
             return False
-        queued = sum(1 for future in self.inflight if not future.running() and not future.done())
+        # Requests beyond one per worker wait in the executor's queue.
+        queued = len(self.inflight) + self.flusher.strays - self.settings.workers
         return queued >= half
 
     def _room(self, allowance: int | None) -> int:
@@ -138,7 +137,9 @@ class Pass:
         send = functools.partial(self._send, self.flusher.transport())
         for lease in leases:
             if lease not in expired:
-                self.inflight[executor.submit(send, lease)] = lease
+                future = executor.submit(send, lease)
+                self.inflight[future] = lease
+                future.add_done_callback(self.answered.put)
         return len(leases)
 
     def _send(self, transport: Transport, lease: Lease) -> Reply | None:
@@ -152,7 +153,20 @@ class Pass:
             self.halted = True  # before the pass thread has judged it: no burst of failures
         return reply
 
-    def _judge(self, done: set[Future[Reply | None]]) -> list[tuple[Attempt, str]]:
+    def _answers(self, timeout: float) -> list[Future[Reply | None]]:
+        """The requests answered since the last call, waiting up to ``timeout`` for one."""
+        try:
+            done = [self.answered.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                done.append(self.answered.get_nowait())
+            except queue.Empty:
+                break
+        return [future for future in done if future in self.inflight]  # not cancelled
+
+    def _judge(self, done: list[Future[Reply | None]]) -> list[tuple[Attempt, str]]:
         finished = []
         for future in done:
             lease = self.inflight.pop(future)
@@ -176,10 +190,7 @@ class Pass:
                 self.flusher.adopt(self.inflight)  # the deadline passed: answers come later
                 self.inflight = {}
                 return
-            done, _ = wait(self.inflight, timeout=timeout, return_when=FIRST_COMPLETED)
-            if not done:
-                continue
-            finished = self._judge(done)
+            finished = self._judge(self._answers(timeout))
             if not finished:
                 continue
             applied = self.store.record(

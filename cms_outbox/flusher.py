@@ -72,6 +72,10 @@ class Flusher:
         self._strays: dict[Future[Reply | None], Lease] = {}
         self._verdicts = threading.Lock()  # breaker, pacing and totals: pass and strays
         self.leave_at: float | None = None
+        # A pass or a late answer failed (database error) and may have left rows leased
+        # to us, unsent or unrecorded: the next pass hands them back. Otherwise nothing is
+        # ours but what is in flight, and a pass starts without a write.
+        self._stranded = False
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -109,6 +113,7 @@ class Flusher:
         self.pauses.after_fork()
         self._strays = {}
         self._verdicts = threading.Lock()
+        self._stranded = False
         self.pacer = Pacer(self.store, self.settings.rate_limit)
 
     def leave_by(self, deadline: float) -> None:
@@ -161,14 +166,18 @@ class Flusher:
             return self._report(before)  # another pass is still running: report its work
         self._pass_thread = threading.get_ident()
         try:
-            if not self._strays:
+            if self._stranded and not self._strays:
                 # Passes never overlap: a row still leased by us was stranded by a pass
-                # that failed (database error); hand it back rather than wait out its lease.
+                # that failed; hand it back rather than wait out its lease.
                 self.store.hand_back(self.owner)
+                self._stranded = False
             if probe:
                 self.breaker.probe_now()
             self._current = Pass(self, deadline, stop)
             self._current.run()
+        except BaseException:
+            self._stranded = True
+            raise
         finally:
             self._current = None
             self._pass_thread = None
@@ -219,6 +228,7 @@ class Flusher:
             )
             self.account([(attempt, lease.event_id)], applied)
         except OutboxError as exc:
+            self._stranded = True
             logger.warning(
                 "the late answer for event %s was not recorded (%s); it is sent again "
                 "once its lease expires",

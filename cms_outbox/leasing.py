@@ -46,6 +46,7 @@ from sqlalchemy import (
 
 from . import queries
 from .dialect import update_by_key
+from .prepared import execute_many, fetch_all
 from .queries import BLOCKED, DEAD, IN_FLIGHT, PENDING
 from .results import EventState
 from .schema import attempts, events
@@ -103,11 +104,12 @@ def lease(conn: Connection, owner: str, limit: int, now: float, duration: float)
     while limit > 0:
         # An eligible follow-up whose governing setup is dead comes back ``blocked``
         # instead of leased: it is found (and held) once, by the lease that meets it.
-        rows = _lease_rows(conn, {**params, "limit": limit})
-        held = [row for row in rows if row.state == BLOCKED]
-        leases += (Lease(*row[:-1]) for row in rows if row.state != BLOCKED)
+        rows = _lease_rows(conn, {**params, "limit": limit})  # _LEASE_COLUMNS, then state
+        held = [row for row in rows if row[-1] == BLOCKED]
+        leases += (Lease(*row[:-1]) for row in rows if row[-1] != BLOCKED)
         for row in held:
-            _hold_followups(conn, row.customer_external_id, row.id)
+            lease_ = Lease(*row[:-1])
+            _hold_followups(conn, lease_.customer_external_id, lease_.seq)
         if not held or len(rows) < limit:
             break
         limit -= len(rows) - len(held)
@@ -116,7 +118,7 @@ def lease(conn: Connection, owner: str, limit: int, now: float, duration: float)
 
 def _lease_rows(conn: Connection, params: dict[str, Any]) -> Sequence[Any]:
     if conn.dialect.name != "mysql":
-        return conn.execute(_LEASE_ELIGIBLE, params).all()
+        return fetch_all(conn, _LEASE_ELIGIBLE, params)
     # MySQL: no LIMIT in an IN subquery, no RETURNING, no subquery on the updated table.
     found = conn.execute(_ELIGIBLE_HELD, params).all()
     ids = [row.id for row in found if not row.held]
@@ -159,7 +161,7 @@ def _settle_setups(conn: Connection, attempts_: Sequence[Attempt], done: set[int
     final = {a.seq: a for a in attempts_ if a.seq in done and a.state in _FINAL}
     if not final:
         return
-    for seq, customer in conn.execute(_SETUPS_AMONG, {"seqs": list(final)}).all():
+    for seq, customer in fetch_all(conn, _SETUPS_AMONG, {"seqs": list(final)}):
         attempt = final[seq]
         if attempt.state is EventState.DEAD:
             _hold_followups(conn, customer, seq)
@@ -191,14 +193,12 @@ def record(conn: Connection, owner: str, attempts_: Sequence[Attempt], redact: b
 
     :returns: for each attempt, whether it was applied to the event row.
     """
-    # Statements compiled once and run as executemany: on a busy flusher every
-    # compile and every statement also waits for the GIL the worker threads hold.
-    conn.execute(insert(attempts), [_attempt_row(a) for a in attempts_])
+    # Statements compiled once and run as executemany (``prepared``): on a busy flusher
+    # every compile and every statement also waits for the GIL the worker threads hold.
+    execute_many(conn, _INSERT_ATTEMPT, [_attempt_row(a) for a in attempts_])
     seqs = [a.seq for a in attempts_]
-    done = set(conn.execute(_STILL_LEASED, {"seqs": seqs, "owner": owner}).scalars())
-    rows = [_applied_row(a) for a in attempts_ if a.seq in done]
-    if rows:
-        conn.execute(_APPLY_OUTCOME, rows)
+    done = {row[0] for row in fetch_all(conn, _STILL_LEASED, {"seqs": seqs, "owner": owner})}
+    execute_many(conn, _APPLY_OUTCOME, [_applied_row(a) for a in attempts_ if a.seq in done])
     if redact:
         for attempt in attempts_:
             if attempt.seq in done and attempt.state is EventState.DELIVERED:
@@ -294,6 +294,15 @@ _STILL_LEASED = (
     )
     .with_for_update()
 )
+_INSERT_ATTEMPT = insert(attempts).values(
+    event_seq=bindparam("a_seq", type_=Integer),
+    started_at=bindparam("a_started", type_=Double),
+    duration=bindparam("a_duration", type_=Double),
+    status_code=bindparam("a_status", type_=Integer),
+    outcome=bindparam("a_outcome", type_=Text),
+    error=bindparam("a_error", type_=Text),
+    response=bindparam("a_response", type_=Text),
+)
 _APPLY_OUTCOME = (
     update(events)
     .where(events.c.id == bindparam("b_seq"))
@@ -329,13 +338,13 @@ def _applied_row(attempt: Attempt) -> dict[str, Any]:
 
 def _attempt_row(attempt: Attempt) -> dict[str, Any]:
     return {
-        "event_seq": attempt.seq,
-        "started_at": attempt.started_at,
-        "duration": attempt.duration,
-        "status_code": attempt.status_code,
-        "outcome": attempt.outcome,
-        "error": attempt.error,
-        "response": attempt.response,
+        "a_seq": attempt.seq,
+        "a_started": attempt.started_at,
+        "a_duration": attempt.duration,
+        "a_status": attempt.status_code,
+        "a_outcome": attempt.outcome,
+        "a_error": attempt.error,
+        "a_response": attempt.response,
     }
 
 

@@ -157,3 +157,24 @@ def test_heartbeats_are_the_only_idle_writes_and_stay_under_64_kb_per_10_minutes
     )
     assert per_beat > 0  # the beats were measured: they are the only writes
     assert per_ten_minutes < BUDGET
+
+
+def test_a_pass_with_nothing_to_do_does_not_wait_for_the_write_lock(
+    sqlite_url: str, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """An application's own long transaction may hold SQLite's write lock: a pass that
+    finds nothing to send must not queue behind it (it would wait out the busy timeout,
+    then fail), even right after a pass that leased, sent and recorded."""
+    with CMSClient(
+        token=TOKEN, host=sandbox.url, database_url=sqlite_url, flush="off", rate_limit=None
+    ) as client:
+        client.track_lead("signup", "customer", click_id="clk_1")
+        assert client.flush(30).delivered == 1
+        holder = sqlite3.connect(tmp_path / "outbox.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            report = client.flush(30)
+        finally:
+            holder.rollback()
+            holder.close()
+    assert (report.delivered, report.pending) == (0, 0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Any
 
 import pytest
 
@@ -186,26 +185,17 @@ def test_governing_setup_is_an_index_seek_on_sqlite(sqlite_url: str) -> None:
     """Leasing must not slow down as dead setups accumulate: a follow-up's governing setup
     (and, at enqueue, the customer's latest setup) is read from the (customer, mode, id)
     index, never by scanning the customer's rows or the dead ones."""
-    from sqlalchemy import event as sa_event
+    from cms_outbox.inserting import SQLITE_INSERT
+    from cms_outbox.leasing import _LEASE_ELIGIBLE
+    from cms_outbox.prepared import for_sqlite
 
     engine = database.create(sqlite_url)
     migrate.upgrade(engine)
     store = Store(engine)
-    seen: list[tuple[str, Any]] = []
-
-    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.startswith(("UPDATE", "INSERT")):
-            seen.append((statement, parameters))
-
-    sa_event.listen(engine, "before_cursor_execute", capture)
     lead(store, "a")
-    store.lease("owner", 16, T0, 30)
-    sa_event.remove(engine, "before_cursor_execute", capture)
-    statements = [(sql, params) for sql, params in seen if "customer_mode" in sql or "setup" in sql]
-    from cms_outbox.inserting import SQLITE_INSERT
-
+    lease_params = {"owner": "owner", "expires": T0 + 30, "now": T0, "limit": 16}
     insert_values = ("e", "lead", "c", None, None, None, "{}", "pending", 0, T0, T0)
-    statements.append((SQLITE_INSERT, insert_values))
+    statements = [for_sqlite(_LEASE_ELIGIBLE, lease_params), (SQLITE_INSERT, insert_values)]
     with engine.connect() as conn:
         plans = [
             [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
