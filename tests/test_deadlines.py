@@ -83,15 +83,16 @@ def test_flush_returns_on_time_while_the_background_pass_is_stuck(
 def test_flush_reports_what_the_background_pass_delivered_meanwhile(
     make_client: Factory, sandbox: Sandbox
 ) -> None:
-    """One customer's chain goes out one request at a time, each answered after 0.5 s."""
+    """One customer's chain goes out one request at a time, each answered after 0.5 s: the
+    pass is still at work seconds after its first request, when the flush comes."""
     client = connect(make_client, sandbox, flush="background", workers=1)
     sandbox.set_faults(stall=0.5)
-    chain = [client.track_lead("step", "user-1", click_id="c") for _ in range(4)]
+    chain = [client.track_lead("step", "user-1", click_id="c") for _ in range(8)]
     assert wait_until(arrived(sandbox)) and client.flusher.busy
     before = client.flusher.totals["delivered"]  # the first answer is still on its way
     report = client.flush(timeout=60.0)  # waits for that pass, then finds nothing left
-    assert [client.result(e.event_id).state for e in chain] == [EventState.DELIVERED] * 4
-    assert report.delivered == 4 - before and report.delivered >= 1
+    assert [client.result(e.event_id).state for e in chain] == [EventState.DELIVERED] * 8
+    assert report.delivered == 8 - before and report.delivered >= 1
     assert report.pending == 0
 
 
