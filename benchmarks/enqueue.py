@@ -354,6 +354,9 @@ def main() -> None:
     targets = {
         "full_vs_raw": target("track_lead / raw sqlite3 (full)",
                               ratios["track_lead_full_vs_raw_full"], "<=", 1.5),
+        "full_vs_raw_outbox_schema": target(
+            "track_lead / raw sqlite3 into the outbox schema (full)",
+            ratios["track_lead_full_vs_raw_outbox_schema_full"], "<=", 1.2),
         "full_vs_persist_queue": target("track_lead (full) / persist-queue put",
                                         ratios["track_lead_full_vs_persist_queue"], "<", 1),
         "threads_vs_one": target("4 threads / 1 thread", ratios["threads_vs_one"], ">=", 1),
