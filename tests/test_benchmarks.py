@@ -1,4 +1,5 @@
-"""The benchmark scripts run (``--quick``) and end with their JSON line; no timing asserts.
+"""The benchmark scripts' smoke runs (``--quick``, seconds each) end with their JSON line,
+every target a number; no timing asserts.
 
 All of them start at once, so that CI waits for the slowest rather than for their sum;
 the figures they print are then meaningless, which is fine: only the full runs'
@@ -8,6 +9,7 @@ figures go to the README.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -64,3 +66,5 @@ def test_quick_run_ends_with_its_json(runs: dict[str, subprocess.Popen[str]], na
     assert EXPECTED[name] <= result.keys()
     for key, item in result["targets"].items():
         assert {"value", "want", "met"} <= item.keys(), key
+        assert isinstance(item["met"], bool), key
+        assert math.isfinite(item["value"]), key  # even a smoke run measures each target
