@@ -7,7 +7,8 @@ against a local sandbox (0 ms latency). The contenders take turns in rounds, so 
 machine's noise hits them alike. The same raw INSERT into the outbox's own schema shows
 what its indexes cost. Then 4 threads and 4 processes enqueue at once. The targets are
 for the default durability (full); durability normal is shown for comparison.
-``--quick`` makes a few calls of each, to show the script works (no figure to read).
+``--quick`` makes a few calls of each, with 2 threads and 2 processes, to show the script
+works (no figure to read).
 
     python benchmarks/enqueue.py [--quick]
 """
@@ -253,15 +254,18 @@ def _summarise(tallies: list[tuple[int, int, int]], elapsed: float) -> dict[str,
     }
 
 
-def concurrency(directory: Path, per_worker: int, repeats: int) -> dict[str, dict[str, Any]]:
-    """Each setting ``repeats`` times, in rotation (the disk's fsync time drifts); medians."""
+def concurrency(
+    directory: Path, writers: int, per_worker: int, repeats: int
+) -> dict[str, dict[str, Any]]:
+    """One thread, then ``writers`` threads and processes; each setting ``repeats`` times, in
+    rotation (the disk's fsync time drifts); medians."""
     runs: dict[str, list[dict[str, Any]]] = {}
     for n in range(repeats):
         for kind in ("outbox", "raw"):
             for label, run, workers, count in (
-                ("1_thread", in_threads, 1, 4 * per_worker),
-                ("4_threads", in_threads, 4, per_worker),
-                ("4_processes", in_processes, 4, per_worker),
+                ("1_thread", in_threads, 1, writers * per_worker),
+                (f"{writers}_threads", in_threads, writers, per_worker),
+                (f"{writers}_processes", in_processes, writers, per_worker),
             ):
                 path = directory / f"{kind}-{label}-{n}.db"
                 runs.setdefault(f"{kind}_{label}", []).append(run(kind, path, workers, count))
@@ -284,7 +288,7 @@ def main() -> None:
     args = parse_args(__doc__ or "")
     # Many short rounds: the machine's (and the disk's) speed drifts within seconds.
     rounds, calls, sdk_calls, warm_up = (2, 5, 3, 3) if args.quick else (80, 25, 5, 20)
-    per_worker, repeats = (5, 1) if args.quick else (500, 3)
+    writers, per_worker, repeats = (2, 5, 1) if args.quick else (4, 500, 3)
     with tempfile.TemporaryDirectory() as tmp, remote_sandbox() as sandbox:
         directory = Path(tmp)
         contenders = {
@@ -320,12 +324,12 @@ def main() -> None:
                 for key, c in contenders.items()
             ],
         )  # fmt: skip
-        writers = concurrency(directory, per_worker, repeats)
+        concurrent = concurrency(directory, writers, per_worker, repeats)
     table(
         f"concurrent enqueue, durability full, median of {repeats} run(s) each",
         ["writers", "events", "events/s", "x 1 thread", "database is locked", "other errors"],
         [(key, r["events"], r["per_s"], r["vs_1_thread"], r["locked_errors"], r["other_errors"])
-         for key, r in writers.items()],
+         for key, r in concurrent.items()],
     )  # fmt: skip
     print()
     ratios = {
@@ -345,12 +349,12 @@ def main() -> None:
             us["track_lead_normal"], us["persist_queue_put_normal"]
         ),
         "sdk_vs_track_lead_full": ratio(us["sdk_track_lead"], us["track_lead_full"]),
-        "threads_vs_one": writers["outbox_4_threads"]["vs_1_thread"],
-        "processes_vs_one": writers["outbox_4_processes"]["vs_1_thread"],
-        "raw_threads_vs_one": writers["raw_4_threads"]["vs_1_thread"],
-        "raw_processes_vs_one": writers["raw_4_processes"]["vs_1_thread"],
+        "threads_vs_one": concurrent[f"outbox_{writers}_threads"]["vs_1_thread"],
+        "processes_vs_one": concurrent[f"outbox_{writers}_processes"]["vs_1_thread"],
+        "raw_threads_vs_one": concurrent[f"raw_{writers}_threads"]["vs_1_thread"],
+        "raw_processes_vs_one": concurrent[f"raw_{writers}_processes"]["vs_1_thread"],
     }
-    locked = sum(r["locked_errors"] for key, r in writers.items() if key.startswith("outbox"))
+    locked = sum(r["locked_errors"] for key, r in concurrent.items() if key.startswith("outbox"))
     targets = {
         "full_vs_raw": target("track_lead / raw sqlite3 (full)",
                               ratios["track_lead_full_vs_raw_full"], "<=", 1.5),
@@ -359,8 +363,10 @@ def main() -> None:
             ratios["track_lead_full_vs_raw_outbox_schema_full"], "<=", 1.2),
         "full_vs_persist_queue": target("track_lead (full) / persist-queue put",
                                         ratios["track_lead_full_vs_persist_queue"], "<", 1),
-        "threads_vs_one": target("4 threads / 1 thread", ratios["threads_vs_one"], ">=", 1),
-        "processes_vs_one": target("4 processes / 1 thread", ratios["processes_vs_one"], ">=", 1),
+        "threads_vs_one": target(f"{writers} threads / 1 thread", ratios["threads_vs_one"],
+                                 ">=", 1),
+        "processes_vs_one": target(f"{writers} processes / 1 thread",
+                                   ratios["processes_vs_one"], ">=", 1),
         "no_locked_errors": target("'database is locked' errors", locked, "<=", 0),
     }  # fmt: skip
     emit(
@@ -369,7 +375,7 @@ def main() -> None:
             "quick": args.quick,
             "median_us": {key: round(value, 1) for key, value in us.items()},
             "ratios": ratios,
-            "concurrency": writers,
+            "concurrency": concurrent,
             "targets": targets,
         }
     )
