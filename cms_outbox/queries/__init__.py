@@ -14,7 +14,8 @@ The lease rule's predicate (``leasable``) lives here too: the store leases by it
 
 By question: ``base`` (the words, ``reading``), ``due`` (the lease rule, what waits),
 ``counts`` (how many, what happened), ``rows`` (whole rows), ``selection`` (which events
-a filter picks) and ``browse`` (the dashboard's pages of events and one event in context).
+a filter picks), ``browse`` (the dashboard's pages of events and one event in context)
+and ``overview`` (the dashboard's counts and chart, each bounded by an index).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from .due import (
     pending_outlook,
     waits_on,
 )
+from .overview import bucket_counts, first_created, state_counts_by_index, unfinished_count
 from .rows import (
     BUDGET_COLUMNS,
     attempt_rows,
@@ -98,6 +100,7 @@ __all__ = [
     "Selection",
     "activity_between",
     "attempt_rows",
+    "bucket_counts",
     "budget_of",
     "control_row",
     "count_due",
@@ -108,8 +111,9 @@ __all__ = [
     "event_row",
     "event_rows",
     "event_view",
-    "flusher_rows",
     "fifo_clear",
+    "first_created",
+    "flusher_rows",
     "has_work",
     "last_failed_attempt",
     "leased_by",
@@ -121,6 +125,8 @@ __all__ = [
     "retryable_count",
     "retryable_ids",
     "sale_by_invoice",
+    "state_counts_by_index",
     "unacknowledged",
+    "unfinished_count",
     "waits_on",
 ]

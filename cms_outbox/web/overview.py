@@ -1,4 +1,5 @@
-"""The overview's reads: the outbox now, and the activity chart.
+"""The overview: the outbox now, and the activity chart (their SQL is in
+``cms_outbox.queries.overview``).
 
 The chart shows attempt outcomes, enqueues and the backlog per bucket, counted from
 the attempts and events tables. A bucket that ended more than ``SETTLE`` seconds ago
@@ -17,22 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Integer, cast, func, select
+from sqlalchemy import Engine
 
+from .. import queries
 from ..heartbeat import STALE_AFTER
-from ..queries import (
-    DEAD_OUTCOMES,
-    DELIVERED,
-    DELIVERED_OUTCOMES,
-    IN_FLIGHT,
-    PENDING,
-    STATES,
-    UNFINISHED,
-    control_row,
-    flusher_rows,
-    reading,
-)
-from ..schema import attempts, events
+from ..queries import IN_FLIGHT, PENDING, UNFINISHED
 
 __all__ = ["SETTLE", "Activity", "Overview", "Timeline", "overview"]
 
@@ -71,15 +61,16 @@ def overview(engine: Engine, now: float | None = None) -> Overview:
     :raises StorageError: the database failed.
     """
     now = time.time() if now is None else now
-    with reading(engine, "reading the outbox overview") as conn:
+    with queries.reading(engine, "reading the outbox overview") as conn:
         if conn.dialect.name == "postgresql":
             # One snapshot for the several counts, as SQLite's read transaction gives.
             conn.execution_options(isolation_level="REPEATABLE READ")
-        counts = _counts(conn)
-        oldest = [_first_created(conn, state) for state in (PENDING, IN_FLIGHT)]
+        counts = queries.state_counts_by_index(conn)
+        oldest = [queries.first_created(conn, state) for state in (PENDING, IN_FLIGHT)]
         known = [moment for moment in oldest if moment is not None]
-        values = control_row(conn)
-        beats = [row for row in flusher_rows(conn) if now - float(row["beat_at"]) <= STALE_AFTER]
+        values = queries.control_row(conn)
+        rows = queries.flusher_rows(conn)
+        beats = [row for row in rows if now - float(row["beat_at"]) <= STALE_AFTER]
     pause_reason = pause_since = pause_error = None
     pacing: dict[str, Any] = {}
     if values is not None:
@@ -104,32 +95,6 @@ def overview(engine: Engine, now: float | None = None) -> Overview:
         pacing=pacing,
         flushers=beats,
     )
-
-
-def _counts(conn: Connection) -> dict[str, int]:
-    """Events per state, delivered as the total less the others.
-
-    Counting per state walks the (state, id) index, a string comparison per row, a
-    million rows for a week of deliveries; the total comes from the smallest index and
-    the unfinished and dead states are short ranges of the state index.
-    """
-    counts = {
-        state: int(conn.execute(select(func.count()).where(events.c.state == state)).scalar_one())
-        for state in STATES
-        if state != DELIVERED
-    }
-    total = int(conn.execute(select(func.count()).select_from(events)).scalar_one())
-    counts[DELIVERED] = max(0, total - sum(counts.values()))
-    return {state: counts[state] for state in STATES}
-
-
-def _first_created(conn: Connection, state: str) -> float | None:
-    # The first in enqueue order, found by the (state, id) index in one seek; a min() over
-    # created_at would read every row of a large backlog.
-    value = conn.execute(
-        select(events.c.created_at).where(events.c.state == state).order_by(events.c.id).limit(1)
-    ).scalar()
-    return None if value is None else float(value)
 
 
 # -- the activity chart ------------------------------------------------------------------
@@ -185,55 +150,20 @@ class Activity:
                 del self._settled[number]
             missing = [n for n in range(first, last + 1) if n not in self._settled]
             counts = dict(self._settled)
-            with reading(self.engine, "reading the outbox activity") as conn:
+            with queries.reading(self.engine, "reading the outbox activity") as conn:
                 if missing:
-                    counts.update(self._count(conn, missing[0], last))
-                backlog_now = unfinished if unfinished is not None else int(
-                    conn.execute(
-                        select(func.count()).where(events.c.state.in_(UNFINISHED))
-                    ).scalar_one()
-                )  # fmt: skip
+                    counts.update(queries.bucket_counts(conn, self.bucket, missing[0], last))
+                if unfinished is None:
+                    unfinished = queries.unfinished_count(conn)
             for number in missing:
                 if (number + 1) * self.bucket <= now - SETTLE:
                     self._settled[number] = counts.get(number, (0, 0, 0, 0))
         rows = [counts.get(n, (0, 0, 0, 0)) for n in range(first, last + 1)]
         delivered, retried, dead, enqueued = (list(column) for column in zip(*rows))
         backlog = [0] * size
-        level = backlog_now
+        level = unfinished
         for index in range(size - 1, -1, -1):
             backlog[index] = max(0, level)
             level += delivered[index] + dead[index] - enqueued[index]
         return Timeline(first * self.bucket, self.bucket, delivered, retried, dead, enqueued,
                         backlog)  # fmt: skip
-
-    def _count(
-        self, conn: Connection, first: int, last: int
-    ) -> dict[int, tuple[int, int, int, int]]:
-        start = first * self.bucket
-        found: dict[int, list[int]] = {n: [0, 0, 0, 0] for n in range(first, last + 1)}
-        slot = _bucket_of(conn, attempts.c.started_at, self.bucket)
-        for number, outcome, count in conn.execute(
-            select(slot, attempts.c.outcome, func.count())
-            .where(attempts.c.started_at >= start)
-            .group_by(slot, attempts.c.outcome)
-        ).all():
-            if int(number) in found:
-                column = (
-                    0 if outcome in DELIVERED_OUTCOMES else 2 if outcome in DEAD_OUTCOMES else 1
-                )
-                found[int(number)][column] += int(count)
-        slot = _bucket_of(conn, events.c.created_at, self.bucket)
-        for number, count in conn.execute(
-            select(slot, func.count()).where(events.c.created_at >= start).group_by(slot)
-        ).all():
-            if int(number) in found:
-                found[int(number)][3] += int(count)
-        return {n: (c[0], c[1], c[2], c[3]) for n, c in found.items()}
-
-
-def _bucket_of(conn: Connection, column: Any, bucket: float) -> Any:
-    # Epoch times are positive, so truncation is the floor; SQLite's CAST truncates,
-    # PostgreSQL's and MySQL's round, so they take FLOOR first.
-    if conn.dialect.name == "sqlite":
-        return cast(column / bucket, Integer)
-    return cast(func.floor(column / bucket), Integer)
