@@ -64,6 +64,8 @@ class Pass:
             self._drain_inflight()
         # After a failure the next pass hands back what is still leased to us.
         self.store.hand_back(self.flusher.owner, self.unsent)
+        if self.unsent and self.paced:  # their requests were paid for, never made
+            self.flusher.pacer.give_back(len(self.unsent))
 
     def _loop(self) -> None:
         finished: list[tuple[Attempt, str]] = []
@@ -79,10 +81,10 @@ class Pass:
                 room = grant.requests
                 wait_for_token = None if room else grant.wait
             if finished or room:
-                leased = self._exchange(finished, room, now)
+                sent = self._exchange(finished, room, now)
                 finished = []
-                if room > leased and self.paced:
-                    self.flusher.pacer.give_back(room - leased)
+                if room > sent and self.paced:
+                    self.flusher.pacer.give_back(room - sent)
             if stopping:
                 return
             if not self.inflight:
@@ -116,7 +118,8 @@ class Pass:
         return max(0, self.settings.workers * PIPELINE - busy)
 
     def _exchange(self, finished: list[tuple[Attempt, str]], room: int, now: float) -> int:
-        """Record what finished, lease what fits and send it; returns how many were leased."""
+        """Record what finished, lease what fits and send it; returns how many are sent
+        (a row leased past ``max_age`` is dead-lettered instead)."""
         attempts = [attempt for attempt, _ in finished]
         applied, leases = self.store.exchange(
             self.flusher.owner,
@@ -140,7 +143,7 @@ class Pass:
                 future = executor.submit(send, lease)
                 self.inflight[future] = lease
                 future.add_done_callback(self.answered.put)
-        return len(leases)
+        return len(leases) - len(expired)
 
     def _send(self, transport: Transport, lease: Lease) -> Reply | None:
         """In a worker: send, unless the pass stopped, or the circuit opened (or is about

@@ -221,6 +221,8 @@ class Flusher:
             reply = future.result()
             if reply is None:  # not sent after all: the pass had ended
                 self.store.hand_back(self.owner, [lease.seq])
+                if self.pacer.paced:
+                    self.pacer.give_back(1)
                 return
             attempt = self.verdict(lease, reply)
             applied = self.store.record(

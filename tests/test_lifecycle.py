@@ -23,8 +23,9 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from cms_outbox import CMSClient
-from cms_outbox.sandbox import Sandbox
-from tests.conftest import TOKEN
+from cms_outbox.pacing import Quota, burst
+from cms_outbox.sandbox import Limits, Sandbox
+from tests.conftest import TOKEN, FakeClock, wait_until
 
 RUNS = 50  # per race
 AT_ONCE = 3  # subprocesses at a time: the machine has two shared cores
@@ -286,3 +287,31 @@ def test_a_short_script_delivers_its_handful_at_exit_within_the_burst(
     assert len(shared_sandbox.accepted) - before == 5
     with CMSClient(database_url=f"sqlite:///{path}", flush="off") as check:
         assert check.store.count_by_state() == {"delivered": 5}
+
+
+def test_a_stopped_pass_gives_back_the_tokens_of_rows_it_did_not_send(tmp_path: Path) -> None:
+    """The exit flush sends the burst's worth at once: rows the stopped background pass had
+    queued, unsent, do not cost a token, so the last one does not wait for the next.
+
+    The clock is frozen: no token is ever refilled, so an event whose token was lost would
+    wait for one in vain and stay pending.
+    """
+    url = f"sqlite:///{tmp_path / 'outbox.db'}"
+    with Sandbox(token=TOKEN, latency=0.3, limits=Limits(60, 60)) as sandbox:
+        held = int(burst(Quota(60, 60)))  # what the budget holds at the advertised 60/min
+        client = CMSClient(
+            token=TOKEN, host=sandbox.url, database_url=url, workers=1, clock=FakeClock(),
+            final_flush_timeout=30,
+        )  # fmt: skip
+        client.track_lead("signup", "first", click_id="c_0")
+        assert wait_until(lambda: client.store.count_by_state() == {"delivered": 1})
+        for n in range(1, held):
+            client.track_lead("signup", f"user_{n}", click_id=f"c_{n}")
+        # One request on the wire and one queued behind it when close() stops the pass.
+        assert wait_until(lambda: client.flusher.in_flight == 2)
+        client.close()
+    with CMSClient(database_url=url, flush="off") as check:
+        assert check.store.count_by_state() == {"delivered": held}
+        budget = check.store.with_budget(lambda budget: (budget, budget))
+    assert len(sandbox.requests) == held  # every token paid for a request
+    assert budget.tokens < 1
