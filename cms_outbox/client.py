@@ -230,17 +230,19 @@ class CMSClient:
     def _enqueue(
         self, event: Event, connection: AppConnection | None, wait: float | None
     ) -> TrackResult:
-        existing = self.store.insert(event, connection)
+        stored = self.store.insert(event, connection)
+        existing = stored.existing
         if existing is not None:  # the unique index decided; now compare with what it kept
             differences = sale_differences(event, existing["payload"])
             if differences is not None:
                 raise InvoiceConflict(existing["invoice_id"], differences, existing["event_id"])
             return result_of_row(existing)
-        if self._scheduler is not None:
+        if self._scheduler is not None and stored.state is EventState.PENDING:
             self._scheduler.wake()
         if wait is not None and connection is None:
             return self._wiring.wait_for(event.event_id, wait, alone=self._scheduler is None)
-        return TrackResult(success=True, event_id=event.event_id, state=EventState.PENDING)
+        # As stored: a follow-up behind a dead setup is blocked, not on its way.
+        return TrackResult(success=True, event_id=event.event_id, state=stored.state)
 
     # -- delivery and inspection ------------------------------------------------------
 

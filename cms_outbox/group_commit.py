@@ -21,12 +21,12 @@ __all__ = ["GroupCommit"]
 class _Entry:
     """One caller's row and, once written, its result."""
 
-    __slots__ = ("done", "error", "params", "stored")
+    __slots__ = ("done", "error", "params", "returned")
 
     def __init__(self, params: Sequence[Any]) -> None:
         self.params = params
         self.done = False
-        self.stored = False
+        self.returned: tuple[Any, ...] | None = None
         self.error: BaseException | None = None
 
 
@@ -41,7 +41,7 @@ class GroupCommit:
         write_lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         """:param connect: opens the connection (autocommit or the driver's legacy mode).
-        :param sql: the INSERT; its conflict clause may skip a row (``stored`` False).
+        :param sql: the INSERT, with a RETURNING clause; its conflict clause may skip a row.
         :param write_lock: held around each write transaction (a ``WriteLock``).
         """
         self._connect = connect
@@ -61,8 +61,9 @@ class GroupCommit:
         self._leader: int | None = None  # the thread writing the batch under way
         self._waiting = 0
 
-    def insert(self, params: Sequence[Any]) -> bool:
-        """Insert one row, committed on return: True if stored, False if skipped.
+    def insert(self, params: Sequence[Any]) -> tuple[Any, ...] | None:
+        """Insert one row, committed on return: what its RETURNING clause gave, or None
+        when the conflict clause skipped it.
 
         :raises sqlite3.Error: (or whatever opening the connection raised) for this row.
         """
@@ -79,7 +80,7 @@ class GroupCommit:
             self._lead()
         if entry.error is not None:
             raise entry.error
-        return entry.stored
+        return entry.returned
 
     def before_fork(self, timeout: float) -> bool:
         """Wait for the write under way and keep new ones from starting (around ``fork()``)."""
@@ -154,7 +155,9 @@ class GroupCommit:
                 conn.execute("BEGIN IMMEDIATE")
             try:
                 for entry in batch:
-                    entry.stored = conn.execute(self._sql, entry.params).rowcount == 1
+                    # Every row fetched: the statement must finish for its autocommit.
+                    rows = conn.execute(self._sql, entry.params).fetchall()
+                    entry.returned = tuple(rows[0]) if rows else None
                 conn.commit()  # a no-op for a lone INSERT in autocommit mode
             except BaseException:
                 if conn.in_transaction:

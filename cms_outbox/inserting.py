@@ -38,13 +38,14 @@ SQLITE_INSERT = (
     f"SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, "
     f"CASE WHEN ?4 IS NULL AND ({_LATEST_SETUP}) = '{DEAD}' THEN '{BLOCKED}' ELSE ?8 END, "
     "?9, ?10, ?11 WHERE true "  # "WHERE true": SQLite's upsert after a SELECT needs one
-    "ON CONFLICT(invoice_id) WHERE invoice_id IS NOT NULL DO NOTHING"
+    "ON CONFLICT(invoice_id) WHERE invoice_id IS NOT NULL DO NOTHING RETURNING state"
 )
 NOTIFY = text(f"NOTIFY {NOTIFY_CHANNEL}")
 
 
-def insert_event(conn: Connection, event: Event) -> bool:
-    """Insert ``event`` in ``conn``'s transaction; False when its invoice id is taken.
+def insert_event(conn: Connection, event: Event) -> str | None:
+    """Insert ``event`` in ``conn``'s transaction: the state it was stored in, or None
+    when its invoice id is taken.
 
     It is stored pending, or blocked: a follow-up whose governing setup is dead.
 
@@ -56,7 +57,7 @@ def insert_event(conn: Connection, event: Event) -> bool:
         latest = _latest_setup_state(event.customer_external_id)
         if dialect == "mysql":  # no subquery on the table being inserted into
             held = conn.execute(latest).scalar() == DEAD
-            values["state"] = BLOCKED if held else PENDING
+            values["state"] = BLOCKED if held else PENDING  # known: no RETURNING either
         else:
             values["state"] = case((latest.scalar_subquery() == DEAD, BLOCKED), else_=PENDING)
     if dialect in ("sqlite", "postgresql"):
@@ -65,20 +66,20 @@ def insert_event(conn: Connection, event: Event) -> bool:
             module.insert(events)
             .values(values)
             .on_conflict_do_nothing(index_elements=["invoice_id"], index_where=HAS_INVOICE)
-            .returning(events.c.id)
+            .returning(events.c.state)
         )
-        stored = len(conn.execute(statement).all())
-        if stored and dialect == "postgresql":  # delivered to listeners at commit
+        state = conn.execute(statement).scalar()
+        if state is not None and dialect == "postgresql":  # delivered to listeners at commit
             conn.execute(NOTIFY)
-    else:
-        savepoint = conn.begin_nested()  # a failed INSERT must not abort the caller's work
-        try:
-            stored = conn.execute(insert(events).values(values)).rowcount
-            savepoint.commit()
-        except IntegrityError:  # the invoice id is taken; any other failure is raised
-            savepoint.rollback()
-            stored = 0
-    return stored == 1
+        return str(state) if state is not None else None
+    savepoint = conn.begin_nested()  # a failed INSERT must not abort the caller's work
+    try:
+        conn.execute(insert(events).values(values))
+        savepoint.commit()
+    except IntegrityError:  # the invoice id is taken; any other failure is raised
+        savepoint.rollback()
+        return None
+    return str(values["state"])
 
 
 def _latest_setup_state(customer: str) -> Select[Any]:

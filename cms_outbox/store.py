@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union
 
 from sqlalchemy import (
@@ -38,7 +39,7 @@ from .write_lock import WriteLock
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-__all__ = ["AppConnection", "Attempt", "Lease", "Store"]
+__all__ = ["AppConnection", "Attempt", "Lease", "Store", "Stored"]
 
 T = TypeVar("T")
 # A Session only ever comes from an application that imported the ORM itself: the outbox
@@ -48,6 +49,19 @@ AppConnection = Union[Connection, "Session", Any]
 
 # Seconds between sweeps for expired leases while leasing.
 SWEEP_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What ``Store.insert`` did: the event is stored in ``state``; or, with ``existing``, a
+    sale with its ``invoice_id`` was stored already (that row; nothing was written)."""
+
+    state: EventState
+    existing: dict[str, Any] | None = None
+
+    @classmethod
+    def found(cls, row: dict[str, Any]) -> Stored:
+        return cls(EventState(row["state"]), row)
 
 
 class Store:
@@ -81,20 +95,19 @@ class Store:
 
     # -- enqueue ---------------------------------------------------------------
 
-    def insert(
-        self, event: Event, connection: AppConnection | None = None
-    ) -> dict[str, Any] | None:
-        """Store ``event`` as pending, committed on return (or with ``connection``'s transaction).
+    def insert(self, event: Event, connection: AppConnection | None = None) -> Stored:
+        """Store ``event``, committed on return (or with ``connection``'s transaction).
 
-        :returns: None when stored, else the row of the sale already stored with the
-            same ``invoice_id`` (nothing was written).
+        It is stored pending, or blocked: a follow-up whose governing setup is dead.
+
         :raises StorageError: the database failed; nothing was written.
         """
         if connection is not None:
             if _is_django(connection):  # Django's own cursor, in its atomic() block
                 from .django.transaction import insert_event
 
-                return insert_event(connection, event)
+                existing = insert_event(connection, event)  # stored pending; a lease blocks
+                return Stored(EventState.PENDING) if existing is None else Stored.found(existing)
             with storage_errors("storing the event in the application's transaction"):
                 conn = connection if isinstance(connection, Connection) else connection.connection()
                 return self._insert_core(conn, event)
@@ -103,12 +116,14 @@ class Store:
         with storage_errors("storing the event"), self.engine.begin() as conn:
             return self._insert_core(conn, event)
 
-    def _insert_sqlite(self, group: GroupCommit, event: Event) -> dict[str, Any] | None:
+    def _insert_sqlite(self, group: GroupCommit, event: Event) -> Stored:
         try:
-            stored = group.insert(inserting.row_values(event))
+            returned = group.insert(inserting.row_values(event))
         except (sqlite3.Error, SQLAlchemyError) as exc:
             raise storage_error("storing the event", exc) from exc
-        return None if stored else self._existing_sale(event)
+        if returned is None:
+            return Stored.found(self._existing_sale(event))
+        return Stored(EventState(returned[0]))
 
     def _enqueue_connection(self) -> sqlite3.Connection:
         # A DB-API connection of its own, detached from the pool: a pool checkout and its
@@ -170,8 +185,11 @@ class Store:
             if lock is not None:
                 lock.after_fork_in_child()
 
-    def _insert_core(self, conn: Connection, event: Event) -> dict[str, Any] | None:
-        return None if inserting.insert_event(conn, event) else self._existing_row(conn, event)
+    def _insert_core(self, conn: Connection, event: Event) -> Stored:
+        state = inserting.insert_event(conn, event)
+        if state is None:
+            return Stored.found(self._existing_row(conn, event))
+        return Stored(EventState(state))
 
     def _existing_sale(self, event: Event) -> dict[str, Any]:
         with queries.reading(self.engine, "reading the stored sale") as conn:

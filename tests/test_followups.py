@@ -69,13 +69,29 @@ def test_one_dead_setup_holds(client: CMSClient, sandbox: Sandbox) -> None:
     assert (state(client, first), state(client, after)) == (EventState.DEAD, EventState.BLOCKED)
     assert not sent(sandbox, after)
     late = followup(client)  # enqueued after the setup died: held by the same setup
-    assert late.state is EventState.PENDING  # what the call reports: stored, not dead
+    assert late.state is EventState.BLOCKED and late.success  # stored, blocked, not dead
     assert state(client, late) is EventState.BLOCKED
     deliver(client, sandbox)
     assert state(client, late) is EventState.BLOCKED and not sent(sandbox, late)
     assert client.retry([first.event_id]) == 3
     deliver(client, sandbox)
     assert [state(client, r) for r in (first, after, late)] == [EventState.DELIVERED] * 3
+
+
+def test_a_followup_stored_blocked_says_so_in_its_result(
+    client: CMSClient, sandbox: Sandbox
+) -> None:
+    """The call's result tells the state the follow-up was stored in, as ``result()`` does
+    afterwards: blocked behind the dead setup, not on its way."""
+    setup(client, "c1")
+    deliver(client, sandbox, rejected=1)
+    lead = followup(client)
+    sale = client.track_sale("purchase", "user-1", "inv-1", 4999, "EUR")
+    for tracked in (lead, sale):
+        assert (tracked.state, tracked.success, tracked.error) == (EventState.BLOCKED, True, None)
+        assert tracked == client.result(tracked.event_id)
+        assert dict(tracked) == {"status": True, "data": None}  # the SDK's view: stored
+    assert client.track_sale("purchase", "user-1", "inv-1", 4999, "EUR") == sale  # a repeat
 
 
 def test_a_pending_setup_makes_the_followup_wait(client: CMSClient, sandbox: Sandbox) -> None:

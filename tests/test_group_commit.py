@@ -21,7 +21,7 @@ from cms_outbox.group_commit import GroupCommit
 from cms_outbox.write_lock import WriteLock
 from tests.conftest import wait_until
 
-SQL = "INSERT INTO t (v) VALUES (?) ON CONFLICT(v) DO NOTHING"
+SQL = "INSERT INTO t (v) VALUES (?) ON CONFLICT(v) DO NOTHING RETURNING v"
 
 
 class Recorded:
@@ -63,12 +63,12 @@ def group(db: Recorded) -> Iterator[GroupCommit]:
 
 def behind_a_writer(
     db: Recorded, group: GroupCommit, values: list[Any]
-) -> list[bool | BaseException]:
+) -> list[tuple[Any, ...] | None | BaseException]:
     """Insert ``values`` from one thread each while another connection holds the write
     lock: the first caller waits inside its INSERT, the others queue behind it."""
     blocker = db.open()
     blocker.execute("BEGIN IMMEDIATE")
-    results: list[bool | BaseException] = [False] * len(values)
+    results: list[tuple[Any, ...] | None | BaseException] = [None] * len(values)
 
     def insert(n: int) -> None:
         try:
@@ -94,7 +94,7 @@ def test_callers_queued_behind_a_commit_share_the_next_transaction(
     db: Recorded, group: GroupCommit
 ) -> None:
     values = [f"v{n}" for n in range(8)]
-    assert behind_a_writer(db, group, values) == [True] * 8
+    assert behind_a_writer(db, group, values) == [(value,) for value in values]
     assert sorted(db.values()) == sorted(values)
     inserts = [s for s in db.statements if s.startswith("INSERT")]
     assert len(inserts) == 8
@@ -117,7 +117,7 @@ def test_callers_arriving_while_the_leader_waits_for_the_write_lock_join_its_bat
             assert wait_until(lambda: group._leading)
             rest = [pool.submit(group.insert, (value,)) for value in values[1:]]
             assert wait_until(lambda: len(group._queue) == len(values))  # the leader's too
-        assert [f.result(timeout=30) for f in [first, *rest]] == [True] * len(values)
+        assert [f.result(timeout=30) for f in [first, *rest]] == [(value,) for value in values]
     group.close()
     other_process.close()
     assert sorted(db.values()) == values
@@ -128,11 +128,11 @@ def test_a_failing_row_fails_alone_and_a_skipped_row_says_so(
     db: Recorded, group: GroupCommit
 ) -> None:
     results = behind_a_writer(db, group, ["first", "a", None, "a", "b"])
-    assert results[0] is True
-    assert results[1] is True
+    assert results[0] == ("first",)
+    assert results[1] == ("a",)
     assert isinstance(results[2], sqlite3.IntegrityError)  # NOT NULL, its own error
-    assert results[3] is False  # the conflict clause skipped the repeat
-    assert results[4] is True
+    assert results[3] is None  # the conflict clause skipped the repeat
+    assert results[4] == ("b",)
     assert sorted(db.values()) == ["a", "b", "first"]
     assert "ROLLBACK" in db.statements  # the batch was undone, then each row went alone
 
@@ -148,8 +148,9 @@ def test_a_connection_in_the_drivers_legacy_mode_commits_batches_and_lone_rows(
         return conn
 
     group = GroupCommit(connect, SQL)
-    assert behind_a_writer(db, group, [f"v{n}" for n in range(5)]) == [True] * 5
-    assert group.insert(("alone",)) is True
+    values = [f"v{n}" for n in range(5)]
+    assert behind_a_writer(db, group, values) == [(value,) for value in values]
+    assert group.insert(("alone",)) == ("alone",)
     group.close()
     assert sorted(db.values()) == sorted([f"v{n}" for n in range(5)] + ["alone"])
 
@@ -157,8 +158,8 @@ def test_a_connection_in_the_drivers_legacy_mode_commits_batches_and_lone_rows(
 def test_a_lone_caller_commits_without_an_explicit_transaction(
     db: Recorded, group: GroupCommit
 ) -> None:
-    assert group.insert(("solo",)) is True
-    assert group.insert(("solo",)) is False
+    assert group.insert(("solo",)) == ("solo",)
+    assert group.insert(("solo",)) is None
     expanded = SQL.replace("?", "'solo'")  # the trace shows bound values
     assert db.statements == [expanded, expanded]
     assert db.values() == ["solo"]

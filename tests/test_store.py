@@ -10,7 +10,7 @@ import pytest
 from cms_outbox import database, migrate
 from cms_outbox.events import build_lead, build_sale
 from cms_outbox.results import EventState
-from cms_outbox.store import Attempt, Store
+from cms_outbox.store import Attempt, Store, Stored
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 T0 = NOW.timestamp()
@@ -26,7 +26,7 @@ def store(database_url: str) -> Iterator[Store]:
 
 def lead(store: Store, customer: str, **fields: object) -> str:
     event = build_lead("signup", customer, now=NOW, **fields)
-    assert store.insert(event) is None
+    assert store.insert(event) == Stored(EventState.PENDING)
     return event.event_id
 
 
@@ -119,8 +119,9 @@ def test_retry_by_state_keeps_attempt_history(store: Store) -> None:
 def test_duplicate_invoice_returns_the_stored_sale(store: Store) -> None:
     first = build_sale("buy", "a", "inv-1", 100, "EUR", now=NOW)
     again = build_sale("buy", "a", "inv-1", 999, "USD", now=NOW)
-    assert store.insert(first) is None
-    assert store.insert(again)["event_id"] == first.event_id  # type: ignore[index]
+    assert store.insert(first) == Stored(EventState.PENDING)
+    existing = store.insert(again).existing
+    assert existing is not None and existing["event_id"] == first.event_id
     assert store.count_by_state() == {"pending": 1}
 
 

@@ -35,7 +35,7 @@ from cms_outbox import store as store_module
 from cms_outbox.events import build_lead
 from cms_outbox.results import EventState
 from cms_outbox.schema import attempts, events
-from cms_outbox.store import Attempt, Store
+from cms_outbox.store import Attempt, Store, Stored
 
 # Store.lease reclaims expired leases at most once per SWEEP_INTERVAL seconds of ``now``.
 SWEEP_INTERVAL = float(getattr(store_module, "SWEEP_INTERVAL", 0.0))
@@ -203,7 +203,7 @@ class EventStateMachine(RuleBasedStateMachine):
         mode = "deferred" if kind == "setup" else None
         moment = datetime.fromtimestamp(self.now, timezone.utc)
         event = build_lead(kind, customer, click, mode=mode, now=moment)
-        assert self.store.insert(event) is None
+        assert self.store.insert(event).existing is None
         row = self.store.get(event.event_id)
         assert row is not None
         stored = Row(int(row["id"]), event.event_id, customer, kind == "setup", click is None,
@@ -361,7 +361,7 @@ def dead_setup(store: Store, customer: str) -> None:
     """Store a deferred setup for ``customer``; lease it and record the service's 422."""
     at = datetime.fromtimestamp(T0, timezone.utc)
     setup = build_lead("lead_captured", customer, "click", mode="deferred", now=at)
-    assert store.insert(setup) is None
+    assert store.insert(setup) == Stored(EventState.PENDING)
     [lease] = store.lease("flusher", 10, T0, 30.0)
     assert lease.event_id == setup.event_id
     rejected = Attempt(seq=lease.seq, state=EventState.DEAD, outcome="dead", started_at=T0,
@@ -373,7 +373,7 @@ def test_a_followup_tracked_after_its_setup_died_is_blocked_not_leased(store: St
     dead_setup(store, "alice")
     at = datetime.fromtimestamp(T0 + 0.5, timezone.utc)
     followup = build_lead("kyc_completed", "alice", now=at)  # no click_id: needs the setup
-    assert store.insert(followup) is None
+    assert store.insert(followup) == Stored(EventState.BLOCKED)  # as it is stored
     assert store.lease("flusher", 10, T0 + 0.5, 30.0) == []
     assert store.count_by_state() == {"dead": 1, "blocked": 1}
 
@@ -382,7 +382,7 @@ def test_a_blocked_followup_retried_alone_is_blocked_again_not_leased(store: Sto
     at = datetime.fromtimestamp(T0, timezone.utc)
     followup = build_lead("kyc_completed", "alice", now=at)
     setup_first = build_lead("lead_captured", "alice", "click", mode="deferred", now=at)
-    assert store.insert(setup_first) is None and store.insert(followup) is None
+    assert store.insert(setup_first) == store.insert(followup) == Stored(EventState.PENDING)
     [lease] = store.lease("flusher", 10, T0, 30.0)
     rejected = Attempt(seq=lease.seq, state=EventState.DEAD, outcome="dead", started_at=T0,
                        duration=0.01, status_code=422)  # fmt: skip
