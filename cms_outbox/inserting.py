@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Connection, Select, case, insert, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 
 from .events import Event
@@ -61,9 +61,8 @@ def insert_event(conn: Connection, event: Event) -> str | None:
         else:
             values["state"] = case((latest.scalar_subquery() == DEAD, BLOCKED), else_=PENDING)
     if dialect in ("sqlite", "postgresql"):
-        module = sqlite if dialect == "sqlite" else postgresql
         statement = (
-            module.insert(events)
+            _upsert(dialect)
             .values(values)
             .on_conflict_do_nothing(index_elements=["invoice_id"], index_where=HAS_INVOICE)
             .returning(events.c.state)
@@ -80,6 +79,16 @@ def insert_event(conn: Connection, event: Event) -> str | None:
         savepoint.rollback()
         return None
     return str(values["state"])
+
+
+def _upsert(dialect: str) -> Any:
+    """The dialect's INSERT with ``on_conflict_do_nothing``: PostgreSQL's dialect is
+    imported only by a process that uses it."""
+    if dialect == "sqlite":
+        return sqlite.insert(events)
+    from sqlalchemy.dialects import postgresql
+
+    return postgresql.insert(events)
 
 
 def _latest_setup_state(customer: str) -> Select[Any]:
