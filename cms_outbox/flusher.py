@@ -270,6 +270,7 @@ class Flusher:
                 self.settings.token,
                 connect_timeout=self.settings.connect_timeout,
                 read_timeout=self.settings.read_timeout,
+                connections=self.settings.workers,
                 clock=self.clock,
             )
         return self._transport
