@@ -31,7 +31,7 @@ OUTBOX_TABLES = {
     "cms_outbox_flushers",
 }
 VERSION_TABLE = "cms_outbox_alembic_version"
-DEPENDENCIES = ("sqlalchemy", "requests", "apscheduler", "alembic")
+DEPENDENCIES = ("sqlalchemy", "urllib3", "certifi", "apscheduler", "alembic")
 
 
 @pytest.fixture
