@@ -33,16 +33,27 @@ def arrived(sandbox: Sandbox, count: int = 1) -> Callable[[], bool]:
     return lambda: len(sandbox.requests) >= count
 
 
+def left_in_flight(client: CMSClient) -> None:
+    """Flush until the one pending event's request is on the wire, stalled: each flush
+    returns by its deadline, delivering nothing (a loaded machine may send nothing within
+    the first one's second)."""
+
+    def sent() -> bool:
+        report = returns(lambda: client.flush(timeout=1.0), HANG)
+        assert (report.delivered, report.pending) == (0, 1)
+        return client.flusher.strays == 1
+
+    assert wait_until(sent, step=0)
+
+
 def test_flush_returns_on_time_while_a_request_stalls_and_records_it_later(
     make_client: Factory, sandbox: Sandbox
 ) -> None:
     client = connect(make_client, sandbox)
     event = client.track_lead("signup", "user-1", click_id="c")
     sandbox.set_faults(stall=STALL)
-    report = returns(lambda: client.flush(timeout=1.0), HANG)
-    assert (report.delivered, report.pending) == (0, 1)
+    left_in_flight(client)  # to finish in the background
     assert client.result(event.event_id).state is EventState.IN_FLIGHT
-    assert client.flusher.strays == 1  # left to finish in the background
     again = returns(lambda: client.flush(timeout=1.0), HANG)  # still in flight: not resent
     assert again.pending == 1 and len(sandbox.requests) == 1
     sandbox.down()  # the stalled request ends without an answer; that is recorded later
@@ -59,8 +70,12 @@ def test_wait_returns_on_time_while_its_request_stalls(
     make_client: Factory, sandbox: Sandbox
 ) -> None:
     client = connect(make_client, sandbox)
+    # A first event delivered: the flusher's threads and connection are up, its circuit
+    # closed, so the next request leaves within the wait even on a loaded machine.
+    first = client.track_lead("signup", "user-0", click_id="c", wait=STALL)
+    assert first.state is EventState.DELIVERED
     sandbox.set_faults(stall=STALL)
-    result = returns(lambda: client.track_lead("signup", "user-1", click_id="c", wait=1.0), HANG)
+    result = returns(lambda: client.track_lead("signup", "user-1", click_id="c", wait=2.0), HANG)
     assert result.success and result.state is EventState.IN_FLIGHT
     sandbox.down()  # the stalled request ends without an answer; that is recorded later
     assert wait_until(lambda: client.result(result.event_id).state is EventState.PENDING)
@@ -116,7 +131,7 @@ def test_close_without_background_flusher_keeps_its_deadline(
     client = connect(make_client, sandbox, final_flush_timeout=1.0)
     event = client.track_lead("signup", "user-1", click_id="c")
     sandbox.set_faults(stall=STALL)
-    assert client.flush(timeout=0.2).pending == 1  # its request is left in flight
+    left_in_flight(client)
     returns(client.close, HANG)
     reader = connect(make_client, sandbox)
     assert reader.result(event.event_id).state is EventState.IN_FLIGHT  # close did not wait
@@ -132,8 +147,7 @@ def test_flush_keeps_its_deadline_when_the_probe_of_a_paused_breaker_stalls(
     assert client.flush().paused == "outage"  # a read timeout opened the circuit
     slow = connect(make_client, sandbox)  # same outbox, a long read timeout, breaker open
     slow.flusher.breaker.trip("outage", time.time(), slow.flusher.rng, "test")
-    report = returns(lambda: slow.flush(timeout=1.0), HANG)  # probes once; it stalls
-    assert report.pending == 1 and slow.flusher.strays == 1
+    left_in_flight(slow)  # an explicit flush probes once; the probe stalls
     result = returns(lambda: slow.track_lead("signup", "user-2", click_id="c", wait=2.0), HANG)
     assert result.state is EventState.PENDING
     assert slow.flusher.strays == 1  # the probe still stalls: user-2 waits behind it
