@@ -33,10 +33,10 @@ def test_stats_counts_since_start(make_client: Callable[..., CMSClient], sandbox
     assert start.pending == 1 and start.oldest_pending_age is not None
     ids = [client.track_lead("signup", f"c{i}", click_id=f"k{i}").event_id for i in range(3)]
     sandbox.set_faults(force_status=503, force_count=1)
-    client.flush(5)
+    client.flush()  # no deadline to miss: it returns once nothing is due on the still clock
     sandbox.set_faults(force_status=422, force_count=1)
     client.track_sale("buy", "d", "inv-1", 100, "USD", click_id="k")
-    client.flush(5)
+    client.flush()
     stats = client.stats()
     assert stats.enqueued == 4
     assert stats.retried == 1
