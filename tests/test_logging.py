@@ -39,24 +39,24 @@ def test_one_line_per_outage_auth_pause_and_dead_event_without_secrets(
         ).event_id
         for i in range(3)
     ]
-    assert client.flush(2).paused == "outage"
-    assert client.flush(2).paused == "outage"  # a failed probe is not a new outage
+    assert client.flush().paused == "outage"
+    assert client.flush().paused == "outage"  # a failed probe is not a new outage
     sandbox.up()
-    report = client.flush(5)
+    report = client.flush()
     assert report.paused is None and report.delivered == 3
     assert all(sandbox.accepted_count(event_id) == 1 for event_id in stored)
 
     # A dead event (422), the customer's email in its payload.
     sandbox.set_faults(force_status=422, force_count=1)
     dead = client.track_lead("signup", "customer-dead", click_id="clk-d", customer_email=EMAILS[4])
-    assert client.flush(5).dead == 1
+    assert client.flush().dead == 1
     assert client.result(dead.event_id).state.value == "dead"
 
     # An auth pause: the service refuses the token; nothing is burnt.
     refused = make_client(token=WRONG_TOKEN, host=sandbox.url, rate_limit=None)
     kept = refused.track_lead("signup", "customer-3", click_id="clk-3", customer_email=EMAILS[3])
-    assert refused.flush(5).paused == "auth"
-    assert refused.flush(5).paused == "auth"  # still paused: no second line
+    assert refused.flush().paused == "auth"
+    assert refused.flush().paused == "auth"  # still paused: no second line
     assert refused.result(kept.event_id).state.value == "pending"
 
     messages = _messages(caplog)
@@ -100,7 +100,7 @@ def test_logger_names_live_under_cms_outbox(
     client = make_client(token=TOKEN, host=sandbox.url, rate_limit=None)
     sandbox.set_faults(force_status=400, force_count=1)
     client.track_lead("signup", "c", click_id="k")
-    client.flush(5)
+    client.flush()
     ours = [r for r in caplog.records if r.name.startswith("cms_outbox")]
     assert ours
     assert all(r.name == "cms_outbox" or r.name.startswith("cms_outbox.") for r in ours)
