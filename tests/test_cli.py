@@ -101,7 +101,7 @@ def settle(client: CMSClient, *event_ids: str, timeout: float = STALL) -> None:
     """Flush until these events are delivered or dead (sitting out short retry backoffs)."""
     deadline = time.monotonic() + timeout
     while True:
-        client.flush(5)
+        client.flush()
         states = {client.result(event_id).state.value for event_id in event_ids}
         if states <= {"delivered", "dead"}:
             return
@@ -248,10 +248,10 @@ def test_status_counts_and_json_keys(migrated: str, sandbox: Sandbox, inproc: Ru
     assert empty["oldest_pending_at"] is None and empty["pause"] is None
     with sender(migrated, sandbox, clock=FakeClock()) as client:  # b's backoff never ends
         lead(client, "a")
-        client.flush(5)
+        client.flush()
         sandbox.set_faults(force_status=503, force_count=1)
         lead(client, "b")
-        client.flush(5)  # b fails once and waits for a retry
+        client.flush()  # b fails once and waits for a retry
         lead(client, "c")
     status = as_json(cli("status", "--json", "--database-url", migrated))
     assert set(status) >= {
@@ -278,7 +278,7 @@ def test_events_filters_and_show_history(migrated: str, sandbox: Sandbox, inproc
         sale = client.track_sale("buy", "alice", "inv-1", 4999, "USD", click_id="clk").event_id
         bob = lead(client, "bob")
         sandbox.set_faults(force_status=503, force_count=1)
-        client.flush(5)  # the first request fails once
+        client.flush()  # the first request fails once
         settle(client, first, sale, bob)
     everything = as_json(cli("events", "--json", "--database-url", migrated))
     assert len(everything) == 3
@@ -356,13 +356,13 @@ def test_status_outage_ends_when_another_process_delivers(
         lead(client, "a")
     sandbox.down()
     with sender(migrated, sandbox) as client:
-        client.flush(2)
+        client.flush()
     status = as_json(inproc("status", "--json", "--database-url", migrated))
     assert status["pause"]["reason"] == "outage"
     sandbox.up()
     with sender(migrated, sandbox) as client:  # a new process: its breaker starts closed
         lead(client, "b")
-        client.flush(5)
+        client.flush()
     assert as_json(inproc("status", "--json", "--database-url", migrated))["pause"] is None
 
 
@@ -394,7 +394,7 @@ def test_health_fails_on_dead_events_and_auth_pause(
     with sender(migrated, sandbox) as client:
         sandbox.set_faults(force_status=422, force_count=1)
         lead(client, "rejected")
-        client.flush(5)
+        client.flush()
     assert inproc("health", "--max-dead", "1", "--database-url", migrated).returncode == 0
     result = inproc("health", "--max-dead", "0", "--database-url", migrated)
     assert result.returncode == 1 and "1 dead events (limit 0)" in result.stdout
@@ -422,7 +422,7 @@ def test_retry_dead_brings_them_back_with_history(
     with sender(migrated, sandbox) as client:
         sandbox.set_faults(force_status=422, force_count=2)
         dead = [lead(client, "a"), lead(client, "b")]
-        client.flush(5)
+        client.flush()
         assert {client.result(event_id).state.value for event_id in dead} == {"dead"}
     result = as_json(cli("retry", "--dead", "--json", "--database-url", migrated))
     assert result == {"retried": 2, "skipped": []}
@@ -439,10 +439,10 @@ def test_retry_dead_brings_them_back_with_history(
 def test_retry_by_id_and_errors(migrated: str, sandbox: Sandbox, inproc: Run) -> None:
     with sender(migrated, sandbox) as client:
         delivered = lead(client, "ok")
-        client.flush(5)
+        client.flush()
         sandbox.set_faults(force_status=400, force_count=1)
         dead = lead(client, "bad")
-        client.flush(5)
+        client.flush()
     assert as_json(inproc("retry", dead, "--json", "--database-url", migrated))["retried"] == 1
     skipped = inproc("retry", delivered, "--json", "--database-url", migrated)
     assert skipped.returncode == 1
@@ -469,10 +469,10 @@ def test_purge_dry_run_lists_exactly_what_purge_removes(
         sandbox.set_faults(force_status=422, force_count=2)
         old_dead = lead(client, "olddead")
         recent_dead = lead(client, "recentdead")
-        client.flush(5)
+        client.flush()
         old = [lead(client, f"old{i}") for i in range(3)]
         recent = lead(client, "recent")
-        client.flush(5)
+        client.flush()
         pending = lead(client, "pending")
     age(migrated, [*old, old_dead], 3 * 86400)
     args = ["--delivered-older-than", "2d", "--dead-older-than", "2d", "--json"]
