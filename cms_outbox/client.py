@@ -231,8 +231,7 @@ class CMSClient:
         self, event: Event, connection: AppConnection | None, wait: float | None
     ) -> TrackResult:
         stored = self.store.insert(event, connection)
-        existing = stored.existing
-        if existing is not None:  # the unique index decided; now compare with what it kept
+        if (existing := stored.existing) is not None:  # the unique index decided; compare
             differences = sale_differences(event, existing["payload"])
             if differences is not None:
                 raise InvoiceConflict(existing["invoice_id"], differences, existing["event_id"])
@@ -241,7 +240,6 @@ class CMSClient:
             self._scheduler.wake()
         if wait is not None and connection is None:
             return self._wiring.wait_for(event.event_id, wait, alone=self._scheduler is None)
-        # As stored: a follow-up behind a dead setup is blocked, not on its way.
         return TrackResult(success=True, event_id=event.event_id, state=stored.state)
 
     # -- delivery and inspection ------------------------------------------------------
