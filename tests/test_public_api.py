@@ -178,3 +178,43 @@ def test_contributing_describes_every_test_marker() -> None:
     assert '-m "not slow"' in guide
     for name in names:
         assert f"| `{name}` |" in guide, f"CONTRIBUTING.md does not describe the {name} marker"
+
+
+def _requirements(pyproject: str, name: str) -> set[str]:
+    """The distribution names of one requirement list of pyproject.toml, canonical."""
+    import re
+
+    block = re.search(rf"^{name} = \[(.*?)^\]", pyproject, re.S | re.M)
+    assert block is not None, name
+    specs = re.findall(r'"([A-Za-z0-9][\w.-]*)', block.group(1))
+    return {re.sub(r"[-_.]+", "-", spec).lower() for spec in specs}
+
+
+def test_the_test_extra_installs_every_module_the_tests_import() -> None:
+    # `pip install -e '.[test]'` in a fresh virtualenv must be enough to run the suite.
+    import ast
+    import re
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    pyproject = (root / "pyproject.toml").read_text()
+    declared = _requirements(pyproject, "dependencies") | _requirements(pyproject, "test")
+    providers = importlib.metadata.packages_distributions()
+    missing: dict[str, set[str]] = {}
+    for path in sorted((root / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.partition(".")[0]
+                if top in sys.stdlib_module_names or top in ("cms_outbox", "tests"):
+                    continue
+                dists = {re.sub(r"[-_.]+", "-", d).lower() for d in providers.get(top, [])}
+                if not dists & declared:
+                    missing.setdefault(top, set()).add(path.name)
+    assert missing == {}
