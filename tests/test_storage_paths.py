@@ -17,6 +17,7 @@ from cms_outbox import CMSClient, DirectoryNotFound, StorageError
 from cms_outbox.cli import main
 from tests.conftest import TOKEN
 
+EXIT_STORAGE = 3
 EXIT_NO_DIRECTORY = 5
 REPO = Path(__file__).resolve().parent.parent
 
@@ -75,6 +76,7 @@ COMMANDS = [
     ["purge", "--dry-run"],
     ["flush"],
     ["run"],
+    ["ui"],
 ]
 
 
@@ -92,6 +94,25 @@ def test_every_command_exits_5_on_a_missing_directory_and_creates_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{tmp_path / 'mistyped'} is missing" in err[0], err
     assert not (tmp_path / "mistyped").exists()
+
+
+@pytest.mark.parametrize(
+    "command", [c for c in COMMANDS if c[0] not in ("migrate", "run")], ids=" ".join
+)
+def test_every_command_but_migrate_and_run_refuses_a_missing_file_and_creates_nothing(
+    command: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Run in the wrong directory, a command must not report an empty new outbox.
+    monkeypatch.setenv("CMS_BEARER_TOKEN", TOKEN)
+    path = tmp_path / "outbox.db"
+    code = main([*command, "--database-url", f"sqlite:///{path}"])
+    assert code == EXIT_STORAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"no outbox database at {path}" in err[0], err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_migrate_creates_the_directories_when_asked(

@@ -252,14 +252,17 @@ def resolve_settings(args: argparse.Namespace, *, deliver: bool = False) -> Sett
 
 
 def open_client(settings: Settings, *, migrate: bool, **options: Any) -> CMSClient:
-    """A ``CMSClient`` without a background flusher on ``settings``' outbox.
+    """A ``CMSClient`` without a background flusher on an existing outbox.
+
+    A SQLite file that does not exist is an error, never created: run in the wrong
+    directory, ``flush`` would report an empty new outbox as "nothing left".
 
     :param migrate: bring the tables to the current schema; without it, a database
-        that is missing or not migrated is an error and nothing is created.
-    :raises SchemaError: not migrated (and ``migrate`` is off), or newer than this code.
+        that is not migrated is an error.
+    :raises SchemaError: missing, not migrated (and ``migrate`` is off), or newer than
+        this code.
     """
-    if not migrate:
-        _require_existing_file(settings.database_url)
+    _require_existing_file(settings.database_url)
     return CMSClient(
         token=settings.token,
         host=settings.host,

@@ -8,7 +8,6 @@ requests, Jinja2 (autoescaping everything) renders the pages.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from importlib import resources
 from typing import Any, Callable
@@ -16,15 +15,13 @@ from urllib.parse import urlsplit
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from .. import database, migrate
 from ..__version__ import __version__
-from ..errors import EventNotFound, SchemaError, StorageError, ValidationError
+from ..errors import EventNotFound, StorageError, ValidationError
 from ..store import Store
 from . import actions, pages, security
 from .overview import Activity
@@ -80,9 +77,10 @@ class Dashboard:
         if (database_url is None) == (engine is None):
             raise ValueError("Dashboard needs exactly one of database_url= or engine=")
         self._owns_engine = engine is None
-        if engine is None:
-            _require_existing_file(str(database_url))
-        self.engine = engine if engine is not None else database.create(str(database_url))
+        # A reader: a typo in the URL must not leave an empty SQLite file behind.
+        self.engine = (
+            engine if engine is not None else database.create(str(database_url), create=False)
+        )
         migrate.ensure_schema(self.engine, auto_migrate=False)
         self.read_only = read_only
         self._password = password or None
@@ -191,18 +189,6 @@ class Dashboard:
         return Context(self, request, _URLS.bind_to_environ(request.environ).build).render(
             template, http_status=status, **values
         )
-
-
-def _require_existing_file(url: str) -> None:
-    # The dashboard only reads: it must not leave an empty SQLite file behind a typo.
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return  # database.create reports a malformed URL
-    path = parsed.database
-    if parsed.get_backend_name() == "sqlite" and path and not path.startswith("file:"):
-        if path != ":memory:" and not os.path.exists(path):
-            raise SchemaError(f"no outbox database at {path!r}: check the database URL")
 
 
 class Context:
