@@ -1,13 +1,15 @@
 """Every Python block of README.md runs as written, against the sandbox, and keeps its word.
 
-The blocks run in order in one fresh interpreter, as a reader pastes them into one session,
-in an empty directory (the default outbox ``sqlite:///cms_outbox.db`` lands there), with
-the sandbox's address and token in ``CMS_HOST`` and ``CMS_BEARER_TOKEN``. What they promise
-is then checked: every event they stored was delivered (none dead, none left pending), the
-sandbox refused nothing, stderr stayed empty, and each ``print(...)  # text`` printed its
-text (comments starting with "e.g." describe a case that may not happen). A block that
-serves for ever (``run_forever()``) runs in its own process and is stopped with SIGTERM once
-its outbox has nothing left to send, as an operator would.
+Each block runs as a script of its own, as a reader pastes one into a file, and then the
+blocks run in order in one fresh interpreter, as a reader pastes them into one session;
+each time in an empty directory (the default outbox ``sqlite:///cms_outbox.db`` lands
+there), with the sandbox's address and token in ``CMS_HOST`` and ``CMS_BEARER_TOKEN``.
+What they promise is then checked: every event they stored was delivered (none dead, none
+left pending), the sandbox refused nothing, stderr stayed empty, and each
+``print(...)  # text`` printed its text (comments starting with "e.g." describe a case
+that may not happen). A block that serves for ever (``run_forever()``) runs in its own
+process and is stopped with SIGTERM once its outbox has nothing left to send, as an
+operator would.
 """
 
 from __future__ import annotations
@@ -86,6 +88,23 @@ def test_every_readme_block_runs_and_delivers_what_it_stores(tmp_path: Path) -> 
         assert set(stored) == {"delivered"}, stored  # none dead, none left pending
         assert len(sandbox.accepted) == stored["delivered"]
         assert [r.status for r in sandbox.requests if (r.status or 0) >= 400] == []
+
+
+@pytest.mark.parametrize(
+    "code", [c for c in blocks() if "run_forever(" not in c], ids=lambda c: c.splitlines()[0]
+)
+def test_each_readme_block_runs_as_its_own_script(code: str, tmp_path: Path) -> None:
+    # A reader pastes one block into a file of its own: it must not lean on another block.
+    with Sandbox(token=TOKEN) as sandbox:
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            env=child_env(sandbox),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
 
 
 @pytest.mark.parametrize("code", [c for c in blocks() if "run_forever(" in c])
