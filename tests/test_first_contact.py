@@ -3,6 +3,7 @@ say what to do, and no library's internal text in what the user reads."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import subprocess
@@ -32,11 +33,21 @@ def test_demo_help_does_not_promise_cms_outbox_url() -> None:
     assert "CMS_OUTBOX_URL" not in said and "temporary" in said
 
 
-def test_sandbox_refuses_a_database_url(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["sandbox", "--database-url", "sqlite:///x.db"]) == 2
+@pytest.mark.parametrize(
+    "flags", [["--database-url", "sqlite:///x.db"], ["--create-directories"]], ids=" ".join
+)
+def test_sandbox_refuses_outbox_options(
+    flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["sandbox", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["cms-outbox: error: the sandbox keeps its state in memory: "
-                   "--database-url does not apply to it"]  # fmt: skip
+                   "--database-url and --create-directories do not apply to it"]  # fmt: skip
+
+
+def test_sandbox_help_does_not_offer_outbox_options() -> None:
+    assert option_help("sandbox", "database_url") == argparse.SUPPRESS
+    assert option_help("sandbox", "create_directories") == argparse.SUPPRESS
 
 
 def test_run_with_plain_http_says_what_the_command_line_accepts(

@@ -26,7 +26,7 @@ def register(subparsers: Any) -> None:
         "injection, until Ctrl-C or SIGTERM. Prints its URL on stdout once it listens. "
         "The rate limit (off by default) can change while running: POST /_admin/limits "
         "with any of requests, window, accounting, headers. "
-        "It keeps its state in memory: --database-url does not apply (an error).",
+        "It keeps its state in memory: it has no outbox.",
         examples=[
             "cms-outbox sandbox --port 8765 --token sandbox-token",
             "cms-outbox sandbox --port 0 --rate-limit 60 --latency 50",
@@ -35,6 +35,9 @@ def register(subparsers: Any) -> None:
         ],
         notes="The sandbox token is a throwaway, so unlike `run` it may be a flag.",
     )
+    for action in parser._actions:  # no outbox: not offered, and refused if given
+        if action.dest in ("database_url", "create_directories"):
+            action.help = argparse.SUPPRESS
     parser.add_argument(
         "--bind", default="127.0.0.1", metavar="ADDR", help="interface (default: 127.0.0.1)"
     )
@@ -99,9 +102,10 @@ def register(subparsers: Any) -> None:
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from ..sandbox import Limits, Sandbox, run
 
-    if getattr(args, "database_url", None):
+    if getattr(args, "database_url", None) or getattr(args, "create_directories", False):
         raise ConfigurationError(
-            "the sandbox keeps its state in memory: --database-url does not apply to it"
+            "the sandbox keeps its state in memory: --database-url and --create-directories "
+            "do not apply to it"
         )
 
     def ready(sandbox: Sandbox) -> None:
