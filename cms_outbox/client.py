@@ -238,7 +238,7 @@ class CMSClient:
             return result_of_row(existing)
         if self._scheduler is not None and stored.state is EventState.PENDING:
             self._scheduler.wake()
-        if wait is not None and connection is None:
+        if wait is not None and connection is None and stored.state is EventState.PENDING:
             return self._wiring.wait_for(event.event_id, wait, alone=self._scheduler is None)
         return TrackResult(success=True, event_id=event.event_id, state=stored.state)
 

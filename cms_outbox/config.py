@@ -81,6 +81,12 @@ class Settings:
                 f"(connect_timeout + read_timeout = {self.attempt_timeout})"
             )
         _check_host(self.host, self.allow_insecure)
+        if self.token and not all("!" <= c <= "~" for c in self.token):
+            # Never quoted: an error message ends up in logs.
+            raise ConfigurationError(
+                "token must be printable ASCII without spaces or line breaks: it travels "
+                "in the Authorization header"
+            )
         if self.flush == "background" and not self.token:
             raise ConfigurationError(
                 "no token: pass token= or set CMS_BEARER_TOKEN, "

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, Connection, Engine, Select, Table, Update, select, text
 
 from .errors import StorageError
-from .fork_gate import GATE
+from .fork_gate import guarding
 
 __all__ = [
     "LOCK_TIMEOUT",
@@ -39,7 +39,7 @@ S = TypeVar("S", bound=Select)  # type: ignore[type-arg]
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """``engine.begin()``, at READ COMMITTED on MySQL (the pool resets it on return)."""
-    with GATE.passing(), engine.connect() as conn:
+    with guarding(engine), engine.connect() as conn:
         if conn.dialect.name == "mysql":
             conn.execution_options(isolation_level="READ COMMITTED")
         with conn.begin():

@@ -3,17 +3,22 @@
 SQLite keeps process-wide mutexes (its allocator's, its registry of open files). A child
 forked while another thread holds one inherits it locked, with no thread left to unlock
 it, and hangs at its first connect; its parent then waits for it for ever. Every read
-and write transaction of the store passes this gate; the fork hook waits until no thread
-is inside and keeps new ones out until the fork is done.
+and write transaction of the store on SQLite passes this gate (``guarding``); the fork
+hook waits until no thread is inside and keeps new ones out until the fork is done.
+Other databases keep no such mutexes in this process: their transactions pass freely.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import TYPE_CHECKING
 
-__all__ = ["GATE", "ForkGate"]
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+__all__ = ["GATE", "ForkGate", "guarding"]
 
 
 class ForkGate:
@@ -66,3 +71,8 @@ class ForkGate:
 
 
 GATE = ForkGate()
+
+
+def guarding(engine: Engine) -> AbstractContextManager[None]:
+    """The gate for a transaction on ``engine``: only SQLite's need it."""
+    return GATE.passing() if engine.dialect.name == "sqlite" else nullcontext()

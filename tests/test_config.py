@@ -225,3 +225,15 @@ def test_in_memory_sqlite_is_refused(url: str) -> None:
 def test_unusable_database_url_is_a_configuration_error(url: str) -> None:
     with pytest.raises(ConfigurationError):
         CMSClient(database_url=url, flush="off")
+
+
+@pytest.mark.parametrize("token", ["sekrit\nX-Injected: 1", "sekrit with spaces", "sekrït"])
+def test_a_token_unfit_for_a_header_is_refused_without_quoting_it(
+    token: str, tmp_path: Path
+) -> None:
+    """It would fail at the first send, with the token in the error (and so in the log)."""
+    outbox = tmp_path / "outbox.db"
+    with pytest.raises(ConfigurationError, match="token") as raised:
+        CMSClient(token=token, database_url=f"sqlite:///{outbox}", flush="off")
+    assert "sekr" not in str(raised.value)
+    assert not outbox.exists()  # refused before anything was written

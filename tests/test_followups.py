@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, event
 from cms_outbox import CMSClient, EventState, TrackResult
 from cms_outbox.sandbox import Sandbox
 from cms_outbox.store import Attempt, Store
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, returns
 
 Factory = Callable[..., CMSClient]
 
@@ -92,6 +92,9 @@ def test_a_followup_stored_blocked_says_so_in_its_result(
         assert tracked == client.result(tracked.event_id)
         assert dict(tracked) == {"status": True, "data": None}  # the SDK's view: stored
     assert client.track_sale("purchase", "user-1", "inv-1", 4999, "EUR") == sale  # a repeat
+    # Waiting cannot move it: wait= returns at once, as blocked.
+    waited = returns(lambda: client.track_lead("signup", "user-1", wait=3600))
+    assert waited.state is EventState.BLOCKED
 
 
 def test_a_pending_setup_makes_the_followup_wait(client: CMSClient, sandbox: Sandbox) -> None:

@@ -7,6 +7,8 @@ import os
 import sqlite3
 import threading
 
+import pytest
+
 from cms_outbox import CMSClient
 from cms_outbox.fork_gate import GATE, ForkGate
 from tests.conftest import wait_until
@@ -50,6 +52,8 @@ def test_a_thread_inside_passes_again_and_does_not_wait_for_itself() -> None:
     assert gate.close(timeout=0)
 
 
+# Python 3.12+ warns of fork() in a process with threads: this test forks on purpose.
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
 def test_fork_waits_for_a_read_under_way(sqlite_url: str) -> None:
     client = CMSClient(database_url=sqlite_url, flush="off")
     client.track_lead("signup", "parent")

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine, case, func
 
 from ..database import READ_ONLY
 from ..driver_errors import storage_errors
-from ..fork_gate import GATE
+from ..fork_gate import guarding
 from ..results import EventState
 from ..schema import events
 
@@ -73,7 +73,7 @@ def reading(engine: Engine, action: str) -> Iterator[Connection]:
     :param action: what the caller is doing, for the ``StorageError`` message.
     :raises StorageError: the database failed.
     """
-    with GATE.passing(), storage_errors(action), engine.connect() as conn:
+    with guarding(engine), storage_errors(action), engine.connect() as conn:
         conn.execution_options(**{READ_ONLY: True})
         yield conn
 
