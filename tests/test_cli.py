@@ -397,7 +397,7 @@ def test_health_fails_on_dead_events_and_auth_pause(
         client.flush()
     assert inproc("health", "--max-dead", "1", "--database-url", migrated).returncode == 0
     result = inproc("health", "--max-dead", "0", "--database-url", migrated)
-    assert result.returncode == 1 and "1 dead events (limit 0)" in result.stdout
+    assert result.returncode == 1 and "1 dead event (limit 0)" in result.stdout
     with seed(migrated) as client:
         lead(client, "other")
     refused = cli("flush", "--host", sandbox.url, "--database-url", migrated, token="wrong-token")

@@ -86,7 +86,7 @@ def test_dead_and_blocked_events_are_unhealthy_until_a_retry_or_purge(
     lose(client, sandbox, dead=1, blocked=0, tag="b")
     code, verdict = health(capsys, sqlite_url)
     assert code == 1 and len(verdict["reasons"]) == 1
-    since = r"1 new dead events since the last retry or purge \(20\d\d-"
+    since = r"1 new dead event since the last retry or purge \(20\d\d-"
     assert re.match(since, verdict["reasons"][0])
     assert outbox_status(client.engine).new_blocked == 0  # the old ones were acknowledged
 
@@ -118,7 +118,7 @@ def test_a_retry_acknowledges_and_a_follow_up_behind_an_old_dead_setup_is_new(
     status = outbox_status(client.engine)
     assert (status.new_dead, status.new_blocked) == (0, 1)
     code, verdict = health(capsys, sqlite_url)
-    assert code == 1 and verdict["reasons"][0].startswith("1 new blocked events since")
+    assert code == 1 and verdict["reasons"][0].startswith("1 new blocked event since")
 
 
 def test_limits_tune_the_check(
@@ -177,5 +177,5 @@ def test_the_health_unit_command_flags_dead_events_without_the_token(
     lose(client, sandbox, dead=1, blocked=0, tag="a")
     failed = run_unit()
     assert failed.returncode == 1
-    assert failed.stdout.startswith("unhealthy: 1 dead events, never retried or purged")
+    assert failed.stdout.startswith("unhealthy: 1 dead event, never retried or purged")
     assert "CMS_BEARER_TOKEN" not in env

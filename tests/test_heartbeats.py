@@ -124,7 +124,7 @@ def test_health_fails_with_its_own_code_when_events_wait_and_no_flusher_runs(
         capsys.readouterr()
         assert main(["health", "--database-url", sqlite_url]) == EXIT_NO_FLUSHER
         said = capsys.readouterr().out
-        assert said.startswith("unhealthy: no flusher is running and 1 events wait to be sent")
+        assert said.startswith("unhealthy: no flusher is running, with 1 event to send")
         beat_at(client.store, time.time())  # a daemon beats: the wait is its business
         assert main(["health", "--database-url", sqlite_url]) == 0
 

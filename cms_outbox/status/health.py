@@ -95,7 +95,7 @@ def check_health(
     no_flusher = status.to_send > 0 and waited and not status.live_flushers
     if no_flusher:
         reasons.append(
-            f"no flusher is running and {status.to_send} events wait to be sent (none beat "
+            f"no flusher is running, with {_events(status.to_send)} to send (none beat "
             f"in the last {format_age(STALE_AFTER)}): start `cms-outbox run`"
         )
     return Health(healthy=not reasons, reasons=tuple(reasons), status=status, no_flusher=no_flusher)
@@ -110,12 +110,18 @@ def _over_limit(status: OutboxStatus, state: str, limit: Limit, new: int) -> str
         if not new:
             return None
         if status.acknowledged_at is None:
-            return f"{new} {state} events, never retried or purged: {remedy}"
+            return f"{_events(new, state)}, never retried or purged: {remedy}"
         since = isoformat(status.acknowledged_at)
-        return f"{new} new {state} events since the last retry or purge ({since}): {remedy}"
+        return f"{_events(new, f'new {state}')} since the last retry or purge ({since}): {remedy}"
     if isinstance(limit, int) and total > limit:
-        return f"{total} {state} events (limit {limit}): {remedy}"
+        return f"{_events(total, state)} (limit {limit}): {remedy}"
     return None
+
+
+def _events(count: int, kind: str = "") -> str:
+    """``1 dead event``, ``3 dead events``."""
+    words = f"{count} {kind} event" if kind else f"{count} event"
+    return words if count == 1 else words + "s"
 
 
 _REMEDIES = {
