@@ -71,7 +71,7 @@ def main() -> int:
         except ValueError as exc:  # the rest of the input cannot be read
             logger.error("stopped reading: %s", exc)
             code = 1
-    logger.info("stored %d sales for delivery, rejected %d", stored, rejected)
+    logger.info("sales stored for delivery: %d, orders rejected: %d", stored, rejected)
     return code
 
 

@@ -361,7 +361,7 @@ def test_worker_enqueues_without_token_and_the_daemon_delivers(
         env=worker_env, cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert worker.returncode == 0, worker.stderr
-    assert "stored 40 sales for delivery, rejected 1" in worker.stderr
+    assert "sales stored for delivery: 40, orders rejected: 1" in worker.stderr
     assert "inv_bad rejected" in worker.stderr
     assert worker.stderr.count("\n") == 2, worker.stderr  # no library chatter at INFO
 
@@ -385,7 +385,7 @@ def test_worker_as_its_docstring_runs_it_with_an_order_over_two_lines(tmp_path: 
         ["sh", "-c", shell], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert ran.returncode == 0, ran.stderr
-    assert ran.stderr == "worker: stored 1 sales for delivery, rejected 0\n"
+    assert ran.stderr == "worker: sales stored for delivery: 1, orders rejected: 0\n"
     url = f"sqlite:///{tmp_path / 'app.db'}"  # the documented relative sqlite:///app.db
     assert count(url, "SELECT count(*) FROM cms_outbox_events WHERE invoice_id = 'inv_1'") == 1
 
@@ -399,7 +399,7 @@ def test_worker_as_its_docstring_runs_it_with_an_order_over_two_lines(tmp_path: 
     assert broken.stderr.splitlines() == [
         "worker: order on line 2 rejected: missing invoice_id, amount, currency",
         "worker: stopped reading: line 4: not valid JSON (Expecting value)",
-        "worker: stored 1 sales for delivery, rejected 1",
+        "worker: sales stored for delivery: 1, orders rejected: 1",
     ]
 
 
