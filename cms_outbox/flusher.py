@@ -214,7 +214,14 @@ class Flusher:
             future.add_done_callback(self._finish_stray)
 
     def _finish_stray(self, future: Future[Reply | None]) -> None:
-        lease = self._strays.pop(future, None)
+        try:
+            self._record_stray(future)
+        finally:
+            # Only once recorded: a pass hands stranded rows back only when no stray is left.
+            self._strays.pop(future, None)
+
+    def _record_stray(self, future: Future[Reply | None]) -> None:
+        lease = self._strays.get(future)
         if lease is None or future.cancelled():
             return
         try:
