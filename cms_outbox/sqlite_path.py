@@ -41,7 +41,7 @@ def prepare(path: str, *, create: bool, create_directories: bool, writable: bool
             f"e.g. {os.path.join(full, 'cms_outbox.db')}"
         )
     if not os.path.exists(full):
-        _directory(directory, full, create=create and create_directories)
+        _directory(directory, full, create=create and create_directories, reader=not create)
         if not create:
             raise SchemaError(
                 f"no outbox database at {full}: check --database-url or CMS_OUTBOX_URL, "
@@ -82,7 +82,7 @@ def _check_is_sqlite(full: str) -> None:
         ) from exc
 
 
-def _directory(directory: str, full: str, *, create: bool) -> None:
+def _directory(directory: str, full: str, *, create: bool, reader: bool) -> None:
     if os.path.isdir(directory):
         return
     existing = directory
@@ -94,10 +94,15 @@ def _directory(directory: str, full: str, *, create: bool) -> None:
     while os.path.dirname(missing) != existing:
         missing = os.path.dirname(missing)
     if not create:
+        ask = (
+            "a reader never creates an outbox: `cms-outbox migrate --create-directories` does"
+            if reader
+            else "or ask for it to be created (CMSClient(create_directories=True), "
+            "`cms-outbox ... --create-directories`)"
+        )
         raise DirectoryNotFound(
             f"the directory of the outbox {full} does not exist ({missing} is missing): check "
-            "the path (a mistyped volume?), or ask for it to be created "
-            "(CMSClient(create_directories=True), `cms-outbox ... --create-directories`)"
+            f"the path (a mistyped volume?), {ask}"
         )
     try:
         os.makedirs(directory, exist_ok=True)

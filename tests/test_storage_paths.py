@@ -115,6 +115,19 @@ def test_every_command_but_migrate_and_run_refuses_a_missing_file_and_creates_no
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [["status"], ["events"], ["health"], ["ui"]], ids=" ".join)
+def test_a_reader_given_create_directories_says_which_command_creates(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "new" / "outbox.db"
+    url = f"sqlite:///{path}"
+    assert main([*command, "--create-directories", "--database-url", url]) == EXIT_NO_DIRECTORY
+    err = capsys.readouterr().err
+    assert "`cms-outbox migrate --create-directories` does" in err, err
+    assert "cms-outbox ... --create-directories" not in err
+    assert not (tmp_path / "new").exists()
+
+
 def test_migrate_creates_the_directories_when_asked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
