@@ -89,18 +89,19 @@ def known_revisions() -> frozenset[str]:
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at, or None when the outbox was never migrated."""
+    query = text(f"SELECT version_num FROM {VERSION_TABLE}")
     try:
         with engine.connect() as connection:
             connection.execution_options(**{READ_ONLY: True})  # never wait behind a writer
             try:
-                return connection.execute(
-                    text(f"SELECT version_num FROM {VERSION_TABLE}")
-                ).scalar_one_or_none()
+                return connection.execute(query).scalar_one_or_none()
             except SQLAlchemyError:
                 connection.rollback()
                 if not inspect(connection).has_table(VERSION_TABLE):
                     return None
-                raise
+            # Created between the two looks: another process is migrating (on MySQL each
+            # DDL statement commits at once). Its version, or none yet.
+            return connection.execute(query).scalar_one_or_none()
     except SQLAlchemyError as exc:
         outbox = display_url(engine.url)
         raise storage_error(f"reading the schema version of the outbox {outbox}", exc) from exc

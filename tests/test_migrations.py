@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 
 from cms_outbox import CMSClient, SchemaError, database, migrate, schema
 
@@ -142,6 +142,32 @@ def test_application_alembic_history_is_untouched(engine: Engine, database_url: 
     assert stored_version(engine, "alembic_version") == ["app_rev_42"]
     assert stored_version(engine) == [migrate.head_revision()]
     CMSClient(database_url=database_url, flush="off", auto_migrate=False).close()
+
+
+def test_a_version_table_created_while_it_is_read_is_read_again(
+    engine: Engine, database_url: str
+) -> None:
+    """Another process migrating creates the version table between the read that failed
+    and the look for the table (on MySQL each DDL statement commits at once): its
+    version is read, not reported as a storage failure."""
+    other = create_engine(database_url)  # the other process's connection
+    created: list[bool] = []
+
+    @event.listens_for(engine, "handle_error")
+    def migrate_meanwhile(context: Any) -> None:
+        if VERSION_TABLE in str(context.statement) and not created:
+            created.append(True)
+            with other.begin() as conn:
+                conn.execute(text(f"CREATE TABLE {VERSION_TABLE} (version_num VARCHAR(32))"))
+                conn.execute(text(f"INSERT INTO {VERSION_TABLE} VALUES ('0001')"))
+
+    try:
+        assert migrate.current_revision(engine) == "0001"
+        assert created  # the first read did fail
+    finally:
+        with other.begin() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
+        other.dispose()
 
 
 def test_no_auto_migrate_on_empty_database_raises(engine: Engine, database_url: str) -> None:
