@@ -59,6 +59,7 @@ class GroupCommit:
         self._queue: list[_Entry] = []
         self._leading = False
         self._leader: int | None = None  # the thread writing the batch under way
+        self._callers: set[int] = set()  # threads inside ``insert``
         self._waiting = 0
 
     def insert(self, params: Sequence[Any]) -> tuple[Any, ...] | None:
@@ -68,16 +69,22 @@ class GroupCommit:
         :raises sqlite3.Error: (or whatever opening the connection raised) for this row.
         """
         entry = _Entry(params)
-        with self._lock:
-            self._queue.append(entry)
-            if self._leading:
-                self._wait(lambda: entry.done or not self._leading)
-            lead = not entry.done
-            if lead:
-                self._leading = True
-                self._leader = threading.get_ident()
-        if lead:
-            self._lead()
+        me = threading.get_ident()
+        try:
+            self._callers.add(me)  # first: from here on a signal handler sees busy_here
+            with self._lock:
+                self._queue.append(entry)
+                if self._leading:
+                    self._wait(lambda: entry.done or not self._leading)
+                if not entry.done:
+                    self._leader = me
+                    self._leading = True
+            if self._leader == me:
+                self._lead()
+        finally:
+            self._callers.discard(me)
+            if self._leader == me:  # interrupted (a signal) before ``_lead`` took over
+                self._abandon(entry)
         if entry.error is not None:
             raise entry.error
         return entry.returned
@@ -98,8 +105,9 @@ class GroupCommit:
 
     @property
     def busy_here(self) -> bool:
-        """This very thread leads the write under way (seen from a signal handler)."""
-        return self._leader == threading.get_ident()
+        """This very thread is inside ``insert`` (seen from a signal handler): it may lead
+        the write under way, or be about to."""
+        return threading.get_ident() in self._callers
 
     def close(self) -> None:
         """Close the connection once the write under way (if any) is done."""
@@ -121,6 +129,16 @@ class GroupCommit:
         """In a forked child: drop the parent's connection unclosed, and its queue."""
         self._conn = None
         self._forget()
+
+    def _abandon(self, entry: _Entry) -> None:
+        """Give up the lead before writing: the queue goes on without this caller's row."""
+        with self._lock:
+            if entry in self._queue:
+                self._queue.remove(entry)
+            self._leading = False
+            self._leader = None
+            if self._waiting:
+                self._cond.notify_all()
 
     def _lead(self) -> None:
         batch: list[_Entry] = []
