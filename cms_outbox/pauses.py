@@ -5,13 +5,15 @@ outage starts (WARNING, when the next probe goes), a probe fails (INFO, how long
 the next probe), it ends (INFO, how long, how many probes); the service refuses the
 token (ERROR: the token is read when the process starts, so a new one takes a restart)
 and accepts it again (INFO). A pause that an earlier flusher published and this one's
-first answer ends is told too.
+first answer ends is told too. A pause that starts while the client shuts down is told
+only by its closing line (``because``), which says what it leaves undelivered and why.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import re
 
 from .policy import Breaker
 from .status.formatting import format_age, isoformat
@@ -23,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 # A token is a setting, read once when the process starts.
 RESTART = "a new token is not picked up while running: restart with a valid CMS_BEARER_TOKEN"
+_TYPE_PREFIX = re.compile(r"^[A-Za-z]+: ")  # the exception's name before a transport error
 
 
 class Pauses:
@@ -34,9 +37,12 @@ class Pauses:
         self.breaker = Breaker()
         self._probes = 0  # failed probes of the pause in progress
         self._published_checked = False  # a pause an earlier flusher published ends with us
+        # Shutting down (exit, close()): the closing line tells a pause that starts now.
+        self.quiet = False
 
     def after_fork(self) -> None:
         self._published_checked = False
+        self.quiet = False
 
     def failed(self, reason: str, now: float, error: str | None) -> None:
         """No answer (``"outage"``) or a refused token (``"auth"``): open the circuit."""
@@ -46,7 +52,9 @@ class Pauses:
         next_probe = format_age(max(0.0, breaker.retry_at - now))
         if started:
             self._probes = 0
-            if reason == "auth":
+            if self.quiet:
+                logger.debug("delivery paused while closing (%s): %s", reason, error)
+            elif reason == "auth":
                 logger.error(
                     "delivery paused: the CMS service rejected the token (%s); every event "
                     "stays pending; %s; next probe in %s",
@@ -72,6 +80,17 @@ class Pauses:
                     "outage continues after %s: probe failed (%s); next probe in %s",
                     lasted, error, next_probe,
                 )  # fmt: skip
+
+    def because(self) -> str | None:
+        """Why delivery is paused, in plain words for the closing line; None if it is not."""
+        breaker = self.breaker
+        if breaker.paused == "auth":
+            return f"the CMS service rejected the token ({breaker.error})"
+        if breaker.paused == "outage":
+            # "ConnectionError: connection refused (...)" -> "connection refused (...)"
+            error = _TYPE_PREFIX.sub("", breaker.error or "") or "no answer"
+            return f"the CMS service is unreachable, {error}"
+        return None
 
     def answered(self, now: float) -> None:
         """The service answered: close the circuit, ending a pause if one is in effect."""

@@ -129,6 +129,8 @@ class Wiring:
             delivered, or tried to).
         """
         deadline = time.monotonic() + max(self.settings.final_flush_timeout, CLOSE_GRACE)
+        # A pause that starts from now on is told by the one closing line, with what it leaves.
+        self.flusher.pauses.quiet = announce
         try:
             report = None
             if scheduler is not None:
@@ -166,10 +168,16 @@ class Wiring:
             return
         if waiting:
             held = f", {blocked} of them blocked behind a dead setup" if blocked else ""
-            logger.warning(
-                "%d %s not delivered yet%s, stored in %s: the next start of a client on "
-                "this outbox or `cms-outbox run` delivers them",
-                waiting, "event" if waiting == 1 else "events", held, self.outbox,
+            because = self.flusher.pauses.because()
+            why = f": {because};" if because else ":"
+            refused = self.flusher.breaker.paused == "auth"  # a loud error, as while running
+            one = waiting == 1
+            logger.log(
+                logging.ERROR if refused else logging.WARNING,
+                "%d %s not delivered yet%s, stored in %s%s the next start of a client on "
+                "this outbox or `cms-outbox run`%s delivers %s",
+                waiting, "event" if one else "events", held, self.outbox, why,
+                ", with a valid token," if refused else "", "it" if one else "them",
             )  # fmt: skip
 
     def new_scheduler(

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -223,10 +225,119 @@ def test_exit_with_undelivered_events_says_how_many_and_where(tmp_path: Path) ->
     lines = done.stderr.splitlines()
     assert "Traceback" not in done.stderr
     assert lines[-1] == (
-        f"3 events not delivered yet, stored in sqlite:///{path}: the next start of a client "
-        "on this outbox or `cms-outbox run` delivers them"
+        f"3 events not delivered yet, stored in sqlite:///{path}: the CMS service is "
+        "unreachable, connection refused (nothing listens at the host and port); the next "
+        "start of a client on this outbox or `cms-outbox run` delivers them"
     )
     assert sum("not delivered yet" in line for line in lines) == 1
+
+
+# The background pass's request is held by the service; once the exit's close() is under
+# way (it has told the flusher to leave), the service goes down and drops it: the outage
+# starts during the exit flush, whatever the machine's speed.
+DOWN_AT_EXIT = """
+import json, sys, threading, urllib.request
+from cms_outbox import CMSClient
+sandbox = sys.argv[1]
+client = CMSClient(token=sys.argv[2], host=sandbox, database_url=sys.argv[3],
+                   read_timeout=120, final_flush_timeout=120)
+
+def down_once_closing():
+    while client.flusher.leave_at is None:
+        threading.Event().wait(0.005)
+    urllib.request.urlopen(urllib.request.Request(sandbox + "/_admin/down", method="POST"))
+
+threading.Thread(target=down_once_closing, daemon=True).start()
+client.track_lead(click_id="a", event_name="x", customer_external_id="zz")
+while not json.load(urllib.request.urlopen(sandbox + "/_admin/requests"))["requests"]:
+    threading.Event().wait(0.005)  # until the service holds it
+"""
+
+
+def test_exit_in_an_outage_says_in_one_line_how_many_wait_where_and_why(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "outbox.db"
+    with Sandbox(token=TOKEN) as sandbox:
+        sandbox.set_faults(stall=120)  # held until the service goes down
+        done = subprocess.run(
+            [sys.executable, "-c", DOWN_AT_EXIT, sandbox.url, TOKEN, f"sqlite:///{path}"],
+            cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 0
+    [line] = done.stderr.splitlines()  # not a line more: no "outage started" before it
+    assert re.fullmatch(
+        rf"1 event not delivered yet, stored in sqlite:///{re.escape(str(path))}: the CMS "
+        r"service is unreachable, the (connection was reset by the other side|service "
+        r"closed the connection without answering); the next start of a client on this "
+        r"outbox or `cms-outbox run` delivers it",
+        line,
+    ), line
+
+
+def test_close_in_an_outage_says_it_once_and_a_running_outage_is_still_logged(
+    caplog: pytest.LogCaptureFixture, sqlite_url: str
+) -> None:
+    """An outage that starts during close() is told by the closing line alone; one that
+    started before is logged as it starts, as in any long-running process."""
+    with Sandbox(token=TOKEN) as sandbox:
+        sandbox.set_faults(stall=120)
+        client = CMSClient(
+            token=TOKEN, host=sandbox.url, database_url=sqlite_url, read_timeout=120,
+            final_flush_timeout=120,
+        )  # fmt: skip
+        with caplog.at_level(logging.WARNING, logger="cms_outbox"):
+            for n in range(3):
+                client.track_lead("signup", f"user_{n}", click_id=f"c_{n}")
+            assert wait_until(lambda: len(sandbox.requests) == 1)  # the probe, held
+            closing = threading.Thread(target=client.close)
+            closing.start()
+            assert wait_until(lambda: client.flusher.leave_at is not None)
+            sandbox.down()
+            closing.join(timeout=120)
+        assert not closing.is_alive()
+        closed = [(r.levelno, r.getMessage()) for r in caplog.records]
+        assert len(closed) == 1, closed
+        level, message = closed[0]
+        assert level == logging.WARNING
+        assert re.fullmatch(
+            rf"3 events not delivered yet, stored in {re.escape(client.outbox)}: the CMS "
+            r"service is unreachable, [a-z].+; the next start of a client on this outbox or "
+            r"`cms-outbox run` delivers them",
+            message,
+        ), message
+        assert "outage started" not in message
+
+        caplog.clear()
+        running = CMSClient(
+            token=TOKEN, host=sandbox.url, database_url=sqlite_url, connect_timeout=0.2
+        )
+        with caplog.at_level(logging.WARNING, logger="cms_outbox"):
+            assert wait_until(lambda: running.flusher.breaker.paused == "outage")
+            running.close()
+        messages = [r.getMessage() for r in caplog.records]
+        assert [m.split(":")[0] for m in messages] == [
+            "outage started",
+            "3 events not delivered yet, stored in sqlite",
+        ], messages
+
+
+def test_close_with_a_refused_token_says_why_and_that_a_valid_one_is_needed(
+    caplog: pytest.LogCaptureFixture, sqlite_url: str, sandbox: Sandbox
+) -> None:
+    client = CMSClient(token="not-the-token", host=sandbox.url, database_url=sqlite_url)
+    client.track_lead("signup", "user_1", click_id="c")
+    assert wait_until(lambda: client.flusher.breaker.paused == "auth")
+    with caplog.at_level(logging.WARNING, logger="cms_outbox"):
+        client.close()
+    [record] = [r for r in caplog.records if "not delivered yet" in r.getMessage()]
+    assert record.levelno == logging.ERROR
+    assert re.fullmatch(
+        rf"1 event not delivered yet, stored in {re.escape(client.outbox)}: the CMS service "
+        r"rejected the token \(HTTP 401: .+\); the next start of a client on this outbox or "
+        r"`cms-outbox run`, with a valid token, delivers it",
+        record.getMessage(),
+    ), record.getMessage()
 
 
 def test_close_warns_once_without_credentials(
@@ -245,8 +356,9 @@ def test_close_warns_once_without_credentials(
         client.close()
     warnings = [r.getMessage() for r in caplog.records if "not delivered yet" in r.getMessage()]
     assert warnings == [
-        f"1 event not delivered yet, stored in {client.outbox}: the next start of a client "
-        "on this outbox or `cms-outbox run` delivers them"
+        f"1 event not delivered yet, stored in {client.outbox}: the CMS service is "
+        "unreachable, connection refused (nothing listens at the host and port); the next "
+        "start of a client on this outbox or `cms-outbox run` delivers it"
     ]
     assert "s3cret" not in client.outbox and "postgres@" not in client.outbox
     with CMSClient(database_url=database_url, flush="off") as check:
