@@ -16,12 +16,12 @@ from .events import Event, build_lead, build_sale, sale_differences
 from .flusher import Callback
 from .pacing import RateLimit
 from .results import EventState, FlushReport, TrackResult, result_of_row
-from .status import Stats
 from .store import AppConnection
 from .wiring import Wiring
 
 if TYPE_CHECKING:
     from .scheduling import FlushScheduler
+    from .status import Stats
 
 __all__ = ["CMSClient"]
 

@@ -24,8 +24,9 @@ from typing import Any
 from .client import CMSClient
 from .database import display_url
 from .errors import ConfigurationError
+from .formatting import format_age
 from .results import FlushReport
-from .status import ActivityTracker, format_age
+from .status import ActivityTracker
 
 __all__ = ["Daemon"]
 

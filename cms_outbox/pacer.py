@@ -11,8 +11,8 @@ import logging
 import threading
 
 from .advert import Advert
+from .formatting import format_age
 from .pacing import Budget, Grant, RateLimit, hear, in_force, rate_limited, refund, take
-from .status.formatting import format_age
 from .store import Store
 
 __all__ = ["Pacer"]

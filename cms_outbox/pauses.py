@@ -15,8 +15,8 @@ import logging
 import random
 import re
 
+from .formatting import format_age, isoformat
 from .policy import Breaker
-from .status.formatting import format_age, isoformat
 from .store import Store
 
 __all__ = ["Pauses"]

@@ -8,6 +8,7 @@ the flusher; their disposal, and what each needs around ``fork()``. The client h
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -21,11 +22,11 @@ from .errors import EventNotFound
 from .flusher import Callback, Flusher
 from .heartbeat import Heartbeat
 from .results import EventState, FlushReport, TrackResult, result_of_row
-from .status import ActivityTracker
 from .store import Store
 
 if TYPE_CHECKING:
     from .scheduling import FlushScheduler
+    from .status import ActivityTracker
 
 __all__ = ["Wiring"]
 
@@ -71,10 +72,15 @@ class Wiring:
         self.flusher = Flusher(
             self.store, settings, on_delivered=on_delivered, on_dead=on_dead, clock=clock
         )
-        self.activity = ActivityTracker(
-            self.engine, settle=settings.lease_duration, since=clock()
-        )  # counts from the client's start
+        self.started = clock()
         self._fork_holds: list[Callable[[], None]] = []
+
+    @functools.cached_property
+    def activity(self) -> ActivityTracker:
+        """The outbox's counters since this client started (reporting loads on first use)."""
+        from .status import ActivityTracker
+
+        return ActivityTracker(self.engine, settle=self.settings.lease_duration, since=self.started)
 
     @property
     def outbox(self) -> str:

@@ -49,7 +49,9 @@ def shared_sandbox() -> Iterator[Sandbox]:
 
 IMPORTS = """
 import sys
-watched = {"alembic", "apscheduler", "requests", "sqlalchemy.dialects.postgresql"}
+watched = {"alembic", "apscheduler", "requests", "sqlalchemy.dialects.postgresql",
+           "cms_outbox.daemon", "cms_outbox.status", "cms_outbox.queries.browse",
+           "cms_outbox.queries.overview", "cms_outbox.queries.selection"}
 import cms_outbox
 print(sorted(set(sys.modules) & watched))
 from cms_outbox import CMSClient
@@ -74,7 +76,8 @@ def loaded(url: str, flush: str, cwd: Path) -> list[list[str]]:
 def test_a_start_imports_alembic_only_to_migrate_and_apscheduler_only_to_flush(
     tmp_path: Path,
 ) -> None:
-    """Nor requests (the transport is urllib3's) or the PostgreSQL dialect on SQLite."""
+    """Nor requests (the transport is urllib3's), the PostgreSQL dialect on SQLite, the
+    daemon, the reporting package or the dashboard's queries: a short script needs none."""
     url = f"sqlite:///{tmp_path / 'outbox.db'}"
     before, after = loaded(url, "off", tmp_path)  # a new outbox is migrated (by Alembic)
     assert before == [] and "alembic" in after

@@ -17,9 +17,9 @@ from ..client import CMSClient
 from ..config import Settings
 from ..database import display_url
 from ..errors import ConfigurationError
+from ..formatting import format_age, isoformat
 from ..pacing import AUTO, RateLimit
 from ..reader import OutboxReader
-from ..status import format_age, isoformat
 from ..status.health import ANY, NEW, Limit
 
 __all__ = [

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 from .. import status as reports
 from ..client import CMSClient
 from ..daemon import Daemon
+from ..formatting import format_age, isoformat
 from ..results import FlushReport, TrackResult
 from ._common import (
     EXIT_FAILURE,
@@ -151,7 +152,7 @@ class Progress:
         if remaining == 0:
             eta = "done"
         elif rate > 0:
-            eta = reports.format_age(remaining / rate)
+            eta = format_age(remaining / rate)
         else:
             eta = "?"
         return (
@@ -197,7 +198,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
                 "pending": after.to_send,
                 "due": after.pending_due,
                 "held": after.pending_held,
-                "next_attempt_at": reports.isoformat(after.next_attempt_at),
+                "next_attempt_at": isoformat(after.next_attempt_at),
                 "blocked": after.counts["blocked"],
                 "paused": total.paused,
                 "elapsed_seconds": round(elapsed, 3),
@@ -206,7 +207,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
     else:
         echo(
             f"delivered {total.delivered}, retried {total.retried}, dead {total.dead} "
-            f"in {reports.format_age(elapsed)}"
+            f"in {format_age(elapsed)}"
         )
         echo(
             f"left: {after.to_send} to send ({_outlook(after)}), "
@@ -226,9 +227,7 @@ def _outlook(status: reports.OutboxStatus) -> str:
         parts.append(f"{status.pending_held} held behind earlier events of their customers")
     if status.next_attempt_at is not None and status.pending_due == 0:
         wait = status.next_attempt_at - status.now
-        parts.append(
-            f"next attempt in {reports.format_age(wait)}" if wait > 0 else "next attempt now"
-        )
+        parts.append(f"next attempt in {format_age(wait)}" if wait > 0 else "next attempt now")
     return ", ".join(parts)
 
 

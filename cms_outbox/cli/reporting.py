@@ -10,9 +10,9 @@ import json
 from typing import Any
 
 from .. import status as reports
+from ..formatting import format_age, isoformat
 from ..heartbeat import STALE_AFTER
 from ..results import EventState
-from ..status import format_age
 from ..status.health import NEW
 from ._common import (
     EXIT_FAILURE,
@@ -288,7 +288,7 @@ def cmd_events(args: argparse.Namespace) -> int:
             event.customer_external_id,
             event.state,
             event.attempts,
-            (reports.isoformat(event.created_at) or "")[:19].replace("T", " "),
+            (isoformat(event.created_at) or "")[:19].replace("T", " "),
             _last_answer(event),
         ]
         for event in found
@@ -328,10 +328,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("invoice", event.invoice_id or "-"),
         ("state", event.state),
         ("attempts", event.attempts),
-        ("created", reports.isoformat(event.created_at)),
-        ("next attempt", reports.isoformat(event.next_attempt_at) if event.state == "pending"
+        ("created", isoformat(event.created_at)),
+        ("next attempt", isoformat(event.next_attempt_at) if event.state == "pending"
          else "-"),
-        ("delivered", reports.isoformat(event.delivered_at) or "-"),
+        ("delivered", isoformat(event.delivered_at) or "-"),
         ("last status", event.last_status_code or "-"),
         ("last error", event.last_error or "-"),
         ("waits on", _waits_on(detail.waits_on)),
@@ -350,7 +350,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     rows = [
         [
             number,
-            (reports.isoformat(attempt.started_at) or "").replace("T", " "),
+            (isoformat(attempt.started_at) or "").replace("T", " "),
             f"{attempt.duration * 1000:.0f} ms",
             attempt.status_code or "-",
             attempt.outcome,

@@ -15,7 +15,9 @@ The lease rule's predicate (``leasable``) lives here too: the store leases by it
 By question: ``base`` (the words, ``reading``), ``due`` (the lease rule, what waits),
 ``counts`` (how many, what happened), ``rows`` (whole rows), ``selection`` (which events
 a filter picks), ``browse`` (the dashboard's pages of events and one event in context)
-and ``overview`` (the dashboard's counts and chart, each bounded by an index).
+and ``overview`` (the dashboard's counts and chart, each bounded by an index). The last
+three serve only the dashboard: import them from their modules, so that a client never
+loads them.
 """
 
 from __future__ import annotations
@@ -38,14 +40,6 @@ from .base import (
     UNFINISHED,
     reading,
 )
-from .browse import (
-    MAX_BULK,
-    SCAN_WINDOW,
-    event_page,
-    event_view,
-    retryable_count,
-    retryable_ids,
-)
 from .counts import (
     activity_between,
     counts_by_state,
@@ -64,7 +58,6 @@ from .due import (
     pending_outlook,
     waits_on,
 )
-from .overview import bucket_counts, first_created, state_counts_by_index, unfinished_count
 from .rows import (
     BUDGET_COLUMNS,
     attempt_rows,
@@ -76,7 +69,6 @@ from .rows import (
     flusher_rows,
     sale_by_invoice,
 )
-from .selection import Selection
 
 __all__ = [
     "BLOCKED",
@@ -87,32 +79,25 @@ __all__ = [
     "DELIVERED",
     "DELIVERED_OUTCOMES",
     "IN_FLIGHT",
-    "MAX_BULK",
     "NO_REQUEST_OUTCOMES",
     "PENDING",
     "PAUSED_OUTCOMES",
     "RETRIED_OUTCOMES",
-    "SCAN_WINDOW",
     "STATES",
     "SUMMARY_COLUMNS",
     "TO_SEND",
     "UNFINISHED",
-    "Selection",
     "activity_between",
     "attempt_rows",
-    "bucket_counts",
     "budget_of",
     "control_row",
     "count_due",
     "counts_by_state",
     "deliveries",
     "event_ids_starting_with",
-    "event_page",
     "event_row",
     "event_rows",
-    "event_view",
     "fifo_clear",
-    "first_created",
     "flusher_rows",
     "has_work",
     "last_failed_attempt",
@@ -122,11 +107,7 @@ __all__ = [
     "pending_outlook",
     "pending_summary",
     "reading",
-    "retryable_count",
-    "retryable_ids",
     "sale_by_invoice",
-    "state_counts_by_index",
     "unacknowledged",
-    "unfinished_count",
     "waits_on",
 ]

@@ -23,7 +23,6 @@ from .detail import (
     list_events,
     resolve_event_id,
 )
-from .formatting import format_age, isoformat
 from .health import Health, Limit, check_health
 from .pacing import Pacing
 
@@ -45,8 +44,6 @@ __all__ = [
     "check_health",
     "count_due",
     "event_detail",
-    "format_age",
-    "isoformat",
     "list_events",
     "outbox_status",
     "resolve_event_id",

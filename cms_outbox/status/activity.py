@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import Engine
 
 from .. import queries
+from ..formatting import json_fields
 from ..queries import IN_FLIGHT, PENDING
-from .formatting import json_fields
 from .pacing import Pacing, pacing_of
 
 __all__ = ["DURATION_BUCKETS", "Activity", "ActivityTracker", "Stats"]

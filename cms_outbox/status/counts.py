@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from .. import queries
+from ..formatting import isoformat, json_fields
 from ..heartbeat import STALE_AFTER
 from ..queries import IN_FLIGHT, PENDING
 from ..queries.base import as_float
-from .formatting import isoformat, json_fields
 from .pacing import Pacing, pacing_of
 
 __all__ = ["FlusherBeat", "LastError", "OutboxStatus", "Pause", "count_due", "outbox_status"]

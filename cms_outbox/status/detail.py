@@ -10,9 +10,9 @@ from sqlalchemy import Engine
 
 from .. import queries
 from ..errors import EventNotFound, ValidationError
+from ..formatting import json_fields
 from ..queries import BLOCKED, PENDING
 from ..queries.base import as_float, event_name_of, parse_json
-from .formatting import json_fields
 
 __all__ = [
     "AttemptRecord",

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Union
 
+from ..formatting import format_age, isoformat
 from ..heartbeat import STALE_AFTER
 from ..queries import BLOCKED, DEAD
 from .counts import OutboxStatus
-from .formatting import format_age, isoformat
 
 __all__ = ["ANY", "NEW", "Health", "Limit", "check_health"]
 

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..formatting import json_fields
 from ..pacing import in_force
 from ..queries import budget_of
-from .formatting import json_fields
 
 __all__ = ["Pacing", "pacing_of"]
 

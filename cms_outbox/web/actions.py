@@ -14,7 +14,7 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Response
 
 from ..errors import ValidationError
-from ..queries import MAX_BULK
+from ..queries.browse import MAX_BULK
 from .pages import parse_age
 
 if TYPE_CHECKING:

@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 from urllib.parse import urlencode
 
 from ..errors import ValidationError
-from ..queries import STATES, Selection
+from ..queries import STATES
+from ..queries.selection import Selection
 
 __all__ = ["EventFilter", "parse_time"]
 

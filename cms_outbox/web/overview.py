@@ -23,6 +23,12 @@ from sqlalchemy import Engine
 from .. import queries
 from ..heartbeat import STALE_AFTER
 from ..queries import IN_FLIGHT, PENDING, UNFINISHED
+from ..queries.overview import (
+    bucket_counts,
+    first_created,
+    state_counts_by_index,
+    unfinished_count,
+)
 
 __all__ = ["SETTLE", "Activity", "Overview", "Timeline", "overview"]
 
@@ -65,8 +71,8 @@ def overview(engine: Engine, now: float | None = None) -> Overview:
         if conn.dialect.name == "postgresql":
             # One snapshot for the several counts, as SQLite's read transaction gives.
             conn.execution_options(isolation_level="REPEATABLE READ")
-        counts = queries.state_counts_by_index(conn)
-        oldest = [queries.first_created(conn, state) for state in (PENDING, IN_FLIGHT)]
+        counts = state_counts_by_index(conn)
+        oldest = [first_created(conn, state) for state in (PENDING, IN_FLIGHT)]
         known = [moment for moment in oldest if moment is not None]
         values = queries.control_row(conn)
         rows = queries.flusher_rows(conn)
@@ -152,9 +158,9 @@ class Activity:
             counts = dict(self._settled)
             with queries.reading(self.engine, "reading the outbox activity") as conn:
                 if missing:
-                    counts.update(queries.bucket_counts(conn, self.bucket, missing[0], last))
+                    counts.update(bucket_counts(conn, self.bucket, missing[0], last))
                 if unfinished is None:
-                    unfinished = queries.unfinished_count(conn)
+                    unfinished = unfinished_count(conn)
             for number in missing:
                 if (number + 1) * self.bucket <= now - SETTLE:
                     self._settled[number] = counts.get(number, (0, 0, 0, 0))

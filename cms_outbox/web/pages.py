@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING
 
 from werkzeug.wrappers import Response
 
-from .. import queries
 from ..errors import ValidationError
 from ..heartbeat import STALE_AFTER
-from ..queries import STATES
+from ..queries import STATES, browse
 from .filters import EventFilter
 from .overview import overview as overview_now
 from .render import chart
@@ -61,9 +60,9 @@ def events(ctx: Context) -> Response:
     page = None
     retryable = 0
     if error is None:
-        page = queries.event_page(ctx.engine, selection, before=before, after=after)
+        page = browse.event_page(ctx.engine, selection, before=before, after=after)
         if not ctx.read_only:
-            retryable = queries.retryable_count(ctx.engine, selection)
+            retryable = browse.retryable_count(ctx.engine, selection)
     return ctx.render(
         "events.html",
         http_status=400 if error else 200,
@@ -72,28 +71,28 @@ def events(ctx: Context) -> Response:
         values=selection.values() if error is None else dict(args.items()),
         page=page,
         states=STATES,
-        retryable=min(retryable, queries.MAX_BULK),
-        more_retryable=retryable > queries.MAX_BULK,
-        max_bulk=queries.MAX_BULK,
-        scan_window=queries.SCAN_WINDOW,
+        retryable=min(retryable, browse.MAX_BULK),
+        more_retryable=retryable > browse.MAX_BULK,
+        max_bulk=browse.MAX_BULK,
+        scan_window=browse.SCAN_WINDOW,
     )
 
 
 def event(ctx: Context, event_id: str) -> Response:
-    view = queries.event_view(ctx.engine, event_id)
+    view = browse.event_view(ctx.engine, event_id)
     notice = NOTICES.get(ctx.request.args.get("notice", ""))
     return ctx.render("event.html", view=view, notice=notice, live=True)
 
 
 def confirm_retry(ctx: Context) -> Response:
     selection = EventFilter.parse(ctx.request.args)
-    event_ids, more = queries.retryable_ids(ctx.engine, selection)
+    event_ids, more = browse.retryable_ids(ctx.engine, selection)
     return ctx.render(
         "confirm_retry.html",
         selection=selection,
         event_ids=event_ids,
         more=more,
-        max_bulk=queries.MAX_BULK,
+        max_bulk=browse.MAX_BULK,
         shown_at=time.time(),
     )
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from jinja2 import Environment
 
-from ..status.formatting import format_age
+from ..formatting import format_age
 from .overview import Timeline
 
 __all__ = ["Chart", "chart", "register_filters"]
