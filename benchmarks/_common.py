@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import dataclasses
 import json
 import multiprocessing
 import os
@@ -347,6 +346,6 @@ def backlog_rows(count: int, customers: int) -> list[dict[str, Any]]:
             "signup_completed", f"customer_{n % customers:05d}", click_id=f"click_{n:08d}",
             customer_email=f"customer.{n}@example.com", now=now,
         )  # fmt: skip
-        rows.append({**dataclasses.asdict(event), "state": "pending", "attempts": 0,
+        rows.append({**event._asdict(), "state": "pending", "attempts": 0,
                      "next_attempt_at": event.created_at})  # fmt: skip
     return rows

@@ -15,7 +15,7 @@ from .errors import ClientClosed, EventNotFound, InvoiceConflict
 from .events import Event, build_lead, build_sale, sale_differences
 from .flusher import Callback
 from .pacing import RateLimit
-from .results import EventState, FlushReport, TrackResult, result_of_row
+from .results import EventState, FlushReport, TrackResult, result_of_row, stored_result
 from .store import AppConnection
 from .wiring import Wiring
 
@@ -240,7 +240,7 @@ class CMSClient:
             self._scheduler.wake()
         if wait is not None and connection is None and stored.state is EventState.PENDING:
             return self._wiring.wait_for(event.event_id, wait, alone=self._scheduler is None)
-        return TrackResult(success=True, event_id=event.event_id, state=stored.state)
+        return stored_result(event.event_id, stored.state)
 
     # -- delivery and inspection ------------------------------------------------------
 

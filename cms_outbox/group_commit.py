@@ -13,18 +13,21 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from threading import get_ident
 from typing import Any
 
 __all__ = ["GroupCommit"]
 
 
 class _Entry:
-    """One caller's row and, once written, its result."""
+    """One caller's statement and row and, once written, its result."""
 
-    __slots__ = ("done", "error", "params", "returned")
+    __slots__ = ("done", "error", "params", "returned", "returning", "sql")
 
-    def __init__(self, params: Sequence[Any]) -> None:
+    def __init__(self, sql: str, params: Sequence[Any], returning: bool) -> None:
+        self.sql = sql
         self.params = params
+        self.returning = returning
         self.done = False
         self.returned: tuple[Any, ...] | None = None
         self.error: BaseException | None = None
@@ -36,16 +39,13 @@ class GroupCommit:
     def __init__(
         self,
         connect: Callable[[], sqlite3.Connection],
-        sql: str,
         *,
         write_lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         """:param connect: opens the connection (autocommit or the driver's legacy mode).
-        :param sql: the INSERT, with a RETURNING clause; its conflict clause may skip a row.
         :param write_lock: held around each write transaction (a ``WriteLock``).
         """
         self._connect = connect
-        self._sql = sql
         self._write_lock = write_lock or nullcontext()
         self._conn: sqlite3.Connection | None = None
         self._forget()
@@ -62,14 +62,17 @@ class GroupCommit:
         self._callers: set[int] = set()  # threads inside ``insert``
         self._waiting = 0
 
-    def insert(self, params: Sequence[Any]) -> tuple[Any, ...] | None:
-        """Insert one row, committed on return: what its RETURNING clause gave, or None
-        when the conflict clause skipped it.
+    def insert(
+        self, sql: str, params: Sequence[Any], *, returning: bool = False
+    ) -> tuple[Any, ...] | None:
+        """Run ``sql``, an INSERT of one row whose conflict clause may skip it, committed on
+        return: None when it was skipped, else the row its RETURNING clause gave (with
+        ``returning``) or an empty tuple.
 
         :raises sqlite3.Error: (or whatever opening the connection raised) for this row.
         """
-        entry = _Entry(params)
-        me = threading.get_ident()
+        entry = _Entry(sql, params, returning)
+        me = get_ident()
         try:
             self._callers.add(me)  # first: from here on a signal handler sees busy_here
             with self._lock:
@@ -107,7 +110,7 @@ class GroupCommit:
     def busy_here(self) -> bool:
         """This very thread is inside ``insert`` (seen from a signal handler): it may lead
         the write under way, or be about to."""
-        return threading.get_ident() in self._callers
+        return get_ident() in self._callers
 
     def close(self) -> None:
         """Close the connection once the write under way (if any) is done."""
@@ -168,14 +171,18 @@ class GroupCommit:
 
     def _write(self, batch: list[_Entry]) -> None:
         try:
-            conn = self._connection()
+            conn = self._conn if self._conn is not None else self._connection()
             if len(batch) > 1:  # alone, the INSERT is its own transaction
                 conn.execute("BEGIN IMMEDIATE")
             try:
                 for entry in batch:
-                    # Every row fetched: the statement must finish for its autocommit.
-                    rows = conn.execute(self._sql, entry.params).fetchall()
-                    entry.returned = tuple(rows[0]) if rows else None
+                    cursor = conn.execute(entry.sql, entry.params)
+                    if entry.returning:
+                        # Every row fetched: the statement must finish for its autocommit.
+                        rows = cursor.fetchall()
+                        entry.returned = tuple(rows[0]) if rows else None
+                    else:
+                        entry.returned = () if cursor.rowcount == 1 else None
                 conn.commit()  # a no-op for a lone INSERT in autocommit mode
             except BaseException:
                 if conn.in_transaction:

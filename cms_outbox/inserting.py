@@ -17,7 +17,10 @@ from .events import Event
 from .queries import BLOCKED, DEAD, PENDING
 from .schema import HAS_INVOICE, NOTIFY_CHANNEL, events
 
-__all__ = ["COLUMNS", "NOTIFY", "SQLITE_INSERT", "insert_event", "row_values"]
+__all__ = [
+    "COLUMNS", "NOTIFY", "SQLITE_INSERT", "SQLITE_INSERT_FOLLOW_UP", "insert_event",
+    "row_values", "sqlite_insert",
+]  # fmt: skip
 
 COLUMNS = (
     "event_id", "kind", "customer_external_id", "click_id", "mode", "invoice_id",
@@ -25,20 +28,30 @@ COLUMNS = (
 )  # fmt: skip
 # The enqueue hot path on SQLite: one prepared statement on a DB-API connection of its
 # own, group-committed. SQLAlchemy Core's per-statement overhead alone would double its cost.
+# Either statement inserts nothing for a sale whose invoice id is taken.
+_SKIP_TAKEN_INVOICE = "ON CONFLICT(invoice_id) WHERE invoice_id IS NOT NULL DO NOTHING"
+# An event with a click id is never a follow-up: it is stored pending, by the plain
+# INSERT ... VALUES a raw insert would run (the follow-up's form costs a third more), and
+# the row count says whether it was inserted.
+SQLITE_INSERT = (
+    f"INSERT INTO {events.name} ({', '.join(COLUMNS)}) "
+    f"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) {_SKIP_TAKEN_INVOICE}"
+)
 # A follow-up (no click id) stored while its governing setup, the customer's latest
 # deferred setup, is dead is stored ``blocked``: its first lease would hold it anyway, and
 # the customer's later events would pile up pending behind it, scanned by every lease.
-# (A setup committing concurrently is caught by the lease, which checks again.)
+# The setup is read in the INSERT itself, so in the same write transaction. (A setup
+# committing concurrently is caught by the lease, which checks again.)
 _LATEST_SETUP = (
     f"SELECT s.state FROM {events.name} AS s WHERE s.customer_external_id = ?3 "
     "AND s.mode = 'deferred' ORDER BY s.id DESC LIMIT 1"
 )
-SQLITE_INSERT = (
+SQLITE_INSERT_FOLLOW_UP = (
     f"INSERT INTO {events.name} ({', '.join(COLUMNS)}) "
     f"SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, "
     f"CASE WHEN ?4 IS NULL AND ({_LATEST_SETUP}) = '{DEAD}' THEN '{BLOCKED}' ELSE ?8 END, "
     "?9, ?10, ?11 WHERE true "  # "WHERE true": SQLite's upsert after a SELECT needs one
-    "ON CONFLICT(invoice_id) WHERE invoice_id IS NOT NULL DO NOTHING RETURNING state"
+    f"{_SKIP_TAKEN_INVOICE} RETURNING state"
 )
 NOTIFY = text(f"NOTIFY {NOTIFY_CHANNEL}")
 
@@ -100,9 +113,18 @@ def _latest_setup_state(customer: str) -> Select[Any]:
     )
 
 
+def sqlite_insert(event: Event) -> tuple[str, bool]:
+    """The SQLite statement that stores ``event``, and whether it returns the state stored
+    (a follow-up's, pending or blocked); without, the event is stored pending."""
+    if event.click_id is None:
+        return SQLITE_INSERT_FOLLOW_UP, True
+    return SQLITE_INSERT, False
+
+
 def row_values(event: Event) -> tuple[Any, ...]:
     """The values of ``COLUMNS`` for a new pending ``event``."""
+    event_id, kind, customer, click_id, mode, invoice_id, payload, created_at = event
     return (
-        event.event_id, event.kind, event.customer_external_id, event.click_id, event.mode,
-        event.invoice_id, event.payload, PENDING, 0, event.created_at, event.created_at,
+        event_id, kind, customer, click_id, mode, invoice_id, payload, PENDING, 0, created_at,
+        created_at,
     )  # fmt: skip

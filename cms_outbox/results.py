@@ -8,7 +8,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["EventState", "FlushReport", "TrackResult", "parse_body", "result_of_row"]
+__all__ = [
+    "EventState", "FlushReport", "TrackResult", "parse_body", "result_of_row", "stored_result",
+]  # fmt: skip
 
 
 class EventState(str, enum.Enum):
@@ -90,6 +92,21 @@ class FlushReport:
             blocked=later.blocked,
             paused=later.paused,
         )
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def stored_result(event_id: str, state: EventState) -> TrackResult:
+    """``TrackResult(success=True, event_id=event_id, state=state)``, the result of every
+    enqueue, at a quarter of the cost of the frozen dataclass's ``__init__``."""
+    result = _new(TrackResult)
+    _set(result, "__dict__", {
+        "success": True, "event_id": event_id, "state": state, "error": None,
+        "status_code": None, "data": None,
+    })  # fmt: skip
+    return result
 
 
 def result_of_row(row: Mapping[str, Any]) -> TrackResult:

@@ -64,6 +64,9 @@ class Stored:
         return cls(EventState(row["state"]), row)
 
 
+STORED_PENDING = Stored(EventState.PENDING)  # immutable: one for every event stored pending
+
+
 class Store:
     """SQL access to one outbox; every database failure surfaces as ``StorageError``."""
 
@@ -87,11 +90,7 @@ class Store:
                 # The enqueue has a lock (an open file) of its own: it queues with the
                 # writes of this process's flusher as with every other process's.
                 self._enqueue_lock, self._write_lock = WriteLock(path), WriteLock(path)
-            self._group = GroupCommit(
-                self._enqueue_connection,
-                inserting.SQLITE_INSERT,
-                write_lock=self._enqueue_lock,
-            )
+            self._group = GroupCommit(self._enqueue_connection, write_lock=self._enqueue_lock)
 
     # -- enqueue ---------------------------------------------------------------
 
@@ -117,13 +116,14 @@ class Store:
             return self._insert_core(conn, event)
 
     def _insert_sqlite(self, group: GroupCommit, event: Event) -> Stored:
+        sql, returning = inserting.sqlite_insert(event)
         try:
-            returned = group.insert(inserting.row_values(event))
+            returned = group.insert(sql, inserting.row_values(event), returning=returning)
         except (sqlite3.Error, SQLAlchemyError) as exc:
             raise storage_error("storing the event", exc) from exc
         if returned is None:
             return Stored.found(self._existing_sale(event))
-        return Stored(EventState(returned[0]))
+        return Stored(EventState(returned[0])) if returned else STORED_PENDING
 
     def _enqueue_connection(self) -> sqlite3.Connection:
         # A DB-API connection of its own, detached from the pool: a pool checkout and its

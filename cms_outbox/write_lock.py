@@ -20,6 +20,17 @@ __all__ = ["WriteLock", "sidecar_path"]
 
 logger = logging.getLogger(__name__)
 _reported: set[str] = set()  # lock files that could not be opened, warned about once
+# Bumped in every forked child: a lock last used before the fork is the parent's. (Cheaper
+# than asking for the pid, a system call, on every enqueue.)
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def sidecar_path(database: str) -> str:
@@ -36,13 +47,13 @@ class WriteLock:
 
     def __init__(self, database: str) -> None:
         self.path = sidecar_path(database)
-        self._pid = -1
+        self._forks = -1
         self._fd: int | None = None
         self._unavailable = False
         self._threads = threading.Lock()
 
     def __enter__(self) -> None:
-        if self._pid != os.getpid():
+        if self._forks != _forks:
             self._forget()
         self._threads.acquire()
         try:
@@ -65,7 +76,7 @@ class WriteLock:
     def before_fork(self, timeout: float) -> bool:
         """Wait for this process's write under way and keep new ones from starting: a
         child forked mid-write inherits SQLite's view of a lock that no process holds."""
-        if self._pid != os.getpid():
+        if self._forks != _forks:
             self._forget()
         return self._threads.acquire(timeout=timeout)
 
@@ -78,7 +89,7 @@ class WriteLock:
     def close(self) -> None:
         with self._threads:
             fd, self._fd = self._fd, None
-            if fd is not None and self._pid == os.getpid():
+            if fd is not None and self._forks == _forks:
                 os.close(fd)
 
     def _forget(self) -> None:
@@ -90,7 +101,7 @@ class WriteLock:
         self._fd = None
         self._unavailable = False
         self._threads = threading.Lock()
-        self._pid = os.getpid()
+        self._forks = _forks
 
     def _open(self) -> int | None:
         if self._unavailable:

@@ -433,6 +433,8 @@ def check_accepted(event: Event, arguments: dict[str, Any], allowed_keys: set[st
     """An accepted event carries the caller's values, UTF-8-encodable, with no nulls."""
     event.payload.encode("utf-8")  # what the database and the wire will do with it
     payload = json.loads(event.payload)
+    # Written by hand, it is exactly the text the json module would write.
+    assert event.payload == json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     assert set(payload) <= allowed_keys
     assert None not in payload.values()
     assert payload["eventName"] == arguments["event_name"]
@@ -466,6 +468,15 @@ def test_any_sale_input_gives_a_payload_or_names_an_argument(arguments: dict[str
     assert type(payload["amount"]) is int and payload["amount"] == arguments["amount"] >= 0
     assert payload["currency"] == arguments["currency"].upper()
     assert payload["invoiceId"] == arguments["invoice_id"] == event.invoice_id
+
+
+@PROPERTY
+@given(st.datetimes(datetime(1970, 1, 2), datetime(9998, 12, 30), timezones=st.just(timezone.utc)))
+def test_a_utc_moment_is_written_as_any_other_offset_of_it_would_be(moment: datetime) -> None:
+    """The clock's own now() (aware, UTC) takes a shortcut; it writes the same text."""
+    elsewhere = moment.astimezone(PLUS_TWO)
+    assert body(lead(timestamp=moment))["timestamp"] == body(lead(timestamp=elsewhere))["timestamp"]
+    assert body(lead(timestamp=moment.replace(microsecond=0)))["timestamp"].endswith(".000Z")
 
 
 @PROPERTY

@@ -22,6 +22,7 @@ from cms_outbox.write_lock import WriteLock
 from tests.conftest import wait_until
 
 SQL = "INSERT INTO t (v) VALUES (?) ON CONFLICT(v) DO NOTHING RETURNING v"
+PLAIN_SQL = "INSERT INTO t (v) VALUES (?) ON CONFLICT(v) DO NOTHING"
 
 
 class Recorded:
@@ -56,23 +57,27 @@ def db(tmp_path: Path) -> Recorded:
 
 @pytest.fixture
 def group(db: Recorded) -> Iterator[GroupCommit]:
-    group = GroupCommit(db.connect, SQL)
+    group = GroupCommit(db.connect)
     yield group
     group.close()
 
 
 def behind_a_writer(
-    db: Recorded, group: GroupCommit, values: list[Any]
+    db: Recorded, group: GroupCommit, values: list[Any], *, returning: bool = True
 ) -> list[tuple[Any, ...] | None | BaseException]:
     """Insert ``values`` from one thread each while another connection holds the write
-    lock: the first caller waits inside its INSERT, the others queue behind it."""
+    lock: the first caller waits inside its INSERT, the others queue behind it.
+
+    :param returning: run ``SQL``, else ``PLAIN_SQL`` (the same without RETURNING).
+    """
+    sql = SQL if returning else PLAIN_SQL
     blocker = db.open()
     blocker.execute("BEGIN IMMEDIATE")
     results: list[tuple[Any, ...] | None | BaseException] = [None] * len(values)
 
     def insert(n: int) -> None:
         try:
-            results[n] = group.insert((values[n],))
+            results[n] = group.insert(sql, (values[n],), returning=returning)
         except sqlite3.Error as exc:
             results[n] = exc
 
@@ -109,13 +114,15 @@ def test_callers_arriving_while_the_leader_waits_for_the_write_lock_join_its_bat
     """The leader takes its batch once it holds the lock file, not before: everyone who
     queued while another process was writing shares one transaction."""
     other_process = WriteLock(str(db.path))
-    group = GroupCommit(db.connect, SQL, write_lock=WriteLock(str(db.path)))
+    group = GroupCommit(db.connect, write_lock=WriteLock(str(db.path)))
     values = [f"v{n}" for n in range(6)]
     with ThreadPoolExecutor(len(values)) as pool:
         with other_process:
-            first = pool.submit(group.insert, (values[0],))
+            first = pool.submit(group.insert, SQL, (values[0],), returning=True)
             assert wait_until(lambda: group._leading)
-            rest = [pool.submit(group.insert, (value,)) for value in values[1:]]
+            rest = [
+                pool.submit(group.insert, SQL, (value,), returning=True) for value in values[1:]
+            ]
             assert wait_until(lambda: len(group._queue) == len(values))  # the leader's too
         assert [f.result(timeout=30) for f in [first, *rest]] == [(value,) for value in values]
     group.close()
@@ -137,6 +144,19 @@ def test_a_failing_row_fails_alone_and_a_skipped_row_says_so(
     assert "ROLLBACK" in db.statements  # the batch was undone, then each row went alone
 
 
+def test_without_returning_each_caller_learns_whether_its_row_was_inserted(
+    db: Recorded, group: GroupCommit
+) -> None:
+    """The plain INSERT (no RETURNING): an empty tuple for a row inserted, None for one the
+    conflict clause skipped, in a shared transaction as alone."""
+    results = behind_a_writer(db, group, ["first", "a", "a", "b", "first"], returning=False)
+    assert results == [(), (), None, (), None]
+    assert group.insert(PLAIN_SQL, ("alone",)) == ()
+    assert group.insert(PLAIN_SQL, ("alone",)) is None
+    assert sorted(db.values()) == ["a", "alone", "b", "first"]
+    assert db.statements.count("BEGIN IMMEDIATE") == 1  # the four queued ones, together
+
+
 def test_a_connection_in_the_drivers_legacy_mode_commits_batches_and_lone_rows(
     db: Recorded,
 ) -> None:
@@ -147,10 +167,10 @@ def test_a_connection_in_the_drivers_legacy_mode_commits_batches_and_lone_rows(
         conn.execute("PRAGMA busy_timeout = 30000")
         return conn
 
-    group = GroupCommit(connect, SQL)
+    group = GroupCommit(connect)
     values = [f"v{n}" for n in range(5)]
     assert behind_a_writer(db, group, values) == [(value,) for value in values]
-    assert group.insert(("alone",)) == ("alone",)
+    assert group.insert(SQL, ("alone",), returning=True) == ("alone",)
     group.close()
     assert sorted(db.values()) == sorted([f"v{n}" for n in range(5)] + ["alone"])
 
@@ -158,8 +178,8 @@ def test_a_connection_in_the_drivers_legacy_mode_commits_batches_and_lone_rows(
 def test_a_lone_caller_commits_without_an_explicit_transaction(
     db: Recorded, group: GroupCommit
 ) -> None:
-    assert group.insert(("solo",)) == ("solo",)
-    assert group.insert(("solo",)) is None
+    assert group.insert(SQL, ("solo",), returning=True) == ("solo",)
+    assert group.insert(SQL, ("solo",), returning=True) is None
     expanded = SQL.replace("?", "'solo'")  # the trace shows bound values
     assert db.statements == [expanded, expanded]
     assert db.values() == ["solo"]
@@ -169,16 +189,16 @@ def test_an_unopenable_database_fails_every_caller(tmp_path: Path) -> None:
     def connect() -> sqlite3.Connection:
         return sqlite3.connect(tmp_path / "missing" / "dir" / "x.db")
 
-    group = GroupCommit(connect, SQL)
+    group = GroupCommit(connect)
     with pytest.raises(sqlite3.OperationalError, match="unable to open"):
-        group.insert(("x",))
+        group.insert(SQL, ("x",))
     assert not group._leading  # the next caller is not left waiting for a leader
 
 
 def test_close_waits_for_the_write_under_way(db: Recorded, group: GroupCommit) -> None:
     blocker = db.open()
     blocker.execute("BEGIN IMMEDIATE")
-    writer = threading.Thread(target=group.insert, args=(("late",),))
+    writer = threading.Thread(target=group.insert, args=(SQL, ("late",)))
     writer.start()
     assert wait_until(lambda: group._leading)
     closer = threading.Thread(target=group.close)

@@ -20,7 +20,6 @@ LISTEN connection shows in ``pg_stat_activity``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import re
@@ -309,7 +308,7 @@ def enqueue_backlog(engine: Engine, count: int, customers: int, prefix: str) -> 
             "signup", f"{prefix}-{n % customers:04d}", click_id=f"click-{n}", now=now
         )
         rows.append(
-            {**dataclasses.asdict(event), "state": "pending", "attempts": 0,
+            {**event._asdict(), "state": "pending", "attempts": 0,
              "next_attempt_at": event.created_at}
         )  # fmt: skip
     with engine.begin() as conn:
