@@ -45,6 +45,13 @@ class Event(NamedTuple):
     created_at: float
 
 
+# Each builder writes the payload's JSON text as it validates, field by field: the text
+# ``json.dumps(payload, ensure_ascii=False, separators=(",", ":"))`` would write for the
+# camelCase payload (absent fields omitted), at a third of its cost. Strings are escaped
+# by ``json``'s own function; keys are plain.
+_quote = encode_basestring
+
+
 def build_lead(
     event_name: Any,
     customer_external_id: Any,
@@ -58,20 +65,25 @@ def build_lead(
     now: datetime,
 ) -> Event:
     """Validate a lead and build its camelCase payload (absent fields omitted)."""
-    payload: dict[str, Any] = {}
+    created_at = now.timestamp()
+    body = "{"
     if click_id is not None:
-        payload["clickId"] = _identifier("click_id", click_id)
-    payload["eventName"] = _text("event_name", event_name, MAX_EVENT_NAME, required=True)
-    payload["customerExternalId"] = _identifier("customer_external_id", customer_external_id)
+        click_id = _identifier("click_id", click_id)
+        body = '{"clickId":' + _quote(click_id) + ","
+    name = _text("event_name", event_name, MAX_EVENT_NAME, required=True)
+    customer = _identifier("customer_external_id", customer_external_id)
     if mode is not None:
         if mode != "deferred":
             raise ValidationError("mode", f'only "deferred" is allowed, got {mode!r}')
         if click_id is None:
             raise ValidationError("click_id", 'a mode="deferred" lead needs the click_id to store')
-    _stamp_and_describe(payload, timestamp, customer_name, customer_email, customer_avatar, now)
+    body += '"eventName":' + _quote(name) + ',"customerExternalId":' + _quote(customer)
+    body += _stamp_and_describe(
+        timestamp, customer_name, customer_email, customer_avatar, now, created_at
+    )
     if mode is not None:
-        payload["mode"] = mode
-    return _event("lead", payload, None, now)
+        body += ',"mode":"deferred"'
+    return Event(new_event_id(), "lead", customer, click_id, mode, None, body + "}", created_at)
 
 
 def build_sale(
@@ -89,16 +101,22 @@ def build_sale(
     now: datetime,
 ) -> Event:
     """Validate a sale and build its camelCase payload (absent fields omitted)."""
-    payload: dict[str, Any] = {}
+    created_at = now.timestamp()
+    body = "{"
     if click_id is not None:
-        payload["clickId"] = _identifier("click_id", click_id)
-    payload["eventName"] = _text("event_name", event_name, MAX_EVENT_NAME, required=True)
-    payload["customerExternalId"] = _identifier("customer_external_id", customer_external_id)
-    invoice = payload["invoiceId"] = _identifier("invoice_id", invoice_id)
-    payload["amount"] = _amount(amount)
-    payload["currency"] = _currency(currency)
-    _stamp_and_describe(payload, timestamp, customer_name, customer_email, customer_avatar, now)
-    return _event("sale", payload, invoice, now)
+        click_id = _identifier("click_id", click_id)
+        body = '{"clickId":' + _quote(click_id) + ","
+    name = _text("event_name", event_name, MAX_EVENT_NAME, required=True)
+    customer = _identifier("customer_external_id", customer_external_id)
+    invoice = _identifier("invoice_id", invoice_id)
+    cents = _amount(amount)
+    body += '"eventName":' + _quote(name) + ',"customerExternalId":' + _quote(customer)
+    body += ',"invoiceId":' + _quote(invoice) + ',"amount":' + str(cents)
+    body += ',"currency":' + _quote(_currency(currency))
+    body += _stamp_and_describe(
+        timestamp, customer_name, customer_email, customer_avatar, now, created_at
+    )
+    return Event(new_event_id(), "sale", customer, click_id, None, invoice, body + "}", created_at)
 
 
 # What makes two sales with one invoice id different sales rather than a retry of one.
@@ -130,24 +148,6 @@ def format_timestamp(moment: datetime) -> str:
     return utc.isoformat(timespec="milliseconds") + "Z"
 
 
-def _event(kind: str, payload: dict[str, Any], invoice_id: str | None, now: datetime) -> Event:
-    return Event(
-        new_event_id(), kind, payload["customerExternalId"], payload.get("clickId"),
-        payload.get("mode"), invoice_id, _json(payload), now.timestamp(),
-    )  # fmt: skip
-
-
-def _json(payload: dict[str, Any]) -> str:
-    """The text ``json.dumps(payload, ensure_ascii=False, separators=(",", ":"))`` writes,
-    at half its cost (it builds an encoder per call): the keys are plain camelCase, the
-    values strings (escaped by ``json``'s own function) or integers."""
-    fields = [
-        f'"{key}":{encode_basestring(value) if type(value) is str else int(value)}'
-        for key, value in payload.items()
-    ]
-    return "{" + ",".join(fields) + "}"
-
-
 _VARIANT = "89ab89ab89ab89ab"  # the RFC 4122 variant digit for each random hex digit
 
 
@@ -158,20 +158,46 @@ def new_event_id() -> str:
 
 
 def _stamp_and_describe(
-    payload: dict[str, Any],
     timestamp: Any,
     customer_name: Any,
     customer_email: Any,
     customer_avatar: Any,
     now: datetime,
-) -> None:
-    payload["timestamp"] = format_timestamp(now if timestamp is None else _timestamp(timestamp))
+    epoch: float,
+) -> str:
+    """The payload's text from ``"timestamp"`` on (``now``, at ``epoch``, when absent)."""
+    if timestamp is None:
+        text = ',"timestamp":"' + _now_text(now, epoch) + '"'
+    else:
+        text = ',"timestamp":"' + format_timestamp(_timestamp(timestamp)) + '"'
     if customer_name is not None:
-        payload["customerName"] = _text("customer_name", customer_name, MAX_TEXT)
+        text += ',"customerName":' + _quote(_text("customer_name", customer_name, MAX_TEXT))
     if customer_email is not None:
-        payload["customerEmail"] = _email(customer_email)
+        text += ',"customerEmail":' + _quote(_email(customer_email))
     if customer_avatar is not None:
-        payload["customerAvatar"] = _url("customer_avatar", customer_avatar)
+        text += ',"customerAvatar":' + _quote(_url("customer_avatar", customer_avatar))
+    return text
+
+
+# The clock's last second as "YYYY-MM-DDTHH:MM:SS.", and the milliseconds' endings: events
+# enqueued together share their second's text (one tuple, replaced whole: thread-safe).
+_second: tuple[int, str] = (-1, "")
+_MILLISECONDS = tuple(f"{n:03d}Z" for n in range(1000))
+
+
+def _now_text(now: datetime, epoch: float) -> str:
+    """``format_timestamp(now)``, ``epoch`` being ``now.timestamp()``: the clock's now()
+    (aware, UTC) at a fifth of the cost."""
+    global _second
+    # Below 2**32 a float's rounding (under a microsecond) never crosses a second.
+    if now.tzinfo is not timezone.utc or not 0 <= epoch < 2**32:
+        return format_timestamp(now)
+    whole = int(epoch)
+    second, text = _second
+    if second != whole:
+        text = now.isoformat()[:19] + "."
+        _second = (whole, text)
+    return text + _MILLISECONDS[now.microsecond // 1000]
 
 
 def _text(field: str, value: Any, limit: int, *, required: bool = False) -> str:

@@ -479,6 +479,30 @@ def test_a_utc_moment_is_written_as_any_other_offset_of_it_would_be(moment: date
     assert body(lead(timestamp=moment.replace(microsecond=0)))["timestamp"].endswith(".000Z")
 
 
+UTC_MOMENTS = st.datetimes(
+    datetime(1970, 1, 2), datetime(9998, 12, 30), timezones=st.just(timezone.utc)
+)
+
+
+# Moments around NOW, a second or two apart, and anywhere in the range.
+NEAR_NOW = st.builds(
+    lambda s, ms: NOW + timedelta(seconds=s, milliseconds=ms),
+    st.integers(-2, 2),
+    st.integers(0, 999),
+)
+
+
+@PROPERTY
+@given(st.lists(st.one_of(UTC_MOMENTS, NEAR_NOW), min_size=2, max_size=8))
+def test_the_enqueue_moment_is_written_right_whatever_moment_came_before(
+    moments: list[datetime],
+) -> None:
+    """The clock's now() has its second's text kept from one event to the next: never stale."""
+    for moment in moments:
+        stamped = body(build_lead("signup", "user_42", now=moment))["timestamp"]
+        assert stamped == body(lead(timestamp=moment.astimezone(PLUS_TWO)))["timestamp"]
+
+
 @PROPERTY
 @given(GOOD_MOMENT)
 def test_any_datetime_round_trips_as_utc(moment: datetime) -> None:
