@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from typing import Any
 
@@ -13,7 +14,15 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from . import sqlite_path
 from .errors import ConfigurationError
 
-__all__ = ["BUSY_TIMEOUT", "READ_ONLY", "create", "display_url", "is_sqlite", "prepare_sqlite"]
+__all__ = [
+    "BUSY_TIMEOUT",
+    "READ_ONLY",
+    "create",
+    "display_url",
+    "is_sqlite",
+    "parse",
+    "prepare_sqlite",
+]
 
 # Long enough that contending writers queue up instead of seeing "database is locked".
 BUSY_TIMEOUT = 30.0
@@ -39,10 +48,7 @@ def create(
     :raises ConfigurationError: for a URL SQLAlchemy cannot use.
     :raises StorageError: a SQLite path that cannot work (see ``sqlite_path.prepare``).
     """
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigurationError(f"invalid database URL {url!r}: {exc}") from exc
+    parsed = parse(url)
     options: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
@@ -60,16 +66,54 @@ def create(
     try:
         engine = create_engine(parsed, **options)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-        hint = ""
-        if parsed.get_backend_name() == "postgresql" and isinstance(exc, ImportError):
-            hint = (
-                ": install the PostgreSQL driver with pip install 'cms-outbox[postgres]' "
-                "and use a postgresql+psycopg:// URL"
-            )
-        raise ConfigurationError(f"cannot use database URL {parsed!r}: {exc}{hint}") from exc
+        raise ConfigurationError(
+            f"cannot use database URL {parsed!r}: {_unusable(parsed, exc)}"
+        ) from exc
     if is_sqlite(engine):
         prepare_sqlite(engine, durability=durability)
     return engine
+
+
+def parse(url: str) -> URL:
+    """``url`` parsed, or a ``ConfigurationError`` that quotes it with its password masked.
+
+    :raises ConfigurationError: not of the form ``dialect+driver://user:password@host:port/db``.
+    """
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+        reason = "the port is not a number" if isinstance(exc, ValueError) else "not a URL"
+        masked = _PASSWORD.sub(r"\1***@", url)
+        raise ConfigurationError(
+            f"invalid database URL {masked!r} ({reason}): expected "
+            "dialect+driver://user:password@host:port/database, e.g. "
+            "sqlite:////var/lib/app/outbox.db or postgresql+psycopg://user@host/app"
+        ) from None
+
+
+# The password of a URL SQLAlchemy cannot parse: ``scheme://user:password@``.
+_PASSWORD = re.compile(r"(//[^:/@]*:)[^@]*@")
+
+# The drivers this package installs through its extras, for a dialect whose driver is missing.
+_EXTRAS = {"postgresql": ("postgres", "postgresql+psycopg"), "mysql": ("mysql", "mysql+pymysql")}
+
+
+def _unusable(parsed: URL, exc: Exception) -> str:
+    backend = parsed.get_backend_name()
+    if isinstance(exc, NoSuchModuleError):
+        return (
+            f"no SQLAlchemy dialect {parsed.drivername!r}: use sqlite:///, "
+            "postgresql+psycopg:// or mysql+pymysql://"
+        )
+    if isinstance(exc, ImportError) and backend in _EXTRAS:
+        extra, scheme = _EXTRAS[backend]
+        return (
+            f"its driver is not installed ({exc}): pip install 'cms-outbox[{extra}]' "
+            f"and use a {scheme}:// URL"
+        )
+    if isinstance(exc, ImportError):
+        return f"its driver is not installed ({exc})"
+    return str(exc)
 
 
 def display_url(url: str | URL) -> str:
@@ -78,7 +122,7 @@ def display_url(url: str | URL) -> str:
     A relative SQLite path is relative to the working directory (which ``gunicorn
     --chdir`` or a unit's ``WorkingDirectory=`` changes): output says where the file is.
     """
-    parsed = make_url(url)
+    parsed = parse(url) if isinstance(url, str) else url
     path = parsed.database
     if parsed.get_backend_name() == "sqlite" and path and not _in_memory(path):
         parsed = parsed.set(database=os.path.abspath(path))

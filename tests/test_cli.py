@@ -180,6 +180,15 @@ def test_wrong_database_url_is_a_configuration_error(inproc: Run) -> None:
     assert_one_line_error(inproc("status", "--database-url", "sqlite://"), 2)
 
 
+def test_a_database_url_with_a_bad_port_is_one_line_without_its_password(inproc: Run) -> None:
+    """It was a traceback ending in SQLAlchemy's ValueError, exit code 1."""
+    for command in (["status"], ["flush"]):
+        result = inproc(*command, "--database-url", "postgresql://u:sekrit@db:abc/app", token="t")
+        line = assert_one_line_error(result, 2)
+        assert "the port is not a number" in line
+        assert "sekrit" not in line
+
+
 def test_missing_database_file_is_reported_and_not_created(tmp_path: Path) -> None:
     path = tmp_path / "missing.db"
     line = assert_one_line_error(cli("status", "--database-url", f"sqlite:///{path}"), 3)

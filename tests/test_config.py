@@ -6,6 +6,7 @@ file is created or a thread is started, not on the thousandth flush.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,25 @@ def test_in_memory_sqlite_is_refused(url: str) -> None:
 def test_unusable_database_url_is_a_configuration_error(url: str) -> None:
     with pytest.raises(ConfigurationError):
         CMSClient(database_url=url, flush="off")
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:sekrit@db:abc/app", "postgresql//u:sekrit@db/app"])
+def test_a_malformed_database_url_is_refused_without_its_password(url: str) -> None:
+    """A port that is not a number raised SQLAlchemy's ValueError; the message quoted the
+    password of a URL it could not parse."""
+    with pytest.raises(ConfigurationError, match="invalid database URL") as raised:
+        CMSClient(database_url=url, flush="off")
+    assert "sekrit" not in str(raised.value)
+    assert "u:***@db" in str(raised.value)
+
+
+def test_a_scheme_without_its_driver_names_the_url_to_use() -> None:
+    """Heroku's postgres:// and a bare mysql:// gave SQLAlchemy's plugin or import error."""
+    with pytest.raises(ConfigurationError, match=r"use sqlite:///, postgresql\+psycopg://"):
+        CMSClient(database_url="postgres://u@127.0.0.1:1/app", flush="off")
+    if importlib.util.find_spec("MySQLdb") is None:
+        with pytest.raises(ConfigurationError, match=r"cms-outbox\[mysql\].*mysql\+pymysql://"):
+            CMSClient(database_url="mysql://root@127.0.0.1:1/app", flush="off")
 
 
 @pytest.mark.parametrize("token", ["sekrit\nX-Injected: 1", "sekrit with spaces", "sekrït"])

@@ -9,13 +9,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Callable, NoReturn
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
 from .. import config, sqlite_path
 from ..client import CMSClient
 from ..config import Settings
 from ..database import display_url
+from ..database import parse as parse_url
 from ..errors import ConfigurationError
 from ..formatting import format_age, isoformat
 from ..pacing import AUTO, RateLimit
@@ -288,8 +286,8 @@ def open_reader(settings: Settings) -> OutboxReader:
 def _require_existing_file(url: str) -> None:
     # Without this, SQLite would create an empty file just to report it unmigrated.
     try:
-        parsed = make_url(url)
-    except ArgumentError:
+        parsed = parse_url(url)
+    except ConfigurationError:
         return  # CMSClient reports a malformed URL
     path = parsed.database
     if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
@@ -302,7 +300,7 @@ def mask_url(url: str) -> str:
     """The database URL for logs and output: password masked, a SQLite path made absolute."""
     try:
         return display_url(url)
-    except ArgumentError:
+    except ConfigurationError:
         return "<invalid database URL>"
 
 
