@@ -147,8 +147,8 @@ def test_status_shows_what_is_new_since_the_acknowledgement(
     assert (status["acknowledged_at"], status["new_dead"], status["new_blocked"]) == (None, 2, 1)
     assert main(["status", "--database-url", sqlite_url]) == 0
     text = capsys.readouterr().out
-    assert re.search(r"^dead\s+2\s+2 new ever \(never retried or purged\)$", text, re.M), text
-    assert re.search(r"^blocked\s+1\s+1 new ever", text, re.M), text
+    assert re.search(r"^dead\s+2\s+2 new \(no retry or purge yet\)$", text, re.M), text
+    assert re.search(r"^blocked\s+1\s+1 new \(no retry", text, re.M), text
 
 
 def test_the_health_unit_command_flags_dead_events_without_the_token(

@@ -42,6 +42,24 @@ def live(url: str) -> list[Any]:
         return list(reader.status().live_flushers)
 
 
+def test_status_without_a_flusher_still_says_the_token_was_rejected(
+    sqlite_url: str, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The pause stays recorded and health reports it; status said only "no flusher"."""
+    with CMSClient(
+        token="not-the-token", host=sandbox.url, database_url=sqlite_url, flush="off"
+    ) as client:
+        client.track_lead("signup", "user_1", click_id="c_1")
+        assert client.flush().paused == "auth"
+    assert status_json(sqlite_url, capsys)["pause"]["reason"] == "auth"
+    (line,) = [
+        row for row in status_text(sqlite_url, capsys).splitlines() if row.startswith("delivery ")
+    ]
+    assert "no flusher is running" in line
+    assert "the last one found the token rejected since" in line
+    assert "HTTP 401" in line
+
+
 def test_an_in_process_flusher_beats_from_its_first_pass_and_leaves_at_close(
     database_url: str, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:

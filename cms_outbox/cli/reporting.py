@@ -186,7 +186,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{status.delivered_last_hour} in the last hour",
     }
     since = (
-        "ever (never retried or purged)"
+        "(no retry or purge yet)"
         if status.acknowledged_at is None
         else f"since the last retry or purge, {format_time(status.acknowledged_at, now)}"
     )
@@ -217,9 +217,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     pause = status.pause
     live = status.live_flushers
     if not live:
-        lines.append(
-            ("delivery", f"no flusher is running (none beat in the last {format_age(STALE_AFTER)})")
-        )
+        text = f"no flusher is running (none beat in the last {format_age(STALE_AFTER)})"
+        if pause is not None:  # recorded by the last flusher; health still reports it
+            found = "service unreachable" if pause.reason == "outage" else "token rejected"
+            text += (
+                f"; the last one found the {found} since {format_time(pause.since, now)}: "
+                f"{shorten(pause.error)}"
+            )
+        lines.append(("delivery", text))
     elif pause is None:
         lines.append(("delivery", "running (no pause in effect)"))
     else:
