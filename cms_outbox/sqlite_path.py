@@ -95,10 +95,10 @@ def _directory(directory: str, full: str, *, create: bool, reader: bool) -> None
         missing = os.path.dirname(missing)
     if not create:
         ask = (
-            "a reader never creates an outbox: `cms-outbox migrate --create-directories` does"
+            "nothing creates an outbox here: `cms-outbox migrate --create-directories` does"
             if reader
             else "or ask for it to be created (CMSClient(create_directories=True), "
-            "`cms-outbox ... --create-directories`)"
+            "`cms-outbox migrate --create-directories`)"
         )
         raise DirectoryNotFound(
             f"the directory of the outbox {full} does not exist ({missing} is missing): check "

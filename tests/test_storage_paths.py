@@ -128,6 +128,35 @@ def test_a_reader_given_create_directories_says_which_command_creates(
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("command", [["flush"], ["retry", "--dead"], ["purge"]], ids=" ".join)
+def test_a_writer_that_never_creates_is_not_called_a_reader(
+    command: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CMS_BEARER_TOKEN", TOKEN)
+    url = f"sqlite:///{tmp_path / 'new' / 'outbox.db'}"
+    assert main([*command, "--database-url", url]) == EXIT_NO_DIRECTORY
+    err = capsys.readouterr().err
+    assert "`cms-outbox migrate --create-directories` does" in err, err
+    assert "reader" not in err
+
+
+@pytest.mark.parametrize(
+    ("command", "offered"),
+    [("migrate", True), ("run", True)]
+    + [(name, False) for name in ("status", "events", "show", "health", "retry", "purge")]
+    + [(name, False) for name in ("flush", "ui", "demo", "sandbox")],
+)
+def test_only_the_commands_that_create_an_outbox_offer_create_directories(
+    command: str, offered: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """status --help said the flag creates missing directories; status never creates."""
+    assert main([command, "--help"]) == 0
+    assert ("--create-directories" in capsys.readouterr().out) is offered
+
+
 def test_migrate_creates_the_directories_when_asked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

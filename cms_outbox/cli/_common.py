@@ -154,8 +154,14 @@ def add_command(
     description: str,
     examples: Sequence[str],
     notes: str = "",
+    creates: bool = False,
 ) -> argparse.ArgumentParser:
-    """A subcommand whose help ends with examples (a test checks that every one has them)."""
+    """A subcommand whose help ends with examples (a test checks that every one has them).
+
+    :param creates: the command can create a missing outbox, so its help offers
+        ``--create-directories``; the others accept the flag (it is global) but do not
+        offer what they never do.
+    """
     epilog = "examples:\n" + "\n".join(f"  {example}" for example in examples)
     if notes:
         epilog += "\n\n" + notes.strip("\n")
@@ -167,6 +173,10 @@ def add_command(
         formatter_class=HelpFormatter,
     )
     add_common_options(parser, suppress=True)
+    if not creates:
+        for action in parser._actions:
+            if action.dest == "create_directories":
+                action.help = argparse.SUPPRESS
     parser.set_defaults(handler=handler)
     return parser
 

@@ -47,6 +47,7 @@ def register(subparsers: Any) -> None:
         "--interval seconds, plus hourly purges of expired events. SIGTERM or Ctrl-C stops "
         "leasing, lets requests in flight finish, hands unsent leases back and exits 0. "
         "Migrates the outbox tables if needed.",
+        creates=True,
         examples=[
             "CMS_BEARER_TOKEN=... cms-outbox run --database-url sqlite:////var/lib/app/outbox.db",
             "CMS_BEARER_TOKEN=... cms-outbox run --workers 4 --interval 2 --metrics-port 9464",

@@ -91,7 +91,9 @@ def register(subparsers: Any) -> None:
         cmd_migrate,
         summary="create or upgrade the outbox tables to this version's schema",
         description="Bring the outbox tables to this version's Alembic head (creating them "
-        "if needed) and print the revision. The other read-only commands never migrate.",
+        "if needed) and print the revision. run and flush also migrate; status, events, show, "
+        "health, retry and purge never do: they report an outbox that needs it (exit code 3).",
+        creates=True,
         examples=[
             "cms-outbox migrate",
             "cms-outbox migrate --database-url postgresql+psycopg://outbox@db/app",
