@@ -4,7 +4,9 @@ It reads orders as JSON objects on stdin (one per line, or spread over several l
 a stream of objects, as ``jq`` prints them) and tracks each as a sale. With
 ``flush="off"`` it sends nothing and needs no token: ``track_sale`` returns once the
 event is stored, and the daemon delivers it (and keeps retrying through outages). An
-order that is not valid JSON, or misses a field, is reported on one line and skipped.
+order that misses a field or is refused (``ValidationError``) is reported on one line and
+skipped. Input that is not valid JSON ends the reading there, with one line and exit code
+1: the orders before it stay stored, the rest is not read.
 
 Run it beside the daemon (the token only in the daemon's environment)::
 
