@@ -183,6 +183,10 @@ def cmd_flush(args: argparse.Namespace) -> int:
     with open_client(
         settings, migrate=True, on_delivered=progress.on_delivered, on_dead=progress.on_dead
     ) as client:
+        # A flush stops at a pause and reports it itself: an "outage started ... next probe
+        # in 0.9s" line would promise a probe that never comes. The closing line still
+        # says what waits, and why.
+        client.flusher.pauses.quiet = True
         progress.start(reports.outbox_status(client.engine).to_send)
         try:
             total = _drain(client, args.timeout)
