@@ -165,6 +165,15 @@ def test_no_command_and_bad_arguments_exit_2(inproc: Run) -> None:
     assert "invalid duration" in result.stderr
 
 
+def test_a_mistyped_option_points_at_its_command_help(inproc: Run) -> None:
+    """It pointed at `cms-outbox --help`, which does not list the command's options."""
+    result = inproc("status", "--jsn")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "cms-outbox status: error: unrecognized arguments: --jsn (see `cms-outbox status --help`)"
+    )
+
+
 def test_the_token_is_never_a_flag(inproc: Run) -> None:
     result = inproc("run", "--token", "secret")
     assert result.returncode == 2

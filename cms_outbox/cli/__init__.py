@@ -89,7 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit code (see ``cms-outbox --help``)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:  # point at the command's own --help, not the top level's
+            where = getattr(args, "command_parser", parser)
+            where.error(f"unrecognized arguments: {' '.join(extras)}")
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     handler = getattr(args, "handler", None)

@@ -177,7 +177,7 @@ def add_command(
         for action in parser._actions:
             if action.dest == "create_directories":
                 action.help = argparse.SUPPRESS
-    parser.set_defaults(handler=handler)
+    parser.set_defaults(handler=handler, command_parser=parser)
     return parser
 
 
