@@ -3,10 +3,11 @@
 Median microseconds per call of ``CMSClient.track_lead`` (``flush="off"``, durability
 full and normal) beside a raw ``sqlite3`` insert+commit with the same pragmas,
 persist-queue's ``SQLiteAckQueue.put`` and the official SDK's blocking ``track_lead``
-against a local sandbox (0 ms latency). The contenders take turns in rounds, so the
-machine's noise hits them alike. The same raw INSERT into the outbox's own schema shows
-what its indexes cost. Then 4 threads and 4 processes enqueue at once. The targets are
-for the default durability (full); durability normal is shown for comparison.
+against a local sandbox (0 ms latency). The contenders take turns in rounds, each round
+starting with the next one, so the machine's noise hits them alike. The same raw INSERT
+into the outbox's own schema shows what its indexes cost. Then 4 threads and 4 processes
+enqueue at once. The targets are for the default durability (full); durability normal
+is shown for comparison.
 ``--quick`` makes a few calls of each, with 2 threads and 2 processes, to show the script
 works (no figure to read).
 
@@ -307,9 +308,13 @@ def main() -> None:
         samples: dict[str, list[float]] = {key: [] for key in contenders}
         for contender in contenders.values():  # warm up: connections, statement caches
             timed_calls(Contender(contender.name, contender.call, contender.close, warm_up), 10**8)
+        keys = list(contenders)
         for r in range(rounds):
-            for key, contender in contenders.items():
-                samples[key] += timed_calls(contender, r * contender.calls_per_round)
+            # Each round starts one contender later: none always runs first, right after the
+            # SDK's requests and the writers that do not fsync (whose dirty pages the round's
+            # first fsync may have to write out too).
+            for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
+                samples[key] += timed_calls(contenders[key], r * contenders[key].calls_per_round)
         for contender in contenders.values():
             contender.close()
         us = {key: median(values) for key, values in samples.items()}
