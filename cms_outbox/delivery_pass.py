@@ -2,8 +2,9 @@
 
 The pass thread does all database work; worker threads only do HTTP. A pass keeps the
 pool busy until nothing more is due, the circuit opens, the deadline passes or it is
-told to stop; rows it leased but did not send go back unsent. The ``Flusher`` that runs
-it owns what outlives a pass: the breaker, the pacer, the totals and the callbacks.
+told to stop; rows it leased but did not send go back unsent, and their tokens go back
+too, also when the pass fails. The ``Flusher`` that runs it owns what outlives a pass:
+the breaker, the pacer, the totals and the callbacks.
 
 Each worker has a second row leased and queued behind its request, so it starts the
 next one the moment an answer arrives rather than after a database round trip, and
@@ -13,12 +14,14 @@ answers are recorded half a round per transaction: few, short holds of SQLite's 
 from __future__ import annotations
 
 import functools
+import logging
 import queue
 import threading
 import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
+from .errors import OutboxError
 from .policy import Verdict, classify
 from .store import Attempt, Lease
 from .transport import Reply, Transport
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
     from .flusher import Flusher
 
 __all__ = ["IDLE_WAIT", "PIPELINE", "Pass"]
+
+logger = logging.getLogger(__name__)
 
 # Seconds a pass without a deadline waits for a request at a time, to notice leave_by().
 IDLE_WAIT = 0.25
@@ -51,6 +56,7 @@ class Pass:
         # the pass thread one step per answer, where ``wait()`` visits every request.
         self.answered: queue.SimpleQueue[Future[Reply | None]] = queue.SimpleQueue()
         self.unsent: list[int] = []  # rows leased, then not sent: handed back at the end
+        self.unspent = 0  # tokens taken this round and not yet gone with a request
         self.halted = False  # set by a worker: send nothing more in this pass
         self.exhausted = False
 
@@ -58,14 +64,32 @@ class Pass:
         if not self.store.has_work(self.flusher.clock()):
             return  # idle: no tokens taken, nothing leased, nothing written
         try:
-            self._loop()
-        finally:
-            self._cancel_queued()
-            self._drain_inflight()
-        # After a failure the next pass hands back what is still leased to us.
-        self.store.hand_back(self.flusher.owner, self.unsent)
-        if self.unsent and self.paced:  # their requests were paid for, never made
-            self.flusher.pacer.give_back(len(self.unsent))
+            try:
+                self._loop()
+            finally:
+                self._cancel_queued()
+                self._drain_inflight()
+            # After a failure the next pass hands back what is still leased to us.
+            self.store.hand_back(self.flusher.owner, self.unsent)
+        except BaseException:
+            self._give_back(failing=True)
+            raise
+        self._give_back(failing=False)
+
+    def _give_back(self, *, failing: bool) -> None:
+        """Return the tokens paid for requests never made: rows not sent, and those taken
+        for a round that failed before sending (a pass that fails must not waste budget)."""
+        count, self.unspent = self.unspent + len(self.unsent), 0
+        self.unsent = []
+        if not count or not self.paced:
+            return
+        try:
+            self.flusher.pacer.give_back(count)
+        except OutboxError as exc:
+            if not failing:
+                raise
+            # The pass's own failure (the database, most likely the same) is what is raised.
+            logger.debug("giving back %d tokens after a failed pass failed too: %s", count, exc)
 
     def _loop(self) -> None:
         finished: list[tuple[Attempt, str]] = []
@@ -78,13 +102,14 @@ class Pass:
             if room and self.paced:
                 # Pay before leasing: a leased row never waits for a token (and its lease).
                 grant = self.flusher.pacer.take(room, now)
-                room = grant.requests
+                room = self.unspent = grant.requests
                 wait_for_token = None if room else grant.wait
             if finished or room:
-                sent = self._exchange(finished, room, now)
+                self._exchange(finished, room, now)  # spends a token per request sent
                 finished = []
-                if room > sent and self.paced:
-                    self.flusher.pacer.give_back(room - sent)
+                if self.unspent:  # rows not due after all, or dead of old age
+                    self.flusher.pacer.give_back(self.unspent)
+                    self.unspent = 0
             if stopping:
                 return
             if not self.inflight:
@@ -117,9 +142,9 @@ class Pass:
             return 0 if busy else 1
         return max(0, self.settings.workers * PIPELINE - busy)
 
-    def _exchange(self, finished: list[tuple[Attempt, str]], room: int, now: float) -> int:
-        """Record what finished, lease what fits and send it; returns how many are sent
-        (a row leased past ``max_age`` is dead-lettered instead)."""
+    def _exchange(self, finished: list[tuple[Attempt, str]], room: int, now: float) -> None:
+        """Record what finished, lease what fits and send it, each with one of the
+        ``unspent`` tokens (a row leased past ``max_age`` is dead-lettered instead)."""
         attempts = [attempt for attempt, _ in finished]
         applied, leases = self.store.exchange(
             self.flusher.owner,
@@ -142,8 +167,8 @@ class Pass:
             if lease not in expired:
                 future = executor.submit(send, lease)
                 self.inflight[future] = lease
+                self.unspent = max(0, self.unspent - 1)  # not sent after all: ``unsent``
                 future.add_done_callback(self.answered.put)
-        return len(leases) - len(expired)
 
     def _send(self, transport: Transport, lease: Lease) -> Reply | None:
         """In a worker: send, unless the pass stopped, or the circuit opened (or is about

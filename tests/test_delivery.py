@@ -14,6 +14,7 @@ from typing import Any, Callable
 import pytest
 
 from cms_outbox import CMSClient, EventState, StorageError, TrackResult
+from cms_outbox.pacing import Quota, burst
 from cms_outbox.sandbox import Sandbox
 from tests.conftest import TOKEN, FakeClock, accepted_in_order, returns, wait_until
 
@@ -346,6 +347,54 @@ def test_a_failed_pass_still_counts_what_it_delivered(
     # The second answer could not be recorded; the third row, queued behind the second
     # request, may have gone out before the pass failed (its lease stays until next pass).
     assert len(sandbox.accepted) in (2, 3)
+
+
+def test_a_pass_that_fails_gives_back_the_tokens_of_requests_it_never_made(
+    make_sqlite_client: Factory, sandbox: Sandbox, sqlite_url: str
+) -> None:
+    """Paced on a frozen clock, so that no token ever refills: a pass leases two rows (one
+    on the wire, one queued behind it), the service goes down, and recording the outage
+    fails (the database refuses it). The queued row never went out: its token is back, so
+    the budget still holds one token per event left, and all of them are delivered."""
+    path = sqlite_url.removeprefix("sqlite:///")
+    held = int(burst(Quota(60, 60)))  # the budget's burst at 60 per minute
+    client = connect(make_sqlite_client, sandbox, workers=1, rate_limit=60, clock=FakeClock())
+    client.track_lead("signup", "user-0", click_id="c")
+    assert client.flush().delivered == 1  # closes the new flusher's circuit
+    sandbox.set_faults(stall=300.0)  # the request on the wire is held until down()
+    for n in range(1, held - 1):
+        client.track_lead("signup", f"user-{n}", click_id="c")
+    failures: list[BaseException] = []
+
+    def fail() -> None:
+        try:
+            client.flush()
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=fail)
+    thread.start()
+    assert wait_until(lambda: len(sandbox.requests) == 2)
+    assert client.flusher.in_flight == 2  # one on the wire, one queued: two tokens taken
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON cms_outbox_attempts "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    sandbox.down()  # the held request ends without an answer; the queued one is not sent
+    thread.join(60)
+    assert [type(exc) for exc in failures] == [StorageError]
+    budget = client.store.with_budget(lambda budget: (budget, budget))
+    assert len(sandbox.requests) == 2
+    assert budget.tokens == held - 2  # one per request made, none for the one never sent
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TRIGGER refuse")
+    sandbox.clear_faults()
+    sandbox.up()
+    report = client.flush()
+    assert (report.delivered, report.pending) == (held - 2, 0)
+    assert len(sandbox.requests) == held  # the unanswered one again, then the rest
 
 
 def test_a_stop_sends_none_of_the_rows_leased_behind_the_requests_on_the_wire(
