@@ -105,8 +105,7 @@ class Store:
             if _is_django(connection):  # Django's own cursor, in its atomic() block
                 from .django.transaction import insert_event
 
-                existing = insert_event(connection, event)  # stored pending; a lease blocks
-                return Stored(EventState.PENDING) if existing is None else Stored.found(existing)
+                return insert_event(connection, event)
             with storage_errors("storing the event in the application's transaction"):
                 conn = connection if isinstance(connection, Connection) else connection.connection()
                 return self._insert_core(conn, event)

@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from cms_outbox import migrate
+from cms_outbox import CMSClient, EventState, migrate
 from cms_outbox.sandbox import Sandbox
 from tests.conftest import TOKEN, wait_until
 
@@ -196,3 +196,62 @@ def test_a_signup_and_its_lead_commit_together_or_not_at_all(
     assert rows(shop_url, "SELECT state, count(*) FROM cms_outbox_events GROUP BY state") == [
         ("delivered", 6)
     ]
+
+
+# Tracks events with Django's connection inside atomic(); prints [event_id, state] each.
+TRACK = textwrap.dedent(
+    """
+    import json, sys
+    import django
+    django.setup()
+    from django.db import connection, transaction
+    from cms_outbox.django import get_client
+
+    results = []
+    with transaction.atomic():
+        for kind, options in json.loads(sys.argv[1]):
+            track = getattr(get_client(), f"track_{kind}")
+            result = track(connection=connection, **options)
+            results.append([result.event_id, result.state.value])
+    print(json.dumps(results))
+    """
+)
+
+
+def track(url: str, calls: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
+    done = subprocess.run(
+        [sys.executable, "-c", TRACK, json.dumps(calls)], cwd=SHOP, env=shop_env(url),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    return answers(done)
+
+
+def test_a_follow_up_behind_a_dead_setup_reports_the_blocked_state_it_is_stored_in(
+    shop_url: str, sandbox: Sandbox
+) -> None:
+    """As with a SQLAlchemy connection or none: the result says what the row says."""
+    migrated = manage(shop_url, "migrate", "--verbosity", "0")
+    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    [[setup, _]] = track(shop_url, [
+        ("lead", {"event_name": "signup", "customer_external_id": "held",
+                  "click_id": "k1", "mode": "deferred"}),
+    ])  # fmt: skip
+    sandbox.set_faults(force_status=422, force_count=1)  # the setup is rejected
+    with CMSClient(
+        token=TOKEN, host=sandbox.url, database_url=shop_url, flush="off", rate_limit=None
+    ) as sender:
+        assert sender.flush().dead == 1
+        assert sender.result(setup).state is EventState.DEAD
+
+    follow_ups = track(shop_url, [
+        ("lead", {"event_name": "step", "customer_external_id": "held"}),
+        ("sale", {"event_name": "purchase", "customer_external_id": "held",
+                  "invoice_id": "inv-held", "amount": 4999, "currency": "USD"}),
+        ("lead", {"event_name": "signup", "customer_external_id": "free",
+                  "click_id": "k2", "mode": "deferred"}),
+        ("lead", {"event_name": "step", "customer_external_id": "free"}),
+    ])  # fmt: skip
+    states = ["blocked", "blocked", "pending", "pending"]  # "free": its setup is pending
+    assert [state for _, state in follow_ups] == states
+    stored = dict(rows(shop_url, "SELECT event_id, state FROM cms_outbox_events"))
+    assert [stored[event_id] for event_id, _ in follow_ups] == states

@@ -13,7 +13,10 @@ from django.db import DatabaseError, IntegrityError, transaction
 from ..errors import StorageError, ValidationError
 from ..events import Event
 from ..inserting import COLUMNS, row_values
+from ..queries import BLOCKED, DEAD
+from ..results import EventState
 from ..schema import NOTIFY_CHANNEL, events
+from ..store import Stored
 
 __all__ = ["insert_event"]
 
@@ -23,13 +26,21 @@ _INSERT = (
 _ON_CONFLICT = " ON CONFLICT (invoice_id) WHERE invoice_id IS NOT NULL DO NOTHING"
 _COLUMNS = ", ".join(column.name for column in events.columns)
 _STORED_SALE = f"SELECT {_COLUMNS} FROM {events.name} WHERE invoice_id = %s"
+# A follow-up (no click id) whose customer's latest deferred setup is dead is stored
+# blocked, as on every other path (a setup committing concurrently is caught by the lease).
+_LATEST_SETUP = (
+    f"SELECT state FROM {events.name} WHERE customer_external_id = %s AND mode = 'deferred' "
+    "ORDER BY id DESC LIMIT 1"
+)
+_STATE = COLUMNS.index("state")
 
 
-def insert_event(connection: Any, event: Event) -> dict[str, Any] | None:
+def insert_event(connection: Any, event: Event) -> Stored:
     """Store ``event`` in ``connection``'s open ``atomic()`` block.
 
-    :returns: None when stored, else the row of the sale already stored with the same
-        ``invoice_id`` (nothing was written).
+    :returns: the state it was stored in (pending, or blocked: a follow-up whose governing
+        setup is dead), or the sale already stored with its ``invoice_id`` (nothing was
+        written).
     :raises ValidationError: ``connection`` is in autocommit mode: the event would commit
         on its own, not with the application's work.
     :raises StorageError: the database failed.
@@ -42,22 +53,28 @@ def insert_event(connection: Any, event: Event) -> dict[str, Any] | None:
             "leave out connection= to store the event in a transaction of its own",
         )
     vendor = connection.vendor
+    values = list(row_values(event))
     try:
         with connection.cursor() as cursor:
+            if event.click_id is None:
+                cursor.execute(_LATEST_SETUP, [event.customer_external_id])
+                setup = cursor.fetchone()
+                if setup is not None and setup[0] == DEAD:
+                    values[_STATE] = BLOCKED
             if vendor in ("postgresql", "sqlite"):
-                cursor.execute(_INSERT + _ON_CONFLICT, row_values(event))
+                cursor.execute(_INSERT + _ON_CONFLICT, values)
                 stored = cursor.rowcount == 1
                 if stored and vendor == "postgresql":  # delivered to listeners at commit
                     cursor.execute(f"NOTIFY {NOTIFY_CHANNEL}")
             else:
                 try:
                     with transaction.atomic(using=connection.alias):  # a savepoint
-                        cursor.execute(_INSERT, row_values(event))
+                        cursor.execute(_INSERT, values)
                     stored = True
                 except IntegrityError:  # the invoice id is taken
                     stored = False
             if stored:
-                return None
+                return Stored(EventState(values[_STATE]))
             # The latest committed row: MySQL's snapshot of this transaction may predate it.
             lock = " LOCK IN SHARE MODE" if vendor == "mysql" else ""
             cursor.execute(_STORED_SALE + lock, [event.invoice_id])
@@ -70,4 +87,4 @@ def insert_event(connection: Any, event: Event) -> dict[str, Any] | None:
         ) from exc
     if row is None:
         raise StorageError(f"storing event {event.event_id} failed: it was not inserted")
-    return dict(zip(names, row))
+    return Stored.found(dict(zip(names, row)))
