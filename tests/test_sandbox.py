@@ -565,6 +565,31 @@ def test_reset_drops_the_connection_without_an_answer(sb, http):
     assert post(http, sb, "lead", LEAD).status_code == 200
 
 
+def test_redirect_answers_307_with_the_location_and_processes_nothing(sb, http):
+    sb.set_faults(redirect="https://elsewhere.example/track/lead")
+    answer = http.post(
+        f"{sb.url}/track/lead", json=LEAD, headers={"Authorization": f"Bearer {sb.token}"},
+        allow_redirects=False, timeout=10,
+    )  # fmt: skip
+    assert answer.status_code == 307
+    assert answer.headers["Location"] == "https://elsewhere.example/track/lead"
+    assert answer.json()["type"] == "redirect"
+    assert sb.accepted == [] and [r.status for r in sb.requests] == [307]
+    sb.clear_faults()
+    assert post(http, sb, "lead", LEAD).status_code == 200
+
+
+def test_connections_counts_what_was_accepted_not_what_was_sent(sb, http):
+    for n in range(3):
+        assert post(http, sb, "lead", LEAD, key=f"k{n}").status_code == 200  # kept alive
+    assert sb.connections == 1
+    with requests.Session() as other:
+        assert post(other, sb, "lead", LEAD, key="k3").status_code == 200
+    assert sb.connections == 2
+    sb.reset()
+    assert sb.connections == 0
+
+
 def test_down_refuses_connections_and_up_serves_on_the_same_port(sb, http):
     assert post(http, sb, "lead", LEAD).status_code == 200  # a pooled keep-alive connection
     port = sb.port
@@ -640,6 +665,8 @@ def test_invalid_faults_are_rejected(sb):
         sb.set_faults(error_rate=2)
     with pytest.raises(ValueError, match="force_status"):
         sb.set_faults(force_status=200)
+    with pytest.raises(ValueError, match="redirect"):
+        sb.set_faults(redirect=" ")
     assert sb.faults == Faults()
 
 

@@ -1,4 +1,5 @@
-"""The HTTP transport (``cms_outbox.transport``) against a recording server on loopback."""
+"""The HTTP transport (``cms_outbox.transport``) against a recording server and the sandbox,
+on loopback."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from cms_outbox import ConfigurationError, __version__
+from cms_outbox import CMSClient, ConfigurationError, __version__
+from cms_outbox.sandbox import Sandbox
 from cms_outbox.transport import Transport
+from tests.conftest import TOKEN, returns
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -94,3 +97,98 @@ def test_a_reply_starts_on_the_injected_clock(server: ThreadingHTTPServer) -> No
 def test_a_host_requests_cannot_use_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="not a usable URL"):
         Transport("https://\u2603.example", "t")
+
+
+# -- against the sandbox: timeouts, keep-alive, redirects and proxies ---------------------
+
+LEAD = json.dumps({"eventName": "signup", "customerExternalId": "user_1", "clickId": "c_1"})
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+@pytest.fixture
+def service() -> Iterator[Sandbox]:
+    with Sandbox(token=TOKEN) as sandbox:
+        yield sandbox
+
+
+def lead(n: int) -> str:
+    return json.dumps({"eventName": "signup", "customerExternalId": f"user_{n}", "clickId": "c"})
+
+
+def test_an_answer_held_past_the_read_timeout_comes_back_as_a_timeout(service: Sandbox) -> None:
+    """The service holds its answer far longer than the read timeout: the send gives up by
+    itself, with the request still held at the service, and the next one gets through on a
+    fresh connection (the timed-out one is never reused)."""
+    service.set_faults(stall=300.0)
+    transport = Transport(service.url, TOKEN, read_timeout=0.2)
+    reply = returns(lambda: transport.send("lead", "key-1", LEAD))
+    assert (reply.status_code, reply.body) == (None, None)
+    assert reply.error == "ReadTimeout: no answer within the timeout"
+    [held] = service.requests
+    assert held.status is None  # still held by the service: the client did not wait it out
+    service.clear_faults()
+    assert transport.send("lead", "key-1", LEAD).status_code == 200
+    assert service.connections == 2
+    transport.close()
+
+
+def test_one_sender_sends_every_request_on_one_kept_alive_connection(service: Sandbox) -> None:
+    transport = Transport(service.url, TOKEN)
+    replies = [transport.send("lead", f"key-{n}", lead(n)) for n in range(10)]
+    transport.close()
+    assert [reply.status_code for reply in replies] == [200] * 10
+    assert (len(service.accepted), service.connections) == (10, 1)
+
+
+def test_each_worker_keeps_its_connection_across_requests_and_passes(
+    service: Sandbox, sqlite_url: str
+) -> None:
+    """Counted where it shows: at the server. Two flushes of 24 events each by 4 workers
+    open at most one connection per worker, not one per request or per pass."""
+    workers = 4
+    with CMSClient(
+        token=TOKEN, host=service.url, database_url=sqlite_url, flush="off", rate_limit=None,
+        workers=workers,
+    ) as client:  # fmt: skip
+        for round_ in range(2):
+            for n in range(24):
+                client.track_lead("signup", f"user_{round_}_{n}", click_id="c")
+            assert client.flush().delivered == 24
+    assert len(service.accepted) == 48
+    assert 1 <= service.connections <= workers
+
+
+def test_a_redirect_is_an_answer_and_the_token_goes_nowhere_else(
+    service: Sandbox, sqlite_url: str
+) -> None:
+    with Sandbox(token=TOKEN) as elsewhere:
+        service.set_faults(redirect=f"{elsewhere.url}/track/lead")
+        reply = Transport(service.url, TOKEN).send("lead", "key", LEAD)
+        assert reply.status_code == 307
+        service.set_faults(redirect="/track/sale")  # on the same host: not followed either
+        assert Transport(service.url, TOKEN).send("lead", "key", LEAD).status_code == 307
+        with CMSClient(
+            token=TOKEN, host=service.url, database_url=sqlite_url, flush="off", rate_limit=None
+        ) as client:
+            event = client.track_lead("signup", "user_1", click_id="c_1")
+            assert client.flush().retried == 1  # not delivered: retried later, not dead
+            assert client.result(event.event_id).state.value == "pending"
+        assert (elsewhere.requests, elsewhere.connections) == ([], 0)
+    assert [request.path for request in service.requests] == ["/track/lead"] * 3
+
+
+def test_proxy_settings_in_the_environment_are_not_used(
+    service: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that carries a token talks to its host only, whatever the environment says."""
+    with Sandbox(token=TOKEN) as proxy:
+        for name in PROXY_VARIABLES:
+            monkeypatch.setenv(name, proxy.url)
+            monkeypatch.setenv(name.lower(), proxy.url)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        transport = Transport(service.url, TOKEN)
+        assert transport.send("lead", "key", LEAD).status_code == 200
+        transport.close()
+        assert (proxy.requests, proxy.connections) == ([], 0)
+    assert len(service.accepted) == 1

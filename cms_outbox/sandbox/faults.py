@@ -31,6 +31,9 @@ class Faults:
     :param stall: read the request, then wait this many seconds before handling it
         (to trigger client read timeouts); cut short when the sandbox stops or goes down.
     :param reset: read the request, then drop the connection without answering.
+    :param redirect: answer ``307 Temporary Redirect`` to this ``Location`` (a URL or a
+        path) without processing, as a misconfigured proxy might; a client that carries a
+        token must not follow it.
     """
 
     latency: float = 0.0
@@ -41,6 +44,7 @@ class Faults:
     retry_after: str | None = None
     stall: float | None = None
     reset: bool = False
+    redirect: str | None = None
 
     def __post_init__(self) -> None:
         if not _is_number(self.latency) or not math.isfinite(self.latency) or self.latency < 0:
@@ -68,6 +72,10 @@ class Faults:
             raise ValueError(f"stall must be None or a number > 0, got {self.stall!r}")
         if not isinstance(self.reset, bool):
             raise ValueError(f"reset must be a bool, got {self.reset!r}")
+        if self.redirect is not None and (
+            not isinstance(self.redirect, str) or not self.redirect.strip()
+        ):
+            raise ValueError(f"redirect must be None or a URL, got {self.redirect!r}")
 
     def to_json(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict (what ``GET /_admin/faults`` shows)."""

@@ -118,7 +118,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.server.sandbox._register(self.connection)
+        self.server.sandbox._register(self.connection)  # counted in Sandbox.connections
 
     def finish(self) -> None:
         try:
@@ -275,6 +275,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
             return None
         if faults.latency > 0 and not sandbox._sleep(faults.latency):
             return None
+        if faults.redirect is not None:
+            moved = error_reply(307, f"moved to {faults.redirect}", "redirect")
+            return Reply(307, moved.body, (("Location", faults.redirect),), moved.error_type)
         return sandbox._ledger.decide(kind, self.headers.get("Authorization"), key, raw)
 
     def _admin(self, path: str, raw: bytes) -> None:

@@ -67,6 +67,7 @@ class Sandbox:
         self._server: SandboxServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
+        self._opened = 0  # connections accepted since start (keep-alive shows as few)
         self._closing = False
         self._running = False
         self._down = False
@@ -160,13 +161,23 @@ class Sandbox:
         """Every request received on a non-admin path, in arrival order (a copy)."""
         return self._ledger.requests
 
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted since the sandbox was built (``reset()`` zeroes it):
+        a client that keeps its connections alive opens few, whatever it sends."""
+        with self._ledger.lock:
+            return self._opened
+
     def accepted_count(self, idempotency_key: str) -> int:
         """How many times the event with this Idempotency-Key was accepted."""
         return self._ledger.accepted_count(idempotency_key)
 
     def reset(self) -> None:
-        """Forget requests, acceptances, associations, the rate window; clear faults."""
+        """Forget requests, acceptances, associations, the rate window and the count of
+        connections; clear faults."""
         self._ledger.reset()
+        with self._ledger.lock:
+            self._opened = 0
 
     @property
     def faults(self) -> Faults:
@@ -272,6 +283,7 @@ class Sandbox:
             closing = self._closing
             if not closing:
                 self._connections.add(conn)
+                self._opened += 1
         if closing:
             _shutdown(conn)  # accepted in the instant before down()/stop()
 
