@@ -172,20 +172,21 @@ def add_command(
         epilog=epilog,
         formatter_class=HelpFormatter,
     )
-    add_common_options(parser, suppress=True)
-    if not creates:
-        for action in parser._actions:
-            if action.dest == "create_directories":
-                action.help = argparse.SUPPRESS
+    add_common_options(parser, suppress=True, creates=creates)
     parser.set_defaults(handler=handler, command_parser=parser)
     return parser
 
 
-def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
-    """``--database-url`` and ``--verbose``, on the top level and on every subcommand.
+def add_common_options(
+    parser: argparse.ArgumentParser, *, suppress: bool, creates: bool = True
+) -> None:
+    """``--database-url``, ``--create-directories`` and ``--verbose``, on the top level and
+    on every subcommand.
 
     On subcommands the defaults are suppressed, so ``cms-outbox --verbose status`` and
     ``cms-outbox status --verbose`` both work (a subparser default would win otherwise).
+    ``creates=False``: the command accepts ``--create-directories`` but never creates an
+    outbox, so its help does not offer it.
     """
     default: Any = argparse.SUPPRESS if suppress else None
     parser.add_argument(
@@ -199,7 +200,9 @@ def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
         action="store_true",
         default=argparse.SUPPRESS if suppress else False,
         help="create a SQLite outbox's missing parent directories (default: a missing "
-        "directory is an error, exit code 5)",
+        "directory is an error, exit code 5)"
+        if creates
+        else argparse.SUPPRESS,
     )
     parser.add_argument(
         "-v",
