@@ -3,13 +3,21 @@
 A user sees what happened and what to do, never the driver's text: that stays on the
 chained ``__cause__`` for debugging (``cms-outbox --verbose`` prints it). Every module
 that talks to the database wraps its work in ``storage_errors``.
+
+A transaction the server cancelled to break a deadlock or a lock wait (or a
+serialization conflict) left nothing applied: a transaction the outbox opens itself is
+then run again from the start, by ``retrying``, a few times before it fails.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Callable, TypeVar
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -17,7 +25,20 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from . import database
 from .errors import StorageError
 
-__all__ = ["describe", "storage_error", "storage_errors"]
+__all__ = ["TRIES", "describe", "retrying", "storage_error", "storage_errors", "transient"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Times in all a transaction the server broke is run before its failure is raised.
+TRIES = 5
+# Seconds of the longest pause before the second try (full jitter, doubling per try):
+# the two sides of a deadlock must not meet again at once.
+RETRY_PAUSE = 0.02
+# MySQL/MariaDB error numbers: deadlock found, lock wait timeout exceeded.
+_MYSQL_TRANSIENT = frozenset({1213, 1205})
+# PostgreSQL SQLSTATEs: deadlock_detected, serialization_failure, lock_not_available.
+_POSTGRES_TRANSIENT = frozenset({"40P01", "40001", "55P03"})
 
 
 @contextmanager
@@ -27,6 +48,39 @@ def storage_errors(action: str) -> Iterator[None]:
         yield
     except (SQLAlchemyError, sqlite3.Error) as exc:
         raise storage_error(action, exc) from exc
+
+
+def retrying(action: str, run: Callable[[], T]) -> T:
+    """``run()`` (one whole transaction of the outbox's own), run again when ``transient``,
+    up to ``TRIES`` times; any other failure, or the last, is a ``StorageError`` about
+    ``action``."""
+    for attempt in range(1, TRIES + 1):
+        try:
+            return run()
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            if attempt == TRIES or not transient(exc):
+                raise storage_error(action, exc) from exc
+            logger.debug(
+                "%s: %s (try %d of %d, running it again)", action, describe(exc), attempt, TRIES
+            )
+        time.sleep(random.uniform(0.0, RETRY_PAUSE * 2 ** (attempt - 1)))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether the server cancelled the transaction to break a deadlock, a lock wait or
+    a serialization conflict: nothing of it was applied and running it again is safe.
+
+    SQLite never is: its writers queue for one lock under the busy timeout.
+    """
+    original = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    module = type(original).__module__
+    if module.startswith(("pymysql", "MySQLdb")):
+        return bool(original.args) and original.args[0] in _MYSQL_TRANSIENT
+    if module.startswith(("psycopg", "psycopg2")):
+        state = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+        return state in _POSTGRES_TRANSIENT
+    return False
 
 
 def storage_error(action: str, exc: BaseException) -> StorageError:

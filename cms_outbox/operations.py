@@ -95,10 +95,14 @@ def purge_selection(
 
 
 def purge_batch(
-    conn: Connection, selection: ColumnElement[bool], after: int, size: int, dry_run: bool
-) -> list[tuple[int, str]]:
+    conn: Connection, *, selection: ColumnElement[bool], after: int, size: int, dry_run: bool,
+    acknowledged_at: float | None,
+) -> list[tuple[int, str]]:  # fmt: skip
     """The next ``size`` selected events after sequence id ``after``, deleted with their
-    attempts unless ``dry_run``: (sequence id, event id) each, in order."""
+    attempts unless ``dry_run``: (sequence id, event id) each, in order. An operator's
+    first batch also calls ``acknowledge`` at ``acknowledged_at``."""
+    if acknowledged_at is not None:
+        acknowledge(conn, acknowledged_at)
     rows = conn.execute(
         select(events.c.id, events.c.event_id)
         .where(selection, events.c.id > after)

@@ -4,11 +4,13 @@ The ``Store`` is the one door to the database for the client and the flusher: it
 opens each transaction (queued for the write lock on SQLite), leaves the statements of
 leasing and recording to ``leasing``, those that store a new event to ``inserting``
 and every read to ``queries``, and turns each database failure into a ``StorageError``
-in plain words.
+in plain words. A transaction of its own that the server broke for a deadlock or a lock
+wait is run again (``driver_errors.retrying``); one of the application's is not.
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
@@ -26,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import bookkeeping, inserting, leasing, operations, queries
 from .dialect import latest_committed, write_transaction
-from .driver_errors import storage_error, storage_errors
+from .driver_errors import retrying, storage_error, storage_errors
 from .errors import StorageError
 from .events import Event
 from .group_commit import GroupCommit
@@ -111,8 +113,12 @@ class Store:
                 return self._insert_core(conn, event)
         if self._group is not None:
             return self._insert_sqlite(self._group, event)
-        with storage_errors("storing the event"), self.engine.begin() as conn:
-            return self._insert_core(conn, event)
+
+        def insert() -> Stored:  # at the default isolation level, as the application's
+            with self.engine.begin() as conn:
+                return self._insert_core(conn, event)
+
+        return retrying("storing the event", insert)
 
     def _insert_sqlite(self, group: GroupCommit, event: Event) -> Stored:
         sql, returning = inserting.sqlite_insert(event)
@@ -140,6 +146,16 @@ class Store:
         for lock in (self._enqueue_lock, self._write_lock):
             if lock is not None:
                 lock.close()
+
+    def _write(self, action: str, engine: Engine, work: Callable[[Connection], T]) -> T:
+        """``work(conn)`` in a write transaction of its own, run again from the start when
+        the server broke it for a deadlock or a lock wait (``driver_errors.retrying``)."""
+
+        def once() -> T:
+            with self._writing(engine) as conn:
+                return work(conn)
+
+        return retrying(action, once)
 
     @contextmanager
     def _writing(self, engine: Engine) -> Iterator[Connection]:
@@ -253,44 +269,35 @@ class Store:
         A busy flusher does this once per round of finished requests, so a customer's
         next event is leased in the same transaction that finished its predecessor.
         """
-        with storage_errors("recording and leasing"), self._writing(self.bookkeeping) as conn:
+
+        def work(conn: Connection) -> tuple[list[bool], list[Lease]]:
             applied = leasing.record(conn, owner, attempts, redact) if attempts else []
             if limit > 0 and now >= self._next_sweep:  # a busy flusher leases many times a second
                 leasing.reclaim_expired(conn, now)
                 self._next_sweep = now + SWEEP_INTERVAL
             leases = leasing.lease(conn, owner, limit, now, duration) if limit > 0 else []
-        return applied, leases
+            return applied, leases
+
+        return self._write("recording and leasing", self.bookkeeping, work)
 
     def lease(self, owner: str, limit: int, now: float, duration: float) -> list[Lease]:
-        """Lease up to ``limit`` eligible rows to ``owner`` until ``now + duration``.
-
-        First, in the same transaction (at most once per ``SWEEP_INTERVAL`` of ``now``),
-        expired leases are reclaimed. An eligible follow-up whose governing setup is dead
-        is not leased but ``blocked``, with the customer's later follow-ups that setup
-        governs. Rows come back in enqueue order.
-        """
+        """``leasing.lease``, after reclaiming expired leases in the same transaction (at
+        most once per ``SWEEP_INTERVAL`` of ``now``)."""
         return self.exchange(owner, (), limit, now, duration)[1]
 
     def record(
         self, owner: str, attempts: Sequence[Attempt], *, redact: bool = False
     ) -> list[bool]:
-        """Record attempts and apply each one while ``owner`` still holds the lease.
-
-        Every attempt is written to the attempts table; the event row changes only if
-        it is still ``in_flight`` under ``owner``. A dead deferred setup blocks the
-        follow-ups it governs; a delivered one makes pending again those of them that
-        were answered 404 before it arrived.
-
-        :returns: for each attempt, whether it was applied to the event row.
-        """
+        """``leasing.record``: for each attempt, whether it was applied to the event row."""
         return self.exchange(owner, attempts, 0, 0.0, 0.0, redact=redact)[0]
 
     def hand_back(self, owner: str, seqs: Sequence[int] | None = None) -> int:
         """Hand rows leased by ``owner`` back unsent (all of them, or just ``seqs``)."""
         if seqs is not None and not seqs:
             return 0
-        with storage_errors("handing leases back"), self._writing(self.bookkeeping) as conn:
-            return leasing.hand_back(conn, owner, seqs)
+        return self._write(
+            "handing leases back", self.bookkeeping, lambda c: leasing.hand_back(c, owner, seqs)
+        )
 
     # -- operator actions ----------------------------------------------------------------
 
@@ -315,8 +322,9 @@ class Store:
         selection = operations.retry_selection(event_ids, states)
         if selection is None:
             return 0
-        with storage_errors("retrying events"), self._writing(self.engine) as conn:
-            return operations.retry(conn, selection, now)
+        return self._write(
+            "retrying events", self.engine, lambda c: operations.retry(c, selection, now)
+        )
 
     def purge(
         self,
@@ -344,11 +352,12 @@ class Store:
         after = 0
         unacknowledged = acknowledge and not dry_run
         while True:
-            with storage_errors("purging events"), self._writing(self.engine) as conn:
-                if unacknowledged:
-                    operations.acknowledge(conn, time.time())
-                    unacknowledged = False
-                rows = operations.purge_batch(conn, selection, after, batch_size, dry_run)
+            batch = functools.partial(
+                operations.purge_batch, selection=selection, after=after, size=batch_size,
+                dry_run=dry_run, acknowledged_at=time.time() if unacknowledged else None,
+            )  # fmt: skip
+            rows = self._write("purging events", self.engine, batch)
+            unacknowledged = False
             if not rows:
                 return
             yield [event_id for _, event_id in rows]
@@ -358,12 +367,15 @@ class Store:
 
     def with_budget(self, change: Callable[[Budget], tuple[Budget, T]]) -> T:
         """Read the shared budget under lock, store ``change``'s budget, return its result."""
-        with storage_errors("pacing"), self._writing(self.bookkeeping) as conn:
+
+        def work(conn: Connection) -> T:
             before = bookkeeping.locked_budget(conn)
             budget, result = change(before)
             if budget != before:
                 bookkeeping.store_budget(conn, budget)
-        return result
+            return result
+
+        return self._write("pacing", self.bookkeeping, work)
 
     def count_leased_by(self, owner: str) -> int:
         """Events in flight under ``owner``'s leases."""
@@ -372,24 +384,23 @@ class Store:
 
     def beat(self, row: dict[str, Any]) -> None:
         """Record a flusher's heartbeat (``schema.flushers``): its row, inserted or updated."""
-        with storage_errors("recording the flusher's heartbeat"):
-            with self._writing(self.bookkeeping) as conn:
-                bookkeeping.beat(conn, row)
+        action = "recording the flusher's heartbeat"
+        self._write(action, self.bookkeeping, lambda c: bookkeeping.beat(c, row))
 
     def forget_flusher(self, owner: str) -> None:
         """Remove a stopping flusher's heartbeat row: status then knows it is gone."""
-        with storage_errors("removing the flusher's heartbeat"):
-            with self._writing(self.bookkeeping) as conn:
-                bookkeeping.forget_flusher(conn, owner)
+        action = "removing the flusher's heartbeat"
+        self._write(action, self.bookkeeping, lambda c: bookkeeping.forget_flusher(c, owner))
 
     def set_pause(
         self, *, outage_since: float | None, auth_paused_since: float | None,
         error: str | None,
     ) -> None:  # fmt: skip
         """Publish this outbox's outage or auth pause (or its end) for ``status``."""
-        with storage_errors("publishing the delivery pause"):
-            with self._writing(self.bookkeeping) as conn:
-                bookkeeping.set_pause(conn, outage_since, auth_paused_since, error)
+        self._write(
+            "publishing the delivery pause", self.bookkeeping,
+            lambda c: bookkeeping.set_pause(c, outage_since, auth_paused_since, error),
+        )  # fmt: skip
 
 
 def _is_django(connection: object) -> bool:

@@ -1,0 +1,134 @@
+"""A deadlock in the flusher's own transaction, provoked for real on PostgreSQL and
+MariaDB: the server cancels the flusher's side, the flusher runs the transaction again,
+and every row is delivered exactly once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+from sqlalchemy import Connection, Engine, create_engine, text
+
+from cms_outbox import CMSClient, FlushReport
+from cms_outbox.sandbox import Sandbox
+from tests.conftest import BACKENDS, TOKEN, client_factory, wait_until
+
+Factory = Callable[..., CMSClient]
+# The test's own transaction outweighs the flusher's (MariaDB cancels the transaction
+# that changed fewer rows): it inserts this many rows into a table of its own first.
+BALLAST = 500
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
+)
+def server_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(BACKENDS[request.param]))
+
+
+@pytest.fixture
+def make_client(server_url: str) -> Iterator[Factory]:
+    if server_url.startswith("postgresql"):
+        # PostgreSQL looks for a deadlock once, when a waiter's deadlock_timeout has run
+        # out, and cancels that waiter. The flusher's runs out first (the test's own
+        # session waits 60 s), seconds after both sides wait: only a hang reaches it.
+        server_url += "?options=-c%20deadlock_timeout%3D3s"
+    yield from client_factory(server_url)
+
+
+@pytest.fixture
+def ballast(server_url: str) -> Iterator[Engine]:
+    engine = create_engine(server_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS deadlock_ballast"))
+        conn.execute(text("CREATE TABLE deadlock_ballast (n INTEGER PRIMARY KEY)"))
+    yield engine
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS deadlock_ballast"))
+    engine.dispose()
+
+
+def waiting_on(observer: Connection, blocker: Any) -> bool:
+    """Whether another transaction waits for a lock the test's transaction holds."""
+    if observer.dialect.name == "postgresql":
+        sql = "SELECT count(*) FROM pg_stat_activity WHERE :b = ANY(pg_blocking_pids(pid))"
+    else:
+        sql = "SELECT count(*) FROM information_schema.innodb_lock_waits WHERE blocking_trx_id = :b"
+    count = observer.execute(text(sql), {"b": blocker}).scalar()
+    observer.rollback()  # a fresh snapshot on the next look
+    return bool(count)
+
+
+def test_a_deadlock_in_the_flusher_is_run_again_and_every_row_delivered_once(
+    make_client: Factory,
+    sandbox: Sandbox,
+    ballast: Engine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="cms_outbox.driver_errors")
+    client = make_client(host=sandbox.url, token=TOKEN, rate_limit=None, workers=2)
+    first = client.track_lead("signup", "customer-a", click_id="ca").event_id
+    second = client.track_lead("signup", "customer-b", click_id="cb").event_id
+    with client.engine.begin() as conn:  # both leased by a flusher that crashed
+        ids = conn.execute(
+            text("SELECT id FROM cms_outbox_events WHERE event_id IN (:a, :b) ORDER BY id"),
+            {"a": first, "b": second},
+        ).scalars()
+        a, b = list(ids)
+        conn.execute(
+            text(
+                "UPDATE cms_outbox_events SET state = 'in_flight', lease_owner = 'crashed', "
+                "lease_expires_at = 1 WHERE id IN (:a, :b)"
+            ),
+            {"a": a, "b": b},
+        )
+    postgres = client.engine.dialect.name == "postgresql"
+    with ballast.connect() as holder, ballast.connect() as observer:
+        if postgres:
+            holder.execute(text("SET deadlock_timeout = '60s'"))
+        holder.execute(
+            text("INSERT INTO deadlock_ballast (n) VALUES (:n)"), [{"n": n} for n in range(BALLAST)]
+        )
+        lock = "SELECT id FROM cms_outbox_events WHERE id = :id FOR UPDATE"
+        holder.execute(text(lock), {"id": b})
+        me = holder.execute(
+            text(
+                "SELECT pg_backend_pid()"
+                if postgres
+                else "SELECT trx_id FROM information_schema.innodb_trx "
+                "WHERE trx_mysql_thread_id = CONNECTION_ID()"
+            )
+        ).scalar()
+        reports: list[FlushReport] = []
+        errors: list[BaseException] = []
+
+        def flush() -> None:
+            try:
+                reports.append(client.flush())
+            except BaseException as exc:
+                errors.append(exc)
+
+        flusher = threading.Thread(target=flush)
+        flusher.start()
+        # Its first transaction reclaims both expired leases in id order: holds a, waits for b.
+        # MariaDB refreshes its lock tables only after 0.1 s without a look at them.
+        assert wait_until(lambda: waiting_on(observer, me), step=0.2)
+        holder.execute(text(lock), {"id": a})  # the other order: the server breaks the cycle
+        holder.rollback()  # not cancelled ourselves: the flusher's transaction was
+    flusher.join(60)
+    assert not flusher.is_alive() and errors == []
+    retried = [r.getMessage() for r in caplog.records if "running it again" in r.getMessage()]
+    assert retried and retried[0].startswith("recording and leasing: ")
+    assert "deadlock" in retried[0]
+    [report] = reports
+    assert (report.delivered, report.dead, report.pending) == (2, 0, 0)
+    assert client.store.count_by_state() == {"delivered": 2}
+    keys = Counter(request.idempotency_key for request in sandbox.accepted)
+    assert keys == Counter({first: 1, second: 1})
