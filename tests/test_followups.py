@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, event
 from cms_outbox import CMSClient, EventState, TrackResult
 from cms_outbox.sandbox import Sandbox
 from cms_outbox.store import Attempt, Store
-from tests.conftest import TOKEN, returns
+from tests.conftest import TOKEN, FakeClock, returns
 
 Factory = Callable[..., CMSClient]
 
@@ -97,7 +97,13 @@ def test_a_followup_stored_blocked_says_so_in_its_result(
     assert waited.state is EventState.BLOCKED
 
 
-def test_a_pending_setup_makes_the_followup_wait(client: CMSClient, sandbox: Sandbox) -> None:
+def test_a_pending_setup_makes_the_followup_wait(
+    make_client: Factory, sandbox: Sandbox, database_url: str
+) -> None:
+    """The clock stands still: the setup's retry is never due again within the flush
+    (full jitter may draw a backoff shorter than the flush's next round)."""
+    client = make_client(database_url=database_url, host=sandbox.url, token=TOKEN,
+                         rate_limit=None, clock=FakeClock())  # fmt: skip
     first, after = setup(client, "c1"), followup(client)
     sandbox.set_faults(force_status=503)  # the setup keeps being retried
     report = client.flush()

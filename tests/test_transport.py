@@ -14,7 +14,7 @@ import pytest
 from cms_outbox import CMSClient, ConfigurationError, __version__
 from cms_outbox.sandbox import Sandbox
 from cms_outbox.transport import Transport
-from tests.conftest import TOKEN, returns
+from tests.conftest import TOKEN, FakeClock, returns
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -168,8 +168,9 @@ def test_a_redirect_is_an_answer_and_the_token_goes_nowhere_else(
         service.set_faults(redirect="/track/sale")  # on the same host: not followed either
         assert Transport(service.url, TOKEN).send("lead", "key", LEAD).status_code == 307
         with CMSClient(
-            token=TOKEN, host=service.url, database_url=sqlite_url, flush="off", rate_limit=None
-        ) as client:
+            token=TOKEN, host=service.url, database_url=sqlite_url, flush="off", rate_limit=None,
+            clock=FakeClock(),  # stands still: the retry never comes due within the flush
+        ) as client:  # fmt: skip
             event = client.track_lead("signup", "user_1", click_id="c_1")
             assert client.flush().retried == 1  # not delivered: retried later, not dead
             assert client.result(event.event_id).state.value == "pending"
