@@ -227,9 +227,12 @@ class Flusher:
         try:
             reply = future.result()
             if reply is None:  # not sent after all: the pass had ended
-                self.store.hand_back(self.owner, [lease.seq])
-                if self.pacer.paced:
-                    self.pacer.give_back(1)
+                try:
+                    self.store.hand_back(self.owner, [lease.seq])
+                except OutboxError:
+                    self._give_back_token(failing=True)  # never made: paid for or not
+                    raise
+                self._give_back_token(failing=False)
                 return
             attempt = self.verdict(lease, reply)
             applied = self.store.record(
@@ -244,6 +247,18 @@ class Flusher:
                 lease.event_id,
                 exc,
             )
+
+    def _give_back_token(self, *, failing: bool) -> None:
+        """Return the token of a late request that was never made, also when handing its
+        row back failed (that failure is the one reported)."""
+        if not self.pacer.paced:
+            return
+        try:
+            self.pacer.give_back(1)
+        except OutboxError as exc:
+            if not failing:
+                raise
+            logger.debug("giving back a token after a failed hand-back failed too: %s", exc)
 
     def verdict(self, lease: Lease, reply: Reply) -> Attempt:
         """``judge`` under the lock shared with late answers (breaker and pacing state)."""

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import Future
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
@@ -16,6 +17,7 @@ import pytest
 from cms_outbox import CMSClient, EventState, StorageError, TrackResult
 from cms_outbox.pacing import Quota, burst
 from cms_outbox.sandbox import Sandbox
+from cms_outbox.transport import Reply
 from tests.conftest import TOKEN, FakeClock, accepted_in_order, returns, wait_until
 
 Factory = Callable[..., CMSClient]
@@ -347,6 +349,41 @@ def test_a_failed_pass_still_counts_what_it_delivered(
     # The second answer could not be recorded; the third row, queued behind the second
     # request, may have gone out before the pass failed (its lease stays until next pass).
     assert len(sandbox.accepted) in (2, 3)
+
+
+def test_a_late_request_never_made_gives_its_token_back_even_when_its_hand_back_fails(
+    make_sqlite_client: Factory, sandbox: Sandbox, sqlite_url: str
+) -> None:
+    """Paced on a frozen clock, so that no token ever refills: a request a pass left behind
+    at its deadline is not sent after all (its worker found the pass over), and handing
+    its row back fails (the database refuses it). Its token is back all the same; the row
+    is handed back by the next pass and delivered."""
+    path = sqlite_url.removeprefix("sqlite:///")
+    held = int(burst(Quota(60, 60)))  # the budget's burst at 60 per minute
+    client = connect(make_sqlite_client, sandbox, workers=1, rate_limit=60, clock=FakeClock())
+    event = client.track_lead("signup", "user-0", click_id="c")
+    flusher = client.flusher
+    now = flusher.clock()
+    assert flusher.pacer.take(1, now).requests == 1
+    [lease] = client.store.lease(flusher.owner, 1, now, 60.0)
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON cms_outbox_events "
+            "WHEN OLD.state = 'in_flight' AND NEW.state = 'pending' "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    unsent: Future[Reply | None] = Future()
+    unsent.set_result(None)  # what a worker returns when it finds the pass over
+    flusher.adopt({unsent: lease})  # recorded at once: the answer is in
+    assert flusher.strays == 0 and client.store.get(event.event_id)["state"] == "in_flight"  # type: ignore[index]
+    budget = client.store.with_budget(lambda budget: (budget, budget))
+    assert budget.tokens == held  # the token of the request never made is back
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TRIGGER refuse")
+    report = client.flush()  # hands the stranded row back first, then sends it
+    assert (report.delivered, report.pending) == (1, 0)
+    assert [request.idempotency_key for request in sandbox.accepted] == [event.event_id]
 
 
 def test_a_pass_that_fails_gives_back_the_tokens_of_requests_it_never_made(
