@@ -4,6 +4,8 @@ on loopback."""
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -193,3 +195,46 @@ def test_proxy_settings_in_the_environment_are_not_used(
         transport.close()
         assert (proxy.requests, proxy.connections) == ([], 0)
     assert len(service.accepted) == 1
+
+
+def test_a_connect_that_hangs_times_out_at_the_connect_timeout_and_is_retried(
+    service: Sandbox, sqlite_url: str
+) -> None:
+    """Loopback only: the service's port is taken over by a socket whose accept queue is
+    full (backlog 0, one connection waiting in it), so Linux drops every further SYN and
+    a connect hangs. The flusher gives up at its connect timeout, records a retryable
+    attempt, and delivers once the service listens there again."""
+    port = int(service.url.rsplit(":", 1)[1])
+    service.down()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(0)  # room for one connection waiting to be accepted
+    filler = socket.create_connection(("127.0.0.1", port), timeout=60)
+    ready, _, _ = select.select([listener], [], [], 60)  # it waits in the accept queue
+    assert ready == [listener]
+    try:
+        with CMSClient(
+            token=TOKEN, host=service.url, database_url=sqlite_url, flush="off", rate_limit=None,
+            connect_timeout=0.5, read_timeout=5.0,
+        ) as client:  # fmt: skip
+            event = client.track_lead("signup", "user_1", click_id="c_1")
+            report = returns(client.flush)
+            assert (report.delivered, report.pending, report.paused) == (0, 1, "outage")
+            row = client.store.get(event.event_id)
+            assert row is not None and row["state"] == "pending"
+            [attempt] = client.store.attempts_of(row["id"])
+            assert attempt["error"] == "ConnectTimeout: no answer within the timeout"
+            assert attempt["status_code"] is None and attempt["outcome"] == "outage"
+            assert attempt["duration"] >= 0.5  # it waited its connect timeout out
+            assert service.requests == []
+
+            filler.close()
+            listener.close()
+            service.up()
+            report = client.flush()  # an explicit flush probes at once
+            assert (report.delivered, report.pending) == (1, 0)
+            assert [a.idempotency_key for a in service.accepted] == [event.event_id]
+    finally:
+        filler.close()
+        listener.close()
