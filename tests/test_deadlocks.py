@@ -12,8 +12,10 @@ from typing import Any, Callable
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 from cms_outbox import CMSClient, FlushReport
+from cms_outbox.driver_errors import transient
 from cms_outbox.sandbox import Sandbox
 from tests.conftest import BACKENDS, TOKEN, client_factory, wait_until
 
@@ -132,3 +134,27 @@ def test_a_deadlock_in_the_flusher_is_run_again_and_every_row_delivered_once(
     assert client.store.count_by_state() == {"delivered": 2}
     keys = Counter(request.idempotency_key for request in sandbox.accepted)
     assert keys == Counter({first: 1, second: 1})
+
+
+def test_a_lock_wait_timeout_is_run_again_and_other_failures_are_not(
+    server_url: str, ballast: Engine
+) -> None:
+    """The rule itself, on the server's real errors: a lock wait that timed out (MariaDB
+    1205, PostgreSQL lock_not_available) is run again; a broken statement never is."""
+    postgres = server_url.startswith("postgresql")
+    with ballast.begin() as conn:
+        conn.execute(text("INSERT INTO deadlock_ballast (n) VALUES (1)"))
+    with ballast.connect() as holder, ballast.connect() as waiter:
+        holder.execute(text("SELECT n FROM deadlock_ballast WHERE n = 1 FOR UPDATE"))
+        if postgres:
+            waiter.execute(text("SET lock_timeout = '50ms'"))
+        else:
+            waiter.execute(text("SET SESSION innodb_lock_wait_timeout = 1"))
+        with pytest.raises(DBAPIError) as timed_out:
+            waiter.execute(text("UPDATE deadlock_ballast SET n = 2 WHERE n = 1"))
+        waiter.rollback()
+        holder.rollback()
+        with pytest.raises(DBAPIError) as broken:
+            waiter.execute(text("INSERT INTO deadlock_ballast (n) VALUES (1)"))  # a duplicate
+        waiter.rollback()
+    assert transient(timed_out.value) and not transient(broken.value)
