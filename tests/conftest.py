@@ -19,7 +19,9 @@ from cms_outbox import CMSClient
 from cms_outbox.sandbox import Sandbox
 
 # The helper modules that several test files share assert too: pytest explains their failures.
-pytest.register_assert_rewrite("tests.dashboard_browser", "tests.sandbox_requests")
+pytest.register_assert_rewrite(
+    "tests.dashboard_browser", "tests.example_servers", "tests.sandbox_requests"
+)
 
 TOKEN = "test-token-0123456789"
 POSTGRES_URL = os.environ.get("CMS_OUTBOX_TEST_POSTGRES_URL")

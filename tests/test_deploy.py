@@ -18,7 +18,7 @@ import pytest
 from cms_outbox import CMSClient
 from cms_outbox.sandbox import Sandbox
 from tests.conftest import wait_until
-from tests.test_examples import DELIVERY, SCRIPTS, STARTUP, Server, app_env, launch
+from tests.example_servers import DELIVERY, SCRIPTS, STARTUP, Server, app_env, launch
 
 __all__ = ["launch"]  # the fixture, shared with the examples' tests
 

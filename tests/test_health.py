@@ -21,7 +21,7 @@ from cms_outbox.cli import main
 from cms_outbox.sandbox import Sandbox
 from cms_outbox.status import outbox_status
 from tests.conftest import TOKEN
-from tests.test_examples import SCRIPTS, app_env
+from tests.example_servers import SCRIPTS, app_env
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
