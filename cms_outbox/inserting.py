@@ -7,9 +7,10 @@ a Core insert. Either way a sale whose ``invoice_id`` is already stored inserts 
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Select, case, insert, select, text
+from sqlalchemy import ColumnElement, Connection, Select, case, insert, literal_column, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -18,8 +19,8 @@ from .queries import BLOCKED, DEAD, PENDING
 from .schema import HAS_INVOICE, NOTIFY_CHANNEL, events
 
 __all__ = [
-    "COLUMNS", "NOTIFY", "SQLITE_INSERT", "SQLITE_INSERT_FOLLOW_UP", "insert_event",
-    "row_values", "sqlite_insert",
+    "COLUMNS", "NOTIFY", "SQLITE_INSERT", "insert_event", "latest_setup", "row_values",
+    "sqlite_insert", "sqlite_insert_follow_up",
 ]  # fmt: skip
 
 COLUMNS = (
@@ -37,23 +38,41 @@ SQLITE_INSERT = (
     f"INSERT INTO {events.name} ({', '.join(COLUMNS)}) "
     f"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) {_SKIP_TAKEN_INVOICE}"
 )
-# A follow-up (no click id) stored while its governing setup, the customer's latest
-# deferred setup, is dead is stored ``blocked``: its first lease would hold it anyway, and
-# the customer's later events would pile up pending behind it, scanned by every lease.
-# The setup is read in the INSERT itself, so in the same write transaction. (A setup
-# committing concurrently is caught by the lease, which checks again.)
-_LATEST_SETUP = (
-    f"SELECT s.state FROM {events.name} AS s WHERE s.customer_external_id = ?3 "
-    "AND s.mode = 'deferred' ORDER BY s.id DESC LIMIT 1"
-)
-SQLITE_INSERT_FOLLOW_UP = (
-    f"INSERT INTO {events.name} ({', '.join(COLUMNS)}) "
-    f"SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, "
-    f"CASE WHEN ?4 IS NULL AND ({_LATEST_SETUP}) = '{DEAD}' THEN '{BLOCKED}' ELSE ?8 END, "
-    "?9, ?10, ?11 WHERE true "  # "WHERE true": SQLite's upsert after a SELECT needs one
-    f"{_SKIP_TAKEN_INVOICE} RETURNING state"
-)
 NOTIFY = text(f"NOTIFY {NOTIFY_CHANNEL}")
+
+
+def latest_setup(customer: ColumnElement[Any] | str) -> Select[Any]:
+    """The state of ``customer``'s governing setup for a new follow-up: its latest
+    deferred setup. The one statement of this rule, for every way of storing an event.
+    """
+    return (
+        select(events.c.state)
+        .where(events.c.customer_external_id == customer, events.c.mode == "deferred")
+        .order_by(events.c.id.desc())
+        .limit(1)
+    )
+
+
+@cache  # compiled at the first follow-up, not at import: a short script may never store one
+def sqlite_insert_follow_up() -> str:
+    """The hot path's statement for a follow-up (no click id): stored ``blocked`` while its
+    governing setup is dead.
+
+    Its first lease would hold it anyway, and the customer's later events would pile up
+    pending behind it, scanned by every lease. The setup is read in the INSERT itself, so
+    in the same write transaction. (A setup committing concurrently is caught by the lease,
+    which checks again.)
+    """
+    setup = latest_setup(literal_column("?3")).compile(  # ?3: the row's customer
+        dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}
+    )
+    return (
+        f"INSERT INTO {events.name} ({', '.join(COLUMNS)}) "
+        f"SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, "
+        f"CASE WHEN ?4 IS NULL AND ({setup}) = '{DEAD}' THEN '{BLOCKED}' ELSE ?8 END, "
+        "?9, ?10, ?11 WHERE true "  # "WHERE true": SQLite's upsert after a SELECT needs one
+        f"{_SKIP_TAKEN_INVOICE} RETURNING state"
+    )
 
 
 def insert_event(conn: Connection, event: Event) -> str | None:
@@ -67,7 +86,7 @@ def insert_event(conn: Connection, event: Event) -> str | None:
     values: dict[str, Any] = dict(zip(COLUMNS, row_values(event)))
     dialect = conn.dialect.name
     if event.click_id is None:
-        latest = _latest_setup_state(event.customer_external_id)
+        latest = latest_setup(event.customer_external_id)
         if dialect == "mysql":  # no subquery on the table being inserted into
             held = conn.execute(latest).scalar() == DEAD
             values["state"] = BLOCKED if held else PENDING  # known: no RETURNING either
@@ -104,20 +123,11 @@ def _upsert(dialect: str) -> Any:
     return postgresql.insert(events)
 
 
-def _latest_setup_state(customer: str) -> Select[Any]:
-    return (
-        select(events.c.state)
-        .where(events.c.customer_external_id == customer, events.c.mode == "deferred")
-        .order_by(events.c.id.desc())
-        .limit(1)
-    )
-
-
 def sqlite_insert(event: Event) -> tuple[str, bool]:
     """The SQLite statement that stores ``event``, and whether it returns the state stored
     (a follow-up's, pending or blocked); without, the event is stored pending."""
     if event.click_id is None:
-        return SQLITE_INSERT_FOLLOW_UP, True
+        return sqlite_insert_follow_up(), True
     return SQLITE_INSERT, False
 
 

@@ -93,6 +93,7 @@ class Store:
                 # writes of this process's flusher as with every other process's.
                 self._enqueue_lock, self._write_lock = WriteLock(path), WriteLock(path)
             self._group = GroupCommit(self._enqueue_connection, write_lock=self._enqueue_lock)
+            inserting.sqlite_insert_follow_up()  # compiled now, not in a caller's request
 
     # -- enqueue ---------------------------------------------------------------
 

@@ -250,8 +250,12 @@ def test_a_follow_up_behind_a_dead_setup_reports_the_blocked_state_it_is_stored_
         ("lead", {"event_name": "signup", "customer_external_id": "free",
                   "click_id": "k2", "mode": "deferred"}),
         ("lead", {"event_name": "step", "customer_external_id": "free"}),
+        ("lead", {"event_name": "signup", "customer_external_id": "held",
+                  "click_id": "k3", "mode": "deferred"}),
+        ("lead", {"event_name": "again", "customer_external_id": "held"}),
     ])  # fmt: skip
-    states = ["blocked", "blocked", "pending", "pending"]  # "free": its setup is pending
+    # "free": its setup is pending; "held" again: its latest setup, k3, governs and is pending.
+    states = ["blocked", "blocked", "pending", "pending", "pending", "pending"]
     assert [state for _, state in follow_ups] == states
     stored = dict(rows(shop_url, "SELECT event_id, state FROM cms_outbox_events"))
     assert [stored[event_id] for event_id, _ in follow_ups] == states

@@ -186,7 +186,7 @@ def test_governing_setup_is_an_index_seek_on_sqlite(sqlite_url: str) -> None:
     """Leasing must not slow down as dead setups accumulate: a follow-up's governing setup
     (and, at enqueue, the customer's latest setup) is read from the (customer, mode, id)
     index, never by scanning the customer's rows or the dead ones."""
-    from cms_outbox.inserting import SQLITE_INSERT_FOLLOW_UP
+    from cms_outbox.inserting import sqlite_insert_follow_up
     from cms_outbox.leasing import _LEASE_ELIGIBLE
     from cms_outbox.prepared import for_sqlite
 
@@ -198,7 +198,7 @@ def test_governing_setup_is_an_index_seek_on_sqlite(sqlite_url: str) -> None:
     insert_values = ("e", "lead", "c", None, None, None, "{}", "pending", 0, T0, T0)
     statements = [
         for_sqlite(_LEASE_ELIGIBLE, lease_params),
-        (SQLITE_INSERT_FOLLOW_UP, insert_values),
+        (sqlite_insert_follow_up(), insert_values),
     ]
     with engine.connect() as conn:
         plans = [

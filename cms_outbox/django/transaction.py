@@ -6,13 +6,16 @@ application's transaction, so it commits or rolls back with the user's rows.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, transaction
+from sqlalchemy import bindparam
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from ..errors import StorageError, ValidationError
 from ..events import Event
-from ..inserting import COLUMNS, row_values
+from ..inserting import COLUMNS, latest_setup, row_values
 from ..queries import BLOCKED, DEAD
 from ..results import EventState
 from ..schema import NOTIFY_CHANNEL, events
@@ -26,13 +29,20 @@ _INSERT = (
 _ON_CONFLICT = " ON CONFLICT (invoice_id) WHERE invoice_id IS NOT NULL DO NOTHING"
 _COLUMNS = ", ".join(column.name for column in events.columns)
 _STORED_SALE = f"SELECT {_COLUMNS} FROM {events.name} WHERE invoice_id = %s"
-# A follow-up (no click id) whose customer's latest deferred setup is dead is stored
-# blocked, as on every other path (a setup committing concurrently is caught by the lease).
-_LATEST_SETUP = (
-    f"SELECT state FROM {events.name} WHERE customer_external_id = %s AND mode = 'deferred' "
-    "ORDER BY id DESC LIMIT 1"
-)
 _STATE = COLUMNS.index("state")
+# Django's cursors take "%s" placeholders on every backend (its SQLite one rewrites them).
+_DIALECTS = {"sqlite": sqlite.dialect, "postgresql": postgresql.dialect, "mysql": mysql.dialect}
+
+
+@cache
+def _latest_setup(vendor: str) -> tuple[str, tuple[Any, ...], int]:
+    """``inserting.latest_setup`` compiled for Django's ``vendor``: its SQL, its positional
+    parameters, and where among them the customer goes."""
+    compiled = latest_setup(bindparam("customer")).compile(
+        dialect=_DIALECTS[vendor](paramstyle="format")
+    )
+    names = compiled.positiontup or []
+    return str(compiled), tuple(compiled.params[name] for name in names), names.index("customer")
 
 
 def insert_event(connection: Any, event: Event) -> Stored:
@@ -57,7 +67,13 @@ def insert_event(connection: Any, event: Event) -> Stored:
     try:
         with connection.cursor() as cursor:
             if event.click_id is None:
-                cursor.execute(_LATEST_SETUP, [event.customer_external_id])
+                # A follow-up (no click id) whose customer's governing setup is dead is
+                # stored blocked, as on every other path (a setup committing concurrently
+                # is caught by the lease).
+                sql, constants, customer_at = _latest_setup(vendor)
+                params = list(constants)
+                params[customer_at] = event.customer_external_id
+                cursor.execute(sql, params)
                 setup = cursor.fetchone()
                 if setup is not None and setup[0] == DEAD:
                     values[_STATE] = BLOCKED
