@@ -14,6 +14,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -25,6 +26,25 @@ from .errors import OutboxError
 __all__ = ["FlushScheduler"]
 
 logger = logging.getLogger(__name__)
+# APScheduler logs at INFO every job it adds, runs, finishes and removes: with a one-shot
+# pass job each interval (and the daemon's stop watcher five times a second), an
+# application logging at INFO would get several lines a second of it. Our schedulers and
+# their executor log to loggers of their own, under "apscheduler" so that the
+# application's settings for it apply, and those routine lines pass only where DEBUG does.
+_SCHEDULER_LOGGER = "apscheduler.scheduler.cms_outbox"
+_EXECUTOR = "cms_outbox"  # APScheduler logs its runs as apscheduler.executors.<alias>
+
+
+class _RoutineAtDebug(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or logging.getLogger(record.name).isEnabledFor(
+            logging.DEBUG
+        )
+
+
+_ROUTINE = _RoutineAtDebug()
+for _name in (_SCHEDULER_LOGGER, f"apscheduler.executors.{_EXECUTOR}"):
+    logging.getLogger(_name).addFilter(_ROUTINE)
 ERROR_LOG_EVERY = 60.0  # seconds between repeats of the same failing-pass log line
 MAX_RETRY_DELAY = 30.0  # seconds between passes while they keep failing
 
@@ -104,7 +124,7 @@ class FlushScheduler:
 
     def start(self) -> None:
         """Start a ``BackgroundScheduler`` in this process; returns at once."""
-        self._scheduler = _BackgroundScheduler(timezone=timezone.utc)
+        self._scheduler = _BackgroundScheduler(**_options())
         self._add_jobs(self._scheduler)
         self._scheduler.start()
         self._start_listening()
@@ -116,14 +136,16 @@ class FlushScheduler:
         scheduler down, the running pass stops leasing, finishes its requests and
         hands unsent rows back.
         """
-        scheduler = self._scheduler = _BlockingScheduler(timezone=timezone.utc)
+        scheduler = self._scheduler = _BlockingScheduler(**_options())
         self._add_jobs(scheduler)
 
         def watch() -> None:
             if self.stop_event.is_set():
                 scheduler.shutdown(wait=False)
 
-        scheduler.add_job(watch, "interval", seconds=0.2, max_instances=1, coalesce=True)
+        scheduler.add_job(
+            watch, "interval", seconds=0.2, max_instances=1, coalesce=True, executor=_EXECUTOR
+        )
         self._start_listening()
         scheduler.start()
         if self._idle.is_set():
@@ -179,7 +201,9 @@ class FlushScheduler:
             thread.start()
 
     def _add_jobs(self, scheduler: BaseScheduler) -> None:
-        self._next = scheduler.add_job(self._job, "date", run_date=_now(), misfire_grace_time=None)
+        self._next = scheduler.add_job(
+            self._job, "date", run_date=_now(), misfire_grace_time=None, executor=_EXECUTOR
+        )
         if self._maintenance is not None:
             scheduler.add_job(
                 self._guarded(self._maintenance),
@@ -188,6 +212,7 @@ class FlushScheduler:
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=None,
+                executor=_EXECUTOR,
             )
 
     def _job(self) -> None:
@@ -218,6 +243,7 @@ class FlushScheduler:
                         "date",
                         run_date=_now() + timedelta(seconds=max(delay, self._interval)),
                         misfire_grace_time=None,
+                        executor=_EXECUTOR,
                     )
                 self._idle.set()
 
@@ -245,6 +271,14 @@ class FlushScheduler:
         if message != last or now - at >= ERROR_LOG_EVERY:
             logger.error("flusher pass failed: %s", message)
             self._last_error = (message, now)
+
+
+def _options() -> dict[str, Any]:
+    return {
+        "timezone": timezone.utc,
+        "logger": logging.getLogger(_SCHEDULER_LOGGER),
+        "executors": {_EXECUTOR: ThreadPoolExecutor()},
+    }
 
 
 def _now() -> datetime:

@@ -104,3 +104,22 @@ def test_logger_names_live_under_cms_outbox(
     ours = [r for r in caplog.records if r.name.startswith("cms_outbox")]
     assert ours
     assert all(r.name == "cms_outbox" or r.name.startswith("cms_outbox.") for r in ours)
+
+
+def test_apscheduler_says_nothing_at_info_about_each_pass(
+    make_client: Callable[..., CMSClient], sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An application logging at INFO got four APScheduler lines (job added, running,
+    executed, removed) for every pass, each second; they pass only where DEBUG does."""
+    caplog.set_level(logging.INFO)
+    client = make_client(token=TOKEN, host=sandbox.url, rate_limit=None, flush="background")
+    first = client.track_lead("signup", "c1", click_id="k1", wait=10)
+    assert first.state.value == "delivered"  # the background flusher's passes ran
+    assert [r for r in caplog.records if r.name.startswith("apscheduler")] == []
+
+    caplog.set_level(logging.DEBUG, logger="apscheduler")  # asked for: they are there
+    second = client.track_lead("signup", "c2", click_id="k2", wait=10)
+    assert second.state.value == "delivered"
+    client.close()
+    routine = [r.getMessage() for r in caplog.records if r.name.startswith("apscheduler")]
+    assert any(message.startswith("Running job") for message in routine), routine
