@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from . import aio, config, lifecycle
 from .errors import ClientClosed, EventNotFound, InvoiceConflict
-from .events import Event, build_lead, build_sale, sale_differences
+from .events import Event, build_lead, build_sale, sale_differences, seconds
 from .flusher import Callback
 from .pacing import RateLimit
 from .results import EventState, FlushReport, TrackResult, result_of_row, stored_result
@@ -230,6 +230,8 @@ class CMSClient:
     def _enqueue(
         self, event: Event, connection: AppConnection | None, wait: float | None
     ) -> TrackResult:
+        if wait is not None:
+            wait = seconds("wait", wait)
         stored = self.store.insert(event, connection)
         if (existing := stored.existing) is not None:  # the unique index decided; compare
             differences = sale_differences(event, existing["payload"])
@@ -254,8 +256,11 @@ class CMSClient:
         meanwhile by any pass of this client, the background flusher's included.
 
         :raises ConfigurationError: no token to send with.
+        :raises ValidationError: ``timeout`` is not a number of seconds >= 0.
         """
         self._check_open()
+        if timeout is not None:
+            timeout = seconds("timeout", timeout)
         self._flushed = True
         deadline = None if timeout is None else time.monotonic() + timeout
         return self.flusher.run_pass(deadline=deadline, probe=True)

@@ -7,6 +7,7 @@ anything touches the database.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from datetime import datetime, timezone
@@ -15,7 +16,9 @@ from typing import Any, NamedTuple
 
 from .errors import ValidationError
 
-__all__ = ["Event", "build_lead", "build_sale", "format_timestamp", "sale_differences"]
+__all__ = [
+    "Event", "build_lead", "build_sale", "format_timestamp", "sale_differences", "seconds",
+]  # fmt: skip
 
 MAX_ID = 255
 MAX_EVENT_NAME = 255
@@ -136,6 +139,16 @@ def sale_differences(event: Event, stored_payload: str) -> str | None:
         if stored.get(key) != given.get(key)
     ]
     return "; ".join(differences) or None
+
+
+def seconds(field: str, value: Any) -> float:
+    """A ``wait=`` or ``timeout=``: a finite number of seconds >= 0, checked before anything
+    is written (a string or ``inf`` failed only after the event was stored)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError(field, f"must be a number of seconds, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValidationError(field, f"must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
 
 
 def format_timestamp(moment: datetime) -> str:

@@ -194,6 +194,27 @@ def test_bad_call_raises_and_writes_no_row(
     assert count_rows(client.engine) == 1
 
 
+@pytest.mark.parametrize("wait", ["soon", "5", -1, float("nan"), float("inf"), True, [5]])
+@pytest.mark.parametrize("kind", ["lead", "sale"])
+def test_a_bad_wait_raises_naming_it_and_writes_no_row(
+    client: CMSClient, kind: str, wait: Any
+) -> None:
+    """A string or inf was stored first and failed after (TypeError, OverflowError)."""
+    track = client.track_lead if kind == "lead" else client.track_sale
+    arguments = LEAD if kind == "lead" else SALE
+    with pytest.raises(ValidationError) as caught:
+        track(**arguments, wait=wait)
+    assert caught.value.field == "wait"
+    assert count_rows(client.engine) == 0
+
+
+@pytest.mark.parametrize("timeout", ["soon", -1, float("nan"), float("inf"), True])
+def test_a_bad_flush_timeout_raises_naming_it(client: CMSClient, timeout: Any) -> None:
+    with pytest.raises(ValidationError) as caught:
+        client.flush(timeout=timeout)
+    assert caught.value.field == "timeout"
+
+
 def is_currency_like(value: str) -> bool:
     return len(value) == 3 and value.isascii() and value.isalpha()
 
