@@ -105,14 +105,23 @@ def test_health_verdicts(make_client: Callable[..., CMSClient]) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30s", 30), ("10m", 600), ("2h", 7200), ("7d", 604800), ("1w", 604800), ("1.5", 1.5)],
+    [
+        ("30s", 30),
+        ("10m", 600),
+        ("2h", 7200),
+        ("7d", 604800),
+        ("1w", 604800),
+        ("1.5m", 90),
+        ("0", 0),
+    ],  # fmt: skip
 )
 def test_durations(text: str, seconds: float) -> None:
     assert duration(text) == seconds
 
 
 def test_bad_durations_and_never() -> None:
-    for text in ("", "soon", "-5s", "10 minutes", "1y"):
+    # A number without its unit is refused: "7" was seven seconds, not the seven days meant.
+    for text in ("", "soon", "-5s", "10 minutes", "1y", "7", "1.5", "600"):
         with pytest.raises(argparse.ArgumentTypeError):
             duration(text)
     assert optional_duration("never") is None

@@ -65,13 +65,23 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
 def duration(text: str) -> float:
-    """``30s``, ``10m``, ``2h``, ``7d``, ``1w`` or plain seconds, as seconds."""
+    """``30s``, ``10m``, ``2h``, ``7d``, ``1w`` or ``0``, as seconds.
+
+    A number other than 0 needs its unit: ``purge --delivered-older-than 7`` meant seven
+    seconds, and deleted every delivered event of the last week.
+    """
     match = _DURATION.fullmatch(text.strip().lower())
     if match is None:
         raise argparse.ArgumentTypeError(
             f"invalid duration {text!r}: use a number with s, m, h, d or w (e.g. 30s, 10m, 7d)"
         )
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    number, unit = match.groups()
+    if unit is None and float(number) != 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: give its unit, e.g. {number}s, {number}m, "
+            f"{number}h or {number}d"
+        )
+    return float(number) * _UNITS[unit or "s"]
 
 
 def optional_duration(text: str) -> float | None:
