@@ -179,3 +179,12 @@ def test_the_health_unit_command_flags_dead_events_without_the_token(
     assert failed.returncode == 1
     assert failed.stdout.startswith("unhealthy: 1 dead event, never retried or purged")
     assert "CMS_BEARER_TOKEN" not in env
+
+
+def test_the_help_names_every_exit_code_health_gives(capsys: pytest.CaptureFixture[str]) -> None:
+    """The command list said "exit 0 when healthy, 1 otherwise"; health also exits 6."""
+    assert main(["--help"]) == 0
+    [listed] = [line for line in capsys.readouterr().out.splitlines() if "health  " in line]
+    assert "1 or 6" in listed, listed
+    assert main(["health", "--help"]) == 0
+    assert "Exit 6 instead of 1" in " ".join(capsys.readouterr().out.split())

@@ -131,13 +131,14 @@ def register(subparsers: Any) -> None:
         subparsers,
         "health",
         cmd_health,
-        summary="exit 0 when healthy, 1 otherwise, with a one-line reason",
+        summary="exit 0 when healthy, 1 or 6 (no flusher running) otherwise, with a reason",
         description="Probe and cron check. Unhealthy (exit 1) when the oldest pending "
         "event is older than --max-pending-age, when an event went dead or blocked since "
         "the last `retry` or `purge` (by default; --max-dead and --max-blocked tune it), "
         "or while the service rejects the token (auth pause). A dead or blocked event is "
         "a lost conversion until someone acts; a retry or purge acknowledges those there "
-        "are.",
+        "are. Exit 6 instead of 1 when the one finding is that events have waited over 3 "
+        "minutes and no flusher is running (none beat in that time: start `cms-outbox run`).",
         examples=[
             "cms-outbox health --max-pending-age 10m",
             "cms-outbox health --max-dead 5 --max-blocked any || alert",
