@@ -97,8 +97,8 @@ def _directory(directory: str, full: str, *, create: bool, reader: bool) -> None
         ask = (
             "nothing creates an outbox here: `cms-outbox migrate --create-directories` does"
             if reader
-            else "or ask for it to be created (CMSClient(create_directories=True), "
-            "`cms-outbox migrate --create-directories`)"
+            else "or ask for it to be created (CMSClient(create_directories=True), or "
+            "--create-directories on `cms-outbox migrate` and `cms-outbox run`)"
         )
         raise DirectoryNotFound(
             f"the directory of the outbox {full} does not exist ({missing} is missing): check "

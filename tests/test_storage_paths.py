@@ -99,6 +99,8 @@ def test_every_command_exits_5_on_a_missing_directory_and_creates_nothing(
             "nothing creates an outbox here: `cms-outbox migrate --create-directories` does"
             in err[0]
         ), err
+    else:  # it offers its own flag: `run` pointed at `migrate` and at CMSClient alone
+        assert "--create-directories on `cms-outbox migrate` and `cms-outbox run`" in err[0], err
     assert "reader" not in err[0], err
     assert not (tmp_path / "mistyped").exists()
 
