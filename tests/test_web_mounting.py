@@ -78,3 +78,26 @@ def test_fastapi_mounts_it_through_a_wsgi_adapter(
     refused, page = asyncio.run(visit())
     assert refused.status_code == 401
     assert page.status_code == 200 and 'href="/outbox/events"' in page.text
+
+
+def test_without_the_ui_extra_the_import_error_names_it() -> None:
+    """It was Jinja2's bare ModuleNotFoundError, with no word of the extra to install."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "sys.modules['jinja2'] = None  # as where the ui extra is not installed\n"
+        "try:\n"
+        "    from cms_outbox.web import Dashboard\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print(exc.name, '|', exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stderr == ""
+    assert done.stdout.strip() == (
+        "jinja2 | cms_outbox.web needs the ui extra (jinja2 is missing): "
+        "pip install 'cms-outbox[ui]'"
+    )

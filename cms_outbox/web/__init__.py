@@ -6,6 +6,14 @@ or serve it with ``cms-outbox ui``.
 
 from __future__ import annotations
 
-from .app import Dashboard
+try:
+    from .app import Dashboard
+except ModuleNotFoundError as exc:  # Jinja2 or Werkzeug: the ui extra is not installed
+    if exc.name not in ("jinja2", "werkzeug", "markupsafe"):
+        raise
+    raise ModuleNotFoundError(
+        f"cms_outbox.web needs the ui extra ({exc.name} is missing): pip install 'cms-outbox[ui]'",
+        name=exc.name,
+    ) from exc
 
 __all__ = ["Dashboard"]
