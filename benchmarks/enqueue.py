@@ -5,7 +5,8 @@ full and normal) beside a raw ``sqlite3`` insert+commit with the same pragmas,
 persist-queue's ``SQLiteAckQueue.put`` and the official SDK's blocking ``track_lead``
 against a local sandbox (0 ms latency). The contenders take turns in rounds, each round
 starting with the next one, so the machine's noise hits them alike. The same raw INSERT
-into the outbox's own schema shows what its indexes cost. Then 4 threads and 4 processes
+of the row ``track_lead`` stores, into the outbox's own table and indexes, shows what
+the indexes cost and what is left to the library. Then 4 threads and 4 processes
 enqueue at once. The targets are for the default durability (full); durability normal
 is shown for comparison.
 ``--quick`` makes a few calls of each, with 2 threads and 2 processes, to show the script
@@ -79,21 +80,29 @@ def raw_sqlite(directory: Path, synchronous: str, calls: int) -> Contender:
 
 
 def raw_sqlite_outbox_schema(directory: Path, synchronous: str, calls: int) -> Contender:
-    """The same raw INSERT, but of an outbox row into the outbox's own table and indexes."""
+    """The same raw INSERT, but of the row ``track_lead`` stores for the same lead (its
+    eleven columns, its JSON payload written by ``json.dumps``) into the outbox's table
+    and indexes."""
     path = directory / f"raw-schema-{synchronous}.db"
     migrated_outbox(path)
     conn = _connect(path, synchronous)
-    payload = json.dumps({"eventName": "signup_completed", "x": "y" * 200})
     sql = (
-        "INSERT INTO cms_outbox_events (event_id, kind, customer_external_id, click_id, "
-        "payload, state, attempts, next_attempt_at, created_at) "
-        "VALUES (?, 'lead', ?, ?, ?, 'pending', 0, ?, ?)"
+        "INSERT INTO cms_outbox_events (event_id, kind, customer_external_id, click_id, mode, "
+        "invoice_id, payload, state, attempts, next_attempt_at, created_at) "
+        "VALUES (?, 'lead', ?, ?, NULL, NULL, ?, 'pending', 0, ?, ?)"
     )
 
     def call(i: int) -> None:
-        now = time.time()
-        conn.execute(sql, (str(uuid.uuid4()), f"customer_{i % 1000:06d}", f"click_{i:09d}",
-                           payload, now, now))  # fmt: skip
+        kwargs, now = lead(i), time.time()
+        payload = json.dumps(
+            {"clickId": kwargs["click_id"], "eventName": kwargs["event_name"],
+             "customerExternalId": kwargs["customer_external_id"],
+             "timestamp": "2025-01-01T00:00:00.000Z", "customerName": kwargs["customer_name"],
+             "customerEmail": kwargs["customer_email"]},
+            separators=(",", ":"),
+        )  # fmt: skip
+        conn.execute(sql, (str(uuid.uuid4()), kwargs["customer_external_id"],
+                           kwargs["click_id"], payload, now, now))  # fmt: skip
 
     name = f"  raw sqlite3, outbox schema ({synchronous.lower()})"
     return Contender(name, call, conn.close, calls)
