@@ -77,7 +77,7 @@ def transient(exc: BaseException) -> bool:
     module = type(original).__module__
     if module.startswith(("pymysql", "MySQLdb")):
         return bool(original.args) and original.args[0] in _MYSQL_TRANSIENT
-    if module.startswith(("psycopg", "psycopg2")):
+    if module.startswith("psycopg"):  # psycopg 3 and psycopg2
         state = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
         return state in _POSTGRES_TRANSIENT
     return False

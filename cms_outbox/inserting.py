@@ -53,7 +53,7 @@ def latest_setup(customer: ColumnElement[Any] | str) -> Select[Any]:
     )
 
 
-@cache  # compiled at the first follow-up, not at import: a short script may never store one
+@cache  # compiled once, when the first SQLite store is built, not at every import
 def sqlite_insert_follow_up() -> str:
     """The hot path's statement for a follow-up (no click id): stored ``blocked`` while its
     governing setup is dead.
