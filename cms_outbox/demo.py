@@ -120,7 +120,7 @@ def _show_events(client: CMSClient, tracked: list[_Tracked], say: _Say) -> None:
         for event in list_events(client.engine, limit=1000, oldest_first=True)
         if event.event_id in ours
     ]
-    say(f"   {'EVENT':<10} {'CUSTOMER':<9} {'WHAT':<48} {'STATE':<8} TRIES")
+    say(f"   {'EVENT':<10} {'CUSTOMER':<9} {'WHAT':<48} {'STATE':<8} ATTEMPTS")
     for event in rows:
         label = ours[event.event_id].label
         say(

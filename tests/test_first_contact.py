@@ -4,6 +4,7 @@ say what to do, and no library's internal text in what the user reads."""
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cms_outbox import CMSClient, demo
 from cms_outbox.cli import build_parser, main
 from cms_outbox.transport import Transport
 from tests.conftest import TOKEN
@@ -117,3 +119,19 @@ def test_the_demo_prints_no_urllib3_text(tmp_path: Path) -> None:
     for text in URLLIB3_TEXT:
         assert text not in done.stdout + done.stderr
     assert "Delivery paused: the service does not answer" in done.stdout
+
+
+def test_events_and_the_demo_say_attempts_as_the_rest_of_the_product(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`events` and the demo said TRIES where show, the dashboard and the JSON say attempts."""
+    with CMSClient(database_url=sqlite_url, flush="off") as client:
+        client.track_lead("signup", "user_1", click_id="c1")
+    assert main(["events", "--database-url", sqlite_url]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert "ATTEMPTS" in header and "TRIES" not in header, header
+    out = io.StringIO()
+    assert demo.run(out=out) == 0
+    shown = out.getvalue().splitlines()
+    table_header = next(line for line in shown if line.split()[:1] == ["EVENT"])
+    assert table_header.split()[-1] == "ATTEMPTS", table_header

@@ -301,7 +301,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     ]
     echo(
         table(
-            ["EVENT_ID", "KIND", "NAME", "CUSTOMER", "STATE", "TRIES", "CREATED (UTC)", "LAST"],
+            ["EVENT_ID", "KIND", "NAME", "CUSTOMER", "STATE", "ATTEMPTS", "CREATED (UTC)", "LAST"],
             rows,
         )
     )
