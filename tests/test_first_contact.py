@@ -135,3 +135,12 @@ def test_events_and_the_demo_say_attempts_as_the_rest_of_the_product(
     shown = out.getvalue().splitlines()
     table_header = next(line for line in shown if line.split()[:1] == ["EVENT"])
     assert table_header.split()[-1] == "ATTEMPTS", table_header
+
+
+@pytest.mark.parametrize("command", ["show", "retry"])
+def test_the_id_prefix_help_says_as_git_does(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, "--help"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "unique prefix" in said and "as git does" in said and "(as git)" not in said, said

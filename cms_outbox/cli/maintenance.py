@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
         "event_ids",
         nargs="*",
         metavar="EVENT_ID",
-        help="events to retry: ids, or any unique prefixes of them (as git)",
+        help="events to retry: ids, or any unique prefixes of them, as git does",
     )
     parser.add_argument("--dead", action="store_true", help="every dead event")
     parser.add_argument("--blocked", action="store_true", help="every blocked event")

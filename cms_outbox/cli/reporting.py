@@ -123,7 +123,7 @@ def register(subparsers: Any) -> None:
         "2 if EVENT_ID is the start of several event ids (they are listed).",
     )
     parser.add_argument(
-        "event_id", metavar="EVENT_ID", help="an event id, or any unique prefix of one (as git)"
+        "event_id", metavar="EVENT_ID", help="an event id, or any unique prefix of one, as git does"
     )
     parser.add_argument("--json", action="store_true", help="JSON for scripts")
 
