@@ -144,3 +144,19 @@ def test_the_id_prefix_help_says_as_git_does(
     assert main([command, "--help"]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert "unique prefix" in said and "as git does" in said and "(as git)" not in said, said
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "given"),
+    [("purge", "--delivered-older-than", "-1d"), ("purge", "--dead-older-than", "-1"),
+     ("purge", "--delivered-older-than", "-.5h"), ("health", "--max-pending-age", "-10m")],
+)  # fmt: skip
+def test_a_negative_duration_is_the_products_one_line_error(
+    command: str, option: str, given: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse took `-1d` for an unknown option: "expected one argument"."""
+    assert main([command, option, given]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"cms-outbox {command}: error: argument {option}: invalid duration {given!r}: a "
+        f"duration cannot be negative (see `cms-outbox {command} --help`)"
+    ]

@@ -70,6 +70,10 @@ def duration(text: str) -> float:
     A number other than 0 needs its unit: ``purge --delivered-older-than 7`` meant seven
     seconds, and deleted every delivered event of the last week.
     """
+    if text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: a duration cannot be negative"
+        )
     match = _DURATION.fullmatch(text.strip().lower())
     if match is None:
         raise argparse.ArgumentTypeError(
@@ -141,6 +145,14 @@ def positive_float(text: str) -> float:
 
 class Parser(argparse.ArgumentParser):
     """Usage errors in one line that points at ``--help`` (argparse prints the whole usage)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse takes only a plain negative number for a value, so `-1d` became an
+        # unknown option ("expected one argument"); Python 3.13's own rule, anything that
+        # starts with "-" and a digit is a value, lets the option's type refuse it in words.
+        # No option of ours looks like a negative number.
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
