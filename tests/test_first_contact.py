@@ -35,21 +35,44 @@ def test_demo_help_does_not_promise_cms_outbox_url() -> None:
     assert "CMS_OUTBOX_URL" not in said and "temporary" in said
 
 
-@pytest.mark.parametrize(
-    "flags", [["--database-url", "sqlite:///x.db"], ["--create-directories"]], ids=" ".join
-)
-def test_sandbox_refuses_outbox_options(
-    flags: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["sandbox", *flags]) == 2
+def test_sandbox_refuses_a_database_url(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sandbox", "--database-url", "sqlite:///x.db"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["cms-outbox: error: the sandbox keeps its state in memory: "
-                   "--database-url and --create-directories do not apply to it"]  # fmt: skip
+                   "--database-url does not apply to it"]  # fmt: skip
 
 
-def test_sandbox_help_does_not_offer_outbox_options() -> None:
+def test_sandbox_help_does_not_offer_a_database_url() -> None:
     assert option_help("sandbox", "database_url") == argparse.SUPPRESS
-    assert option_help("sandbox", "create_directories") == argparse.SUPPRESS
+
+
+def test_the_top_level_help_does_not_offer_create_directories(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It belongs to migrate and run, the commands that create an outbox."""
+    assert main(["--help"]) == 0
+    said = capsys.readouterr().out
+    assert "[--create-directories]" not in said and "  --create-directories" not in said
+    assert "`migrate --create-directories` creates it" in said
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [([], ["status"]), ([], ["sandbox"]), ([], ["demo"]), (["--create-directories"], ["migrate"])],
+    ids=["status", "sandbox", "demo", "before migrate"],
+)
+def test_create_directories_elsewhere_says_where_it_belongs(
+    before: list[str], after: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'new' / 'outbox.db'}"
+    argv = [*before, *after, "--database-url", url, *([] if before else ["--create-directories"])]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"cms-outbox {after[0]}: error: --create-directories is an option of `migrate` and "
+        "`run` only, the commands that create an outbox: `cms-outbox migrate "
+        f"--create-directories` (see `cms-outbox {after[0]} --help`)"
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_run_with_plain_http_says_what_the_command_line_accepts(

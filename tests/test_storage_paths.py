@@ -6,8 +6,11 @@ entrypoint: an error with its own exit code (5) unless creation is asked for."""
 from __future__ import annotations
 
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Callable
 
@@ -15,8 +18,10 @@ import pytest
 
 from cms_outbox import CMSClient, DirectoryNotFound, StorageError
 from cms_outbox.cli import main
-from tests.conftest import TOKEN
+from cms_outbox.sandbox import Sandbox
+from tests.conftest import TOKEN, wait_until
 
+EXIT_USAGE = 2
 EXIT_STORAGE = 3
 EXIT_NO_DIRECTORY = 5
 REPO = Path(__file__).resolve().parent.parent
@@ -130,10 +135,10 @@ def test_a_reader_given_create_directories_says_which_command_creates(
 ) -> None:
     path = tmp_path / "new" / "outbox.db"
     url = f"sqlite:///{path}"
-    assert main([*command, "--create-directories", "--database-url", url]) == EXIT_NO_DIRECTORY
+    assert main([*command, "--create-directories", "--database-url", url]) == EXIT_USAGE
     err = capsys.readouterr().err
-    assert "`cms-outbox migrate --create-directories` does" in err, err
-    assert "cms-outbox ... --create-directories" not in err
+    assert "an option of `migrate` and `run` only" in err, err
+    assert "`cms-outbox migrate --create-directories`" in err, err
     assert not (tmp_path / "new").exists()
 
 
@@ -175,6 +180,38 @@ def test_the_container_entrypoint_refuses_a_missing_volume_directory(tmp_path: P
     assert done.returncode == EXIT_NO_DIRECTORY, done.stderr
     assert "nonexistent is missing" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "nonexistent").exists()
+
+
+def daemons_beating(path: Path) -> bool:
+    """`cms-outbox run` has made its first pass on ``path`` (its heartbeat row)."""
+    if not path.exists():
+        return False
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            return bool(conn.execute("SELECT count(*) FROM cms_outbox_flushers").fetchone()[0])
+    except sqlite3.OperationalError:  # not migrated yet
+        return False
+
+
+def test_the_container_entrypoint_passes_create_directories_to_migrate_and_run(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The documented way to have a volume's directory created: both commands take it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMS_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    path = tmp_path / "volume" / "outbox.db"
+    env.update(CMS_BEARER_TOKEN=TOKEN, CMS_HOST=sandbox.url, CMS_OUTBOX_URL=f"sqlite:///{path}")
+    process = subprocess.Popen(
+        ["sh", str(REPO / "deploy" / "docker-entrypoint.sh"), "--create-directories"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert wait_until(lambda: daemons_beating(path))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "upgraded from none" in out and "Traceback" not in err
 
 
 # -- permissions ----------------------------------------------------------------------------

@@ -50,7 +50,7 @@ exit codes:
        (run `cms-outbox migrate`), or migrated by a newer cms-outbox
   {EXIT_NOT_FOUND}    an EVENT_ID (or prefix) that is not in the outbox
   {EXIT_NO_DIRECTORY}    the directory of a SQLite outbox does not exist (a mistyped path?):
-       nothing was created; --create-directories creates it
+       nothing was created; `migrate --create-directories` creates it
   {EXIT_NO_FLUSHER}    health: the one finding is that no flusher is running while events have
        waited over 3 minutes (none beat in that time: start `cms-outbox run`)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C) outside the daemon
@@ -65,6 +65,9 @@ examples:
   CMS_BEARER_TOKEN=... cms-outbox run --database-url sqlite:///outbox.db
   cms-outbox status --json
   cms-outbox health --max-pending-age 10m || alert"""
+
+
+CREATE_DIRECTORIES = "--create-directories"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, extras = parser.parse_known_args(argv)
         if extras:  # point at the command's own --help, not the top level's
             where = getattr(args, "command_parser", parser)
+            if CREATE_DIRECTORIES in extras:
+                where.error(
+                    f"{CREATE_DIRECTORIES} is an option of `migrate` and `run` only, the "
+                    f"commands that create an outbox: `cms-outbox migrate {CREATE_DIRECTORIES}`"
+                )
             where.error(f"unrecognized arguments: {' '.join(extras)}")
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE

@@ -180,9 +180,8 @@ def add_command(
 ) -> argparse.ArgumentParser:
     """A subcommand whose help ends with examples (a test checks that every one has them).
 
-    :param creates: the command can create a missing outbox, so its help offers
-        ``--create-directories``; the others accept the flag (it is global) but do not
-        offer what they never do.
+    :param creates: the command can create a missing outbox, so it takes
+        ``--create-directories``; the others never create one, so they do not.
     """
     epilog = "examples:\n" + "\n".join(f"  {example}" for example in examples)
     if notes:
@@ -200,15 +199,13 @@ def add_command(
 
 
 def add_common_options(
-    parser: argparse.ArgumentParser, *, suppress: bool, creates: bool = True
+    parser: argparse.ArgumentParser, *, suppress: bool, creates: bool = False
 ) -> None:
-    """``--database-url``, ``--create-directories`` and ``--verbose``, on the top level and
-    on every subcommand.
+    """``--database-url`` and ``--verbose``, on the top level and on every subcommand, and
+    ``--create-directories`` on the commands that create an outbox (``creates``).
 
     On subcommands the defaults are suppressed, so ``cms-outbox --verbose status`` and
     ``cms-outbox status --verbose`` both work (a subparser default would win otherwise).
-    ``creates=False``: the command accepts ``--create-directories`` but never creates an
-    outbox, so its help does not offer it.
     """
     default: Any = argparse.SUPPRESS if suppress else None
     parser.add_argument(
@@ -217,15 +214,13 @@ def add_common_options(
         default=default,
         help="outbox database (default: env CMS_OUTBOX_URL, else sqlite:///cms_outbox.db)",
     )
-    parser.add_argument(
-        "--create-directories",
-        action="store_true",
-        default=argparse.SUPPRESS if suppress else False,
-        help="create a SQLite outbox's missing parent directories (default: a missing "
-        "directory is an error, exit code 5)"
-        if creates
-        else argparse.SUPPRESS,
-    )
+    if creates:
+        parser.add_argument(
+            "--create-directories",
+            action="store_true",
+            help="create a SQLite outbox's missing parent directories (default: a missing "
+            "directory is an error, exit code 5)",
+        )
     parser.add_argument(
         "-v",
         "--verbose",
@@ -267,7 +262,7 @@ def resolve_settings(args: argparse.Namespace, *, deliver: bool = False) -> Sett
     """
     explicit: dict[str, Any] = {
         "database_url": args.database_url,
-        "create_directories": args.create_directories,
+        "create_directories": getattr(args, "create_directories", False),
         "flush": "off",
     }
     if deliver:

@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
         notes="The sandbox token is a throwaway, so unlike `run` it may be a flag.",
     )
     for action in parser._actions:  # no outbox: not offered, and refused if given
-        if action.dest in ("database_url", "create_directories"):
+        if action.dest == "database_url":
             action.help = argparse.SUPPRESS
     parser.add_argument(
         "--bind", default="127.0.0.1", metavar="ADDR", help="interface (default: 127.0.0.1)"
@@ -102,10 +102,9 @@ def register(subparsers: Any) -> None:
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from ..sandbox import Limits, Sandbox, run
 
-    if getattr(args, "database_url", None) or getattr(args, "create_directories", False):
+    if getattr(args, "database_url", None):
         raise ConfigurationError(
-            "the sandbox keeps its state in memory: --database-url and --create-directories "
-            "do not apply to it"
+            "the sandbox keeps its state in memory: --database-url does not apply to it"
         )
 
     def ready(sandbox: Sandbox) -> None:
