@@ -2,8 +2,8 @@
 
 The ``Store`` is the one door to the database for the client and the flusher: it
 opens each transaction (queued for the write lock on SQLite), leaves the statements of
-leasing and recording to ``leasing``, those that store a new event to ``inserting``
-and every read to ``queries``, and turns each database failure into a ``StorageError``
+leasing and recording to ``leasing``, storing a new event to ``enqueue`` and every
+read to ``queries``, and turns each database failure into a ``StorageError``
 in plain words. A transaction of its own that the server broke for a deadlock or a lock
 wait is run again (``driver_errors.retrying``); one of the application's is not.
 """
@@ -11,62 +11,31 @@ wait is run again (``driver_errors.retrying``); one of the application's is not.
 from __future__ import annotations
 
 import functools
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union
+from typing import Any, Callable, TypeVar
 
-from sqlalchemy import (
-    Connection,
-    Engine,
-    select,
-)
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, Engine
 
-from . import bookkeeping, inserting, leasing, operations, queries
-from .dialect import latest_committed, write_transaction
-from .driver_errors import retrying, storage_error, storage_errors
+from . import bookkeeping, leasing, operations, queries
+from .dialect import write_transaction
+from .driver_errors import retrying
+from .enqueue import AppConnection, Enqueue, Stored, sqlite_file
 from .errors import StorageError
 from .events import Event
-from .group_commit import GroupCommit
 from .leasing import Attempt, Lease
 from .pacing import Budget
 from .results import EventState
-from .schema import events
 from .write_lock import WriteLock
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
 
 __all__ = ["AppConnection", "Attempt", "Lease", "Store", "Stored"]
 
 T = TypeVar("T")
-# A Session only ever comes from an application that imported the ORM itself: the outbox
-# does not import it (a third of SQLAlchemy's import time, for a short script's start).
-# Django's connection (``django.db.connection``) is accepted too.
-AppConnection = Union[Connection, "Session", Any]
 
 # Seconds between sweeps for expired leases while leasing.
 SWEEP_INTERVAL = 1.0
-
-
-@dataclass(frozen=True)
-class Stored:
-    """What ``Store.insert`` did: the event is stored in ``state``; or, with ``existing``, a
-    sale with its ``invoice_id`` was stored already (that row; nothing was written)."""
-
-    state: EventState
-    existing: dict[str, Any] | None = None
-
-    @classmethod
-    def found(cls, row: dict[str, Any]) -> Stored:
-        return cls(EventState(row["state"]), row)
-
-
-STORED_PENDING = Stored(EventState.PENDING)  # immutable: one for every event stored pending
 
 
 class Store:
@@ -82,18 +51,11 @@ class Store:
         self.engine = engine
         self.bookkeeping = bookkeeping or engine
         self._next_sweep = 0.0
-        self._group: GroupCommit | None = None
-        self._write_lock: WriteLock | None = None
+        self._enqueue = Enqueue(engine)
+        self._group = self._enqueue.group
+        path = sqlite_file(engine)
+        self._write_lock = WriteLock(path) if path is not None else None
         self._writers: set[int] = set()  # threads inside a write transaction
-        self._enqueue_lock: WriteLock | None = None
-        if engine.dialect.name == "sqlite":
-            path = engine.url.database or ""
-            if path and path != ":memory:" and not path.startswith("file:"):
-                # The enqueue has a lock (an open file) of its own: it queues with the
-                # writes of this process's flusher as with every other process's.
-                self._enqueue_lock, self._write_lock = WriteLock(path), WriteLock(path)
-            self._group = GroupCommit(self._enqueue_connection, write_lock=self._enqueue_lock)
-            inserting.sqlite_insert_follow_up()  # compiled now, not in a caller's request
 
     # -- enqueue ---------------------------------------------------------------
 
@@ -104,49 +66,13 @@ class Store:
 
         :raises StorageError: the database failed; nothing was written.
         """
-        if connection is not None:
-            if _is_django(connection):  # Django's own cursor, in its atomic() block
-                from .django.transaction import insert_event
-
-                return insert_event(connection, event)
-            with storage_errors("storing the event in the application's transaction"):
-                conn = connection if isinstance(connection, Connection) else connection.connection()
-                return self._insert_core(conn, event)
-        if self._group is not None:
-            return self._insert_sqlite(self._group, event)
-
-        def insert() -> Stored:  # at the default isolation level, as the application's
-            with self.engine.begin() as conn:
-                return self._insert_core(conn, event)
-
-        return retrying("storing the event", insert)
-
-    def _insert_sqlite(self, group: GroupCommit, event: Event) -> Stored:
-        sql, returning = inserting.sqlite_insert(event)
-        try:
-            returned = group.insert(sql, inserting.row_values(event), returning=returning)
-        except (sqlite3.Error, SQLAlchemyError) as exc:
-            raise storage_error("storing the event", exc) from exc
-        if returned is None:
-            return Stored.found(self._existing_sale(event))
-        return Stored(EventState(returned[0])) if returned else STORED_PENDING
-
-    def _enqueue_connection(self) -> sqlite3.Connection:
-        # A DB-API connection of its own, detached from the pool: a pool checkout and its
-        # reset-on-return would cost more than the insert itself.
-        raw = self.engine.raw_connection()  # configured by the engine's connect hooks
-        conn = raw.dbapi_connection
-        raw.detach()
-        assert isinstance(conn, sqlite3.Connection)
-        return conn
+        return self._enqueue.insert(event, connection)
 
     def close(self) -> None:
         """Close the enqueue connection and the lock files (the engines are the caller's)."""
-        if self._group is not None:
-            self._group.close()
-        for lock in (self._enqueue_lock, self._write_lock):
-            if lock is not None:
-                lock.close()
+        self._enqueue.close()
+        if self._write_lock is not None:
+            self._write_lock.close()
 
     def _write(self, action: str, engine: Engine, work: Callable[[Connection], T]) -> T:
         """``work(conn)`` in a write transaction of its own, run again from the start when
@@ -195,29 +121,9 @@ class Store:
 
     def after_fork_in_child(self) -> None:
         """Forget the parent's enqueue connection and lock files without closing its locks."""
-        if self._group is not None:
-            self._group.after_fork_in_child()
-        for lock in (self._enqueue_lock, self._write_lock):
-            if lock is not None:
-                lock.after_fork_in_child()
-
-    def _insert_core(self, conn: Connection, event: Event) -> Stored:
-        state = inserting.insert_event(conn, event)
-        if state is None:
-            return Stored.found(self._existing_row(conn, event))
-        return Stored(EventState(state))
-
-    def _existing_sale(self, event: Event) -> dict[str, Any]:
-        with queries.reading(self.engine, "reading the stored sale") as conn:
-            return self._existing_row(conn, event)
-
-    def _existing_row(self, conn: Connection, event: Event) -> dict[str, Any]:
-        # The latest committed row: on MySQL the transaction's snapshot may predate it.
-        query = select(events).where(events.c.invoice_id == event.invoice_id)
-        row = conn.execute(latest_committed(query, conn)).first()
-        if row is None:
-            raise StorageError(f"storing event {event.event_id} failed: it was not inserted")
-        return dict(row._mapping)
+        self._enqueue.after_fork_in_child()
+        if self._write_lock is not None:
+            self._write_lock.after_fork_in_child()
 
     # -- reads (each in a read transaction that never waits for a writer) ------------------
 
@@ -402,8 +308,3 @@ class Store:
             "publishing the delivery pause", self.bookkeeping,
             lambda c: bookkeeping.set_pause(c, outage_since, auth_paused_since, error),
         )  # fmt: skip
-
-
-def _is_django(connection: object) -> bool:
-    """A Django ``DatabaseWrapper``, or ``django.db.connection`` (a proxy to one)."""
-    return type(connection).__module__.startswith(("django.db.backends.", "django.utils."))
