@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -183,3 +184,26 @@ def test_a_negative_duration_is_the_products_one_line_error(
         f"cms-outbox {command}: error: argument {option}: invalid duration {given!r}: a "
         f"duration cannot be negative (see `cms-outbox {command} --help`)"
     ]
+
+
+def test_the_sandbox_says_where_it_listens_once() -> None:
+    """It printed its address on stdout and logged it again on stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMS_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cms_outbox", "sandbox", "--port", "0", "--token", "tok"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        first, second = process.stdout.readline(), process.stdout.readline()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    url = first.split(" on ", 1)[1].split()[0]
+    assert first == (
+        f"CMS sandbox listening on {url} (token: tok; POST /track/lead and /track/sale, "
+        "admin at /_admin/)\n"
+    )
+    assert second == f"  export CMS_HOST={url} CMS_BEARER_TOKEN=tok\n"
+    assert (first + second + out + err).count(url) == 2, err  # the line and the export

@@ -101,6 +101,7 @@ def register(subparsers: Any) -> None:
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from ..sandbox import Limits, Sandbox, run
+    from ..sandbox.server import ENDPOINTS
 
     if getattr(args, "database_url", None):
         raise ConfigurationError(
@@ -108,7 +109,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         )
 
     def ready(sandbox: Sandbox) -> None:
-        echo(f"CMS sandbox listening on {sandbox.url} (token: {sandbox.token})")
+        echo(f"CMS sandbox listening on {sandbox.url} (token: {sandbox.token}; {ENDPOINTS})")
         echo(f"  export CMS_HOST={sandbox.url} CMS_BEARER_TOKEN={sandbox.token}")
         sys.stdout.flush()
 

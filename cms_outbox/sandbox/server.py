@@ -303,6 +303,7 @@ def _shutdown(conn: socket.socket) -> None:
         pass
 
 
+ENDPOINTS = "POST /track/lead and /track/sale, admin at /_admin/"
 Ready = Union[threading.Event, Callable[[Sandbox], object], None]
 
 
@@ -319,7 +320,8 @@ def run(
     """Serve a sandbox until KeyboardInterrupt, SIGTERM or ``Sandbox.stop()``.
 
     :param ready: called with the started ``Sandbox`` (or, for a
-        ``threading.Event``, set) once it accepts connections.
+        ``threading.Event``, set) once it accepts connections. A callable says where it
+        listens itself (``cms-outbox sandbox`` prints it); otherwise one INFO line does.
     """
     sandbox = Sandbox(
         token=token, host=host, port=port, rate_limit=rate_limit, latency=latency, limits=limits
@@ -337,14 +339,12 @@ def run(
     try:
         if in_main:
             previous = signal.signal(signal.SIGTERM, on_sigterm)
-        logger.info(
-            "CMS sandbox listening on %s (POST /track/lead, /track/sale; admin at /_admin/)",
-            sandbox.url,
-        )
-        if isinstance(ready, threading.Event):
-            ready.set()
-        elif ready is not None:
+        if callable(ready):
             ready(sandbox)
+        else:
+            logger.info("CMS sandbox listening on %s (%s)", sandbox.url, ENDPOINTS)
+            if ready is not None:
+                ready.set()
         while not terminated and not sandbox._stopped.wait(0.2):
             pass
     except KeyboardInterrupt:
