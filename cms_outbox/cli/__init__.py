@@ -22,7 +22,7 @@ from ..errors import (
     StorageError,
     ValidationError,
 )
-from . import delivery, maintenance, reporting, tools, ui
+from . import browsing, delivery, maintenance, reporting, tools, ui
 from ._common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     delivery.register(subparsers)
     reporting.register(subparsers)
+    browsing.register(subparsers)
     maintenance.register(subparsers)
     tools.register(subparsers)
     ui.register(subparsers)
