@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable
 
@@ -17,6 +16,7 @@ from .flusher import Callback
 from .pacing import RateLimit
 from .results import EventState, FlushReport, TrackResult, result_of_row, stored_result
 from .store import AppConnection
+from .upkeep import Upkeep
 from .wiring import Wiring
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["CMSClient"]
 
 
-class CMSClient:
+class CMSClient(Upkeep):
     """Drop-in for the official SDK's ``CMSClient`` that never loses or doubles an event.
 
     ``track_lead``/``track_sale`` validate and store the event in one transaction and
@@ -285,62 +285,6 @@ class CMSClient:
     def purge_expired(self) -> int:
         """Delete delivered and dead events older than the retention periods; how many."""
         return self._wiring.purge_expired(self._now())
-
-    def retry(
-        self, event_ids: Sequence[str] = (), *, dead: bool = False, blocked: bool = False
-    ) -> int:
-        """Make dead or blocked events pending and due now; their attempt history is kept.
-
-        Retrying a dead deferred setup also releases its customer's blocked follow-ups. Like
-        a purge, it acknowledges what is dead or blocked: `health` flags only what follows.
-
-        :param event_ids: these events (those that are dead or blocked).
-        :param dead: every dead event.
-        :param blocked: every blocked event.
-        :returns: how many events became pending.
-        :raises StorageError: the database failed.
-        """
-        self._check_open()
-        states = [EventState.DEAD] * dead + [EventState.BLOCKED] * blocked
-        count = self.store.retry(list(event_ids), states=states, now=self._now())
-        if count and self._scheduler is not None:
-            self._scheduler.wake()
-        return count
-
-    def purge(
-        self,
-        *,
-        delivered_older_than: float | None = None,
-        dead_older_than: float | None = None,
-        dry_run: bool = False,
-        each: Callable[[str], object] | None = None,
-    ) -> int:
-        """Delete delivered and dead events (with their attempts) older than the given ages.
-
-        Memory stays flat however many events go: they are deleted in batches. Unless a
-        dry run, it acknowledges what is dead or blocked (see `health`).
-
-        :param delivered_older_than: seconds since delivery; None keeps every delivered event.
-        :param dead_older_than: seconds since the last attempt; None keeps every dead event.
-        :param dry_run: delete nothing, only report.
-        :param each: called with the ``event_id`` of every event deleted (or, with
-            ``dry_run``, that would be), batch by batch as each one commits.
-        :returns: how many events were deleted (or would be).
-        :raises StorageError: the database failed.
-        """
-        self._check_open()
-        now = self._now()
-        count = 0
-        for batch in self.store.purge(
-            delivered_before=None if delivered_older_than is None else now - delivered_older_than,
-            dead_before=None if dead_older_than is None else now - dead_older_than,
-            dry_run=dry_run,
-        ):
-            count += len(batch)
-            if each is not None:
-                for event_id in batch:
-                    each(event_id)
-        return count
 
     def stats(self) -> Stats:
         """Counters and gauges of this client's outbox, for dashboards and metrics.
