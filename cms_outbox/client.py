@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Callable
 from sqlalchemy import Engine
 
 from . import aio, config, lifecycle
-from .errors import ClientClosed, EventNotFound, InvoiceConflict
+from .errors import ClientClosed, EventNotFound, InvoiceConflict, ValidationError
 from .events import Event, build_lead, build_sale, sale_differences, seconds
 from .flusher import Callback
 from .pacing import RateLimit
@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from .status import Stats
 
 __all__ = ["CMSClient"]
+
+WAIT_IN_A_TRANSACTION = (
+    "cannot be combined with connection=: the event exists only once your transaction "
+    "commits, after this call returns; call client.result(event_id) after the commit"
+)
 
 
 class CMSClient(Upkeep):
@@ -184,7 +189,9 @@ class CMSClient(Upkeep):
             its transaction and exists only if it commits.
         :param wait: seconds to try delivering before returning; the result then
             carries the service's answer (the event stays stored if it cannot be sent).
-        :raises ValidationError: bad input, naming the field; nothing was written.
+            Not with ``connection``: the event exists only once that commits.
+        :raises ValidationError: bad input, naming the field (``wait`` given with
+            ``connection``); nothing was written.
         :raises StorageError: the database failed; nothing was written.
         """
         self._check_open()
@@ -214,6 +221,7 @@ class CMSClient(Upkeep):
 
         ``amount`` is an ``int`` in cents. A second sale with an ``invoice_id`` already
         in the outbox stores nothing and returns the existing event's result.
+        ``connection`` and ``wait`` are ``track_lead``'s.
 
         :raises InvoiceConflict: ``invoice_id`` is stored with another customer, amount
             or currency; nothing was written.
@@ -232,6 +240,8 @@ class CMSClient(Upkeep):
     ) -> TrackResult:
         if wait is not None:
             wait = seconds("wait", wait)
+            if connection is not None:  # it would wait for a row no one else can see yet
+                raise ValidationError("wait", WAIT_IN_A_TRANSACTION)
         stored = self.store.insert(event, connection)
         if (existing := stored.existing) is not None:  # the unique index decided; compare
             differences = sale_differences(event, existing["payload"])
@@ -240,7 +250,7 @@ class CMSClient(Upkeep):
             return result_of_row(existing)
         if self._scheduler is not None and stored.state is EventState.PENDING:
             self._scheduler.wake()
-        if wait is not None and connection is None and stored.state is EventState.PENDING:
+        if wait is not None and stored.state is EventState.PENDING:
             return self._wiring.wait_for(event.event_id, wait, alone=self._scheduler is None)
         return stored_result(event.event_id, stored.state)
 
