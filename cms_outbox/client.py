@@ -219,7 +219,8 @@ class CMSClient(Upkeep):
     ) -> TrackResult:
         """Store a sale event for delivery; returns once it is durable.
 
-        ``amount`` is an ``int`` in cents. A second sale with an ``invoice_id`` already
+        ``amount`` is an ``int`` in cents; ``currency`` 3 letters, sent upper-case
+        (``"usd"`` as ``"USD"``). A second sale with an ``invoice_id`` already
         in the outbox stores nothing and returns the existing event's result.
         ``connection`` and ``wait`` are ``track_lead``'s.
 

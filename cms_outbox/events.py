@@ -260,6 +260,8 @@ def _amount(value: Any) -> int:
 
 
 def _currency(value: Any) -> str:
+    # The wire takes exactly 3 upper-case letters; payment providers (Stripe) hand out
+    # "usd", which is no ambiguity to refuse (README: "Coming from the official SDK").
     if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
         raise ValidationError("currency", f"must be a 3-letter code like USD, got {value!r}")
     return value.upper()

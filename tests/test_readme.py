@@ -136,3 +136,11 @@ def test_a_serving_block_delivers_and_stops_on_sigterm(code: str, tmp_path: Path
         assert process.returncode == 0, stderr
         assert "Traceback" not in stderr
         assert len(sandbox.accepted) == 1
+
+
+def test_the_sdk_differences_say_how_a_currency_is_sent() -> None:
+    """`currency="usd"` is upper-cased: a difference from the SDK, which sends it as given."""
+    section = README.read_text().split("## Coming from the official SDK", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    [row] = [line for line in section.splitlines() if line.startswith("| `currency` |")]
+    assert '`"usd"` goes out as `"USD"`' in row and "sent as given" in row

@@ -139,6 +139,30 @@ def test_the_same_snippets_give_the_same_accepted_events_as_the_official_sdk(
         assert [r["data"] for r in delivered] == [r["data"] for r in official]
 
 
+def test_a_lower_case_currency_goes_out_upper_case_where_the_sdk_sends_it_as_given(
+    sqlite_url: str,
+) -> None:
+    """Payment providers hand out `usd`; the wire carries exactly 3 upper-case letters."""
+    sale: dict[str, Any] = {"event_name": "purchase", "customer_external_id": "user_42",
+                            "invoice_id": "inv_1", "amount": 4999, "click_id": "id_1"}  # fmt: skip
+    with Sandbox(token=TOKEN) as official_server, Sandbox(token=TOKEN) as outbox_server:
+        with pytest.raises(cutmeshort.ApiException):
+            cutmeshort.CMSClient(token=TOKEN, host=official_server.url).track_sale(
+                **sale, currency="usd"
+            )
+        [refused] = official_server.requests
+        assert refused.status == 422 and official_server.accepted == []
+        with CMSClient(
+            token=TOKEN, host=outbox_server.url, rate_limit=None, database_url=sqlite_url,
+            flush="off",
+        ) as client:  # fmt: skip
+            first = client.track_sale(**sale, currency="usd")
+            assert client.track_sale(**sale, currency="USD").event_id == first.event_id
+            assert client.flush(timeout=10).delivered == 1
+        [accepted] = outbox_server.accepted
+        assert accepted.payload["currency"] == "USD"
+
+
 # -- a reused invoice id ----------------------------------------------------------------
 
 SALE: dict[str, Any] = {
