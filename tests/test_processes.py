@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -10,11 +11,13 @@ import textwrap
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
 from cms_outbox import CMSClient, EventState
+from cms_outbox.pacing import SAFETY, Quota, burst
 from cms_outbox.sandbox import Sandbox
 from tests.conftest import TOKEN, wait_until
 
@@ -25,10 +28,30 @@ FLUSHER = textwrap.dedent(
     """
     import sys, time
     from cms_outbox import CMSClient
-    url, host, rate = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    url, host = sys.argv[1], sys.argv[2]
     client = CMSClient(token={token!r}, host=host, database_url=url, flush="background",
-                       rate_limit=rate or None, interval=0.1, connect_timeout=0.5,
-                       read_timeout=1.0, lease_seconds=2.0)
+                       rate_limit=None, interval=0.1, connect_timeout=1.0, read_timeout=8.0,
+                       lease_seconds=10.0)
+    print("ready", flush=True)
+    time.sleep(3600)
+    """
+).format(token=TOKEN)
+# A flusher on the test's clock, which every process reads from a file (time passes only
+# when the test writes it); it prints a line for each event it delivered.
+PACED_FLUSHER = textwrap.dedent(
+    """
+    import sys, time
+    from datetime import datetime, timezone
+    from pathlib import Path
+    from cms_outbox import CMSClient
+    url, host, clock_file = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+
+    def clock():
+        return datetime.fromtimestamp(float(clock_file.read_text()), timezone.utc)
+
+    client = CMSClient(token={token!r}, host=host, database_url=url, flush="background",
+                       rate_limit=600, interval=0.1, clock=clock,
+                       on_delivered=lambda result: print("delivered", flush=True))
     print("ready", flush=True)
     time.sleep(3600)
     """
@@ -47,11 +70,11 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
             process.stdout.close()
 
 
-def start_flusher(
-    processes: list[subprocess.Popen[str]], url: str, host: str, rate: int = 0
+def start_script(
+    processes: list[subprocess.Popen[str]], script: str, *args: str
 ) -> subprocess.Popen[str]:
     process = subprocess.Popen(
-        [sys.executable, "-c", FLUSHER, url, host, str(rate)],
+        [sys.executable, "-c", script, *args],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -67,10 +90,19 @@ def test_flusher_killed_mid_pass_loses_nothing_and_doubles_nothing(
     processes: list[subprocess.Popen[str]],
 ) -> None:
     writer = make_client()
-    ids = [writer.track_lead("signup", f"user-{n % 40}", click_id="c").event_id for n in range(400)]
-    sandbox.set_faults(latency=0.05)
-    victim = start_flusher(processes, sqlite_url, sandbox.url)
-    assert wait_until(lambda: len(sandbox.accepted) >= 50, timeout=30)
+
+    def enqueue(numbers: range) -> list[str]:
+        return [writer.track_lead("signup", f"user-{n % 40}", click_id="c").event_id
+                for n in numbers]  # fmt: skip
+
+    ids = enqueue(range(50))
+    victim = start_script(processes, FLUSHER, sqlite_url, sandbox.url)
+    assert sandbox.wait_for(lambda sb: len(sb.accepted) == 50, timeout=STALL)
+    # From now on each answer comes 2 s late (well within the read timeout): whenever the
+    # kill lands, the victim has requests waiting for theirs, their rows leased.
+    sandbox.set_faults(stall=2.0)
+    ids += enqueue(range(50, 400))
+    assert sandbox.wait_for(lambda sb: len(sb.requests) > 50, timeout=STALL)  # a pass is at work
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     leased_at_kill = writer.store.count_by_state().get("in_flight", 0)
@@ -78,7 +110,7 @@ def test_flusher_killed_mid_pass_loses_nothing_and_doubles_nothing(
     sandbox.clear_faults()
 
     rescuer = make_client(token=TOKEN, host=sandbox.url, rate_limit=None)
-    assert wait_until(lambda: rescuer.flush().pending == 0, timeout=30)  # after lease expiry
+    assert wait_until(lambda: rescuer.flush().pending == 0, timeout=STALL)  # after lease expiry
     assert rescuer.store.count_by_state() == {"delivered": 400}
     assert all(sandbox.accepted_count(event_id) == 1 for event_id in ids)
     assert len(sandbox.accepted) == 400
@@ -89,24 +121,71 @@ def test_flusher_killed_mid_pass_loses_nothing_and_doubles_nothing(
     assert all(count == 2 for key, count in sent.items() if key in resent)
 
 
+def accepted_up_to(allowed: int) -> Callable[[Sandbox], bool]:
+    """True once ``allowed`` events are accepted; fails the test at once beyond them."""
+
+    def reached(sandbox: Sandbox) -> bool:
+        assert len(sandbox.accepted) <= allowed
+        return len(sandbox.accepted) == allowed
+
+    return reached
+
+
+class SharedClock:
+    """Epoch seconds in a file that every process reads: moves only when ``advance`` says."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.now = time.time()
+        self.advance(0.0)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        scratch = self.path.with_suffix(".new")
+        scratch.write_text(repr(self.now))
+        os.replace(scratch, self.path)  # a reader sees the old time or the new, whole
+
+
 def test_two_flusher_processes_share_the_rate_limit(
     make_client: Callable[..., CMSClient],
     sqlite_url: str,
+    tmp_path: Path,
     processes: list[subprocess.Popen[str]],
 ) -> None:
-    with Sandbox(token=TOKEN, rate_limit=600) as sandbox:
-        writer = make_client()
-        for n in range(100):
-            writer.track_lead("signup", f"user-{n}", click_id="c")
-        for _ in range(2):
-            start_flusher(processes, sqlite_url, sandbox.url, rate=600)
-        assert wait_until(lambda: len(sandbox.accepted) == 100, timeout=60)
+    """Both pace by one budget in the outbox. Their clock is the test's and stands still
+    between steps, when no token comes back: how many requests each step lets through is
+    exact, however fast the machine sends them."""
+    writer = make_client()
+    for n in range(100):
+        writer.track_lead("signup", f"user-{n}", click_id="c")
+    clock = SharedClock(tmp_path / "clock")  # from now: every event is due
+    held = int(burst(Quota(600, 60)))
+    per_second = 600 / 60 * SAFETY  # pacing keeps a little below the limit
+    step = 0.4  # seconds: under a burst's worth of tokens each, so none is lost to the cap
+    with Sandbox(token=TOKEN, rate_limit=600, clock=clock) as sandbox:
+        flushers = [
+            start_script(processes, PACED_FLUSHER, sqlite_url, sandbox.url, str(clock.path))
+            for _ in range(2)
+        ]
+        elapsed = 0.0
+        while True:
+            allowed = min(100, held + math.floor(per_second * elapsed + 1e-9))
+            assert sandbox.wait_for(accepted_up_to(allowed), timeout=STALL), (elapsed, allowed)
+            if allowed == 100:
+                break
+            clock.advance(step)
+            elapsed += step
         statuses = Counter(r.status for r in sandbox.requests)
-        assert statuses == {200: 100}  # zero 429s
-        times = sorted(a.received_at for a in sandbox.accepted)
-        achieved = (len(times) - 1) / (times[-1] - times[0])  # requests per second
-        assert achieved >= 0.9 * 600 / 60
-        assert achieved <= 1.05 * 600 / 60
+    assert statuses == {200: 100}  # zero 429s
+    delivered = []
+    for process in flushers:
+        process.kill()
+        out, _ = process.communicate(timeout=STALL)
+        delivered.append(out.split().count("delivered"))
+    assert sum(delivered) == 100 and min(delivered) > 0, delivered  # both took their turns
 
 
 def test_two_background_clients_on_one_file_never_send_twice(
