@@ -89,7 +89,10 @@ class Pass:
             if not failing:
                 raise
             # The pass's own failure (the database, most likely the same) is what is raised.
-            logger.debug("giving back %d tokens after a failed pass failed too: %s", count, exc)
+            logger.warning(
+                "%d rate token(s) of requests this pass never made were not given back (%s): "
+                "the shared budget is short by as many requests until it refills", count, exc,
+            )  # fmt: skip
 
     def _loop(self) -> None:
         finished: list[tuple[Attempt, str]] = []

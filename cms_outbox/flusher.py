@@ -230,9 +230,9 @@ class Flusher:
                 try:
                     self.store.hand_back(self.owner, [lease.seq])
                 except OutboxError:
-                    self._give_back_token(failing=True)  # never made: paid for or not
+                    self._give_back_token(lease, failing=True)  # never made: paid for or not
                     raise
-                self._give_back_token(failing=False)
+                self._give_back_token(lease, failing=False)
                 return
             attempt = self.verdict(lease, reply)
             applied = self.store.record(
@@ -248,9 +248,9 @@ class Flusher:
                 exc,
             )
 
-    def _give_back_token(self, *, failing: bool) -> None:
+    def _give_back_token(self, lease: Lease, *, failing: bool) -> None:
         """Return the token of a late request that was never made, also when handing its
-        row back failed (that failure is the one reported)."""
+        row back failed: that failure is the one raised, and this one is logged."""
         if not self.pacer.paced:
             return
         try:
@@ -258,7 +258,10 @@ class Flusher:
         except OutboxError as exc:
             if not failing:
                 raise
-            logger.debug("giving back a token after a failed hand-back failed too: %s", exc)
+            logger.warning(
+                "the rate token of event %s's request, never made, was not given back (%s): "
+                "the shared budget is one request short until it refills", lease.event_id, exc,
+            )  # fmt: skip
 
     def verdict(self, lease: Lease, reply: Reply) -> Attempt:
         """``judge`` under the lock shared with late answers (breaker and pacing state)."""
