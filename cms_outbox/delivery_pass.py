@@ -199,13 +199,19 @@ class Pass:
 
     def _judge(self, done: list[Future[Reply | None]]) -> list[tuple[Attempt, str]]:
         finished = []
-        for future in done:
-            lease = self.inflight.pop(future)
-            reply = future.result()
-            if reply is None:
-                self.unsent.append(lease.seq)
-                continue
-            finished.append((self.flusher.verdict(lease, reply), lease.event_id))
+        left = list(reversed(done))
+        try:
+            while left:
+                future = left.pop()
+                lease = self.inflight.pop(future)
+                reply = future.result()
+                if reply is None:
+                    self.unsent.append(lease.seq)
+                    continue
+                finished.append((self.flusher.verdict(lease, reply), lease.event_id))
+        finally:
+            for future in left:  # a verdict failed (the database): the drain takes them
+                self.answered.put(future)  # again, instead of waiting for them for ever
         self.exhausted = False  # a finished row may have unblocked its customer's next one
         return finished
 
