@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from cms_outbox import CMSClient
 from cms_outbox.sandbox import Sandbox
@@ -75,6 +75,28 @@ def mysql_url() -> Iterator[str]:
 
 
 BACKENDS = {"sqlite": "sqlite_url", "postgres": "postgres_url", "mysql": "mysql_url"}
+
+
+@pytest.fixture
+def scratch_table() -> Iterator[Callable[[str, str], Engine]]:
+    """An application's own table beside the outbox: ``scratch_table(url, "name (columns)")``
+    creates it afresh and returns an engine on ``url``; the table is dropped afterwards."""
+    made: list[tuple[Engine, str]] = []
+
+    def make(url: str, definition: str) -> Engine:
+        name = definition.split()[0]
+        engine = create_engine(url)
+        made.append((engine, name))
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
+            conn.execute(text(f"CREATE TABLE {definition}"))
+        return engine
+
+    yield make
+    for engine, name in made:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
+        engine.dispose()
 
 
 @pytest.fixture(

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from cms_outbox import CMSClient, FlushReport
@@ -46,15 +46,8 @@ def make_client(server_url: str) -> Iterator[Factory]:
 
 
 @pytest.fixture
-def ballast(server_url: str) -> Iterator[Engine]:
-    engine = create_engine(server_url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS deadlock_ballast"))
-        conn.execute(text("CREATE TABLE deadlock_ballast (n INTEGER PRIMARY KEY)"))
-    yield engine
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS deadlock_ballast"))
-    engine.dispose()
+def ballast(server_url: str, scratch_table: Callable[[str, str], Engine]) -> Engine:
+    return scratch_table(server_url, "deadlock_ballast (n INTEGER PRIMARY KEY)")
 
 
 def waiting_on(observer: Connection, blocker: Any) -> bool:

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -40,6 +39,7 @@ from cms_outbox import (
 )
 
 MakeClient = Callable[..., CMSClient]
+ScratchTable = Callable[[str, str], Engine]
 NOW = datetime(2026, 3, 14, 9, 26, 53, 589000, tzinfo=timezone.utc)
 NOW_ISO = "2026-03-14T09:26:53.589Z"
 
@@ -68,16 +68,9 @@ def client(make_client: MakeClient) -> CMSClient:
 
 
 @pytest.fixture
-def app_engine(database_url: str) -> Iterator[Engine]:
+def app_engine(database_url: str, scratch_table: ScratchTable) -> Engine:
     """The application's own engine on the outbox database, with an ``app_orders`` table."""
-    engine = create_engine(database_url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS app_orders"))
-        conn.execute(text("CREATE TABLE app_orders (id INTEGER PRIMARY KEY, total INTEGER)"))
-    yield engine
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS app_orders"))
-    engine.dispose()
+    return scratch_table(database_url, "app_orders (id INTEGER PRIMARY KEY, total INTEGER)")
 
 
 # -- the official SDK's calls, unchanged ------------------------------------------------------
