@@ -51,24 +51,31 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None
         time.sleep(0.01)
 
 
-def wait_for_drain(
-    counts: Callable[[], dict[str, int]], total: int, what: str, stall: float = 120.0
+def wait_while_progressing(
+    done: Callable[[], bool], progress: Callable[[], object], what: str, stall: float = 120.0
 ) -> None:
-    """Wait until ``counts()`` shows ``total`` delivered events and nothing else.
+    """Wait until ``done()``; fail only once ``progress()`` has not changed for ``stall`` s.
 
-    Paced by progress, not by the clock: the test fails only when the counts stop
-    changing for ``stall`` seconds, so a slow or loaded machine takes longer but gives
+    Paced by progress, not by the clock: a slow or loaded machine takes longer but gives
     the same verdict, while a real hang still fails.
     """
-    last = counts()
+    last = progress()
     changed = time.monotonic()
-    while last != {"delivered": total}:
+    while not done():
         time.sleep(0.05)
-        now = counts()
+        now = progress()
         if now != last:
             last, changed = now, time.monotonic()
         elif time.monotonic() - changed >= stall:
             pytest.fail(f"no progress for {stall:.0f}s waiting for {what}: {last}")
+
+
+def wait_for_drain(
+    counts: Callable[[], dict[str, int]], total: int, what: str, stall: float = 120.0
+) -> None:
+    """Wait until ``counts()`` shows ``total`` delivered events and nothing else, for as
+    long as the counts keep changing (``wait_while_progressing``)."""
+    wait_while_progressing(lambda: counts() == {"delivered": total}, counts, what, stall)
 
 
 class Child:

@@ -19,11 +19,12 @@ from typing import Callable
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from cms_outbox.sandbox import Sandbox
 
-from .conftest import Processes, integrity, states, wait_for_drain
+from .conftest import Processes, integrity, states, wait_for_drain, wait_while_progressing
 
 WRITERS = 8
 PER_WRITER = 1_000
@@ -50,9 +51,14 @@ def test_eight_writers_and_a_daemon_share_one_file_without_an_error_or_a_loss(
         "daemon",
     )  # fmt: skip
 
+    wait_while_progressing(
+        lambda: all(process.poll() is not None for process, _ in writers),
+        lambda: (len(sandbox.requests), touched(path), touched(path.with_name(path.name + "-wal"))),
+        "the writers to finish",
+    )  # each commit touches the file or its WAL, which are not opened here: still being created
     ids: list[str] = []
     for process, output in writers:
-        assert process.wait(timeout=240) == 0, output.read_text()
+        assert process.wait() == 0, output.read_text()
         lines = output.read_text().splitlines()
         assert lines[-1] == f"stored {PER_WRITER}", lines[-5:]
         assert lines[-2].startswith("ids ")
@@ -124,16 +130,20 @@ def test_eight_writers_and_two_daemons_share_one_server_database_without_an_erro
         )  # fmt: skip
         for n in range(2)
     ]
-    ids: list[str] = []
-    for process, output in writers:
-        assert process.wait(timeout=240) == 0, output.read_text()
-        lines = output.read_text().splitlines()
-        assert lines[-1] == f"stored {SERVER_PER_WRITER}", lines[-5:]
-        ids += json.loads(lines[-2][4:])
-    assert len(set(ids)) == total
-
     engine = create_engine(url, poolclass=NullPool)
     try:
+        wait_while_progressing(
+            lambda: all(process.poll() is not None for process, _ in writers),
+            lambda: (len(sandbox.requests), stored(engine)),
+            "the writers to finish",
+        )
+        ids: list[str] = []
+        for process, output in writers:
+            assert process.wait() == 0, output.read_text()
+            lines = output.read_text().splitlines()
+            assert lines[-1] == f"stored {SERVER_PER_WRITER}", lines[-5:]
+            ids += json.loads(lines[-2][4:])
+        assert len(set(ids)) == total
         wait_for_drain(lambda: server_states(engine), total, "all delivered")
     finally:
         engine.dispose()
@@ -145,6 +155,23 @@ def test_eight_writers_and_two_daemons_share_one_server_database_without_an_erro
         assert "pass failed" not in text_, text_[-2000:]
     assert {event.idempotency_key for event in sandbox.accepted} == set(ids)
     assert [key for key in ids if sandbox.accepted_count(key) != 1] == []
+
+
+def touched(path: Path) -> int | None:
+    """When ``path`` was last written (ns), None while it does not exist."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def stored(engine: Engine) -> int | None:
+    """How many events are stored; None before the writers have created the table."""
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM cms_outbox_events")).scalar_one())
+    except DBAPIError:
+        return None
 
 
 def server_states(engine: Engine) -> dict[str, int]:
