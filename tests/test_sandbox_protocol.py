@@ -21,7 +21,9 @@ __all__ = ["http", "sb"]  # the fixtures: pytest finds them here
 
 
 def test_lead_success_body_satisfies_both_documented_shapes(sb, http):
+    sent = time.time()
     response = post(http, sb, "lead", LEAD, key="k-1")
+    answered = time.time()
 
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/json"
@@ -45,7 +47,7 @@ def test_lead_success_body_satisfies_both_documented_shapes(sb, http):
         click_id="click-1",
         received_at=accepted.received_at,
     )
-    assert abs(accepted.received_at - time.time()) < 5
+    assert sent <= accepted.received_at <= answered
 
 
 def test_sale_accepted_with_all_optional_fields(sb, http):
@@ -79,7 +81,7 @@ def test_iso_8601_timestamps_accepted(sb, http, timestamp):
 )
 def test_bad_or_missing_token_is_401_and_nothing_is_accepted(sb, http, authorization):
     headers = {} if authorization is None else {"Authorization": authorization}
-    response = http.post(f"{sb.url}/track/lead", json=LEAD, headers=headers, timeout=5)
+    response = http.post(f"{sb.url}/track/lead", json=LEAD, headers=headers, timeout=60)
 
     assert_error(response, 401, "unauthorized")
     assert sb.accepted == []
@@ -106,7 +108,7 @@ def test_body_that_is_not_a_json_object_is_400(sb, http, raw):
 
 
 def raw_exchange(sandbox: Sandbox, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", sandbox.port), timeout=5) as conn:
+    with socket.create_connection(("127.0.0.1", sandbox.port), timeout=60) as conn:
         conn.sendall(request)
         chunks = []
         while chunk := conn.recv(65536):
