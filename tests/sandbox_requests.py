@@ -45,7 +45,7 @@ def post(
     *,
     key: str | None = None,
     token: str | None = TOKEN,
-    timeout: float | tuple[float, float] = 5.0,
+    timeout: float | tuple[float, float] = 60.0,
 ) -> requests.Response:
     headers = {"Content-Type": "application/json"}
     if token is not None:

@@ -39,7 +39,7 @@ ARTIFACTS = (
     )
     / "browser"
 )
-WAIT = 30.0  # seconds: a deadline for conditions, not a pace
+WAIT = 60.0  # seconds: a deadline for conditions, not a pace
 HOSTILE_NAME = "<script>window.pwned=1</script>"
 HOSTILE_EMAIL = "<img/src=x/onerror=window.pwned='img'>@example.com"
 

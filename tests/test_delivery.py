@@ -86,7 +86,7 @@ def test_background_flusher_delivers_the_backlog_without_any_call(
     assert wait_until(lambda: client.store.control_row()["outage_since"] is not None)
     assert sandbox.accepted == []
     sandbox.up()
-    assert sandbox.wait_for(lambda sb: len(sb.accepted) == 100, timeout=30)
+    assert sandbox.wait_for(lambda sb: len(sb.accepted) == 100, timeout=60)
     assert accepted_in_order(sandbox) == order
 
 

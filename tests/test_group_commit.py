@@ -91,7 +91,7 @@ def behind_a_writer(
     blocker.rollback()
     blocker.close()
     for thread in threads:
-        thread.join(timeout=30)
+        thread.join(timeout=60)
     return results
 
 
@@ -124,7 +124,7 @@ def test_callers_arriving_while_the_leader_waits_for_the_write_lock_join_its_bat
                 pool.submit(group.insert, SQL, (value,), returning=True) for value in values[1:]
             ]
             assert wait_until(lambda: len(group._queue) == len(values))  # the leader's too
-        assert [f.result(timeout=30) for f in [first, *rest]] == [(value,) for value in values]
+        assert [f.result(timeout=60) for f in [first, *rest]] == [(value,) for value in values]
     group.close()
     other_process.close()
     assert sorted(db.values()) == values
@@ -206,8 +206,8 @@ def test_close_waits_for_the_write_under_way(db: Recorded, group: GroupCommit) -
     closer.join(timeout=0.2)
     assert closer.is_alive()  # still waiting for the INSERT
     blocker.rollback()
-    writer.join(timeout=30)
-    closer.join(timeout=30)
+    writer.join(timeout=60)
+    closer.join(timeout=60)
     assert not closer.is_alive()
     assert db.values() == ["late"]
 

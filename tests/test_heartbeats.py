@@ -94,7 +94,7 @@ def test_a_daemon_beats_as_a_daemon(sqlite_url: str, sandbox: Sandbox) -> None:
         assert wait_until(lambda: [f.kind for f in live(sqlite_url)] == ["daemon"])
     finally:
         daemon.stop()
-        runner.join(30)
+        runner.join(60)
     assert live(sqlite_url) == []
 
 

@@ -146,10 +146,10 @@ def test_a_graceful_stop_says_what_it_waits_for(
     runner.start()
     with CMSClient(database_url=sqlite_url, flush="off") as app:
         app.track_lead("signup", "c0", click_id="k0")  # a new flusher's first request: alone
-        assert sandbox.wait_for(lambda sb: len(sb.accepted) == 1, timeout=30)
+        assert sandbox.wait_for(lambda sb: len(sb.accepted) == 1, timeout=60)
         app.track_lead("signup", "c1", click_id="k1")
         app.track_lead("signup", "c2", click_id="k2")
-    assert wait_until(lambda: daemon.client.flusher.in_flight == 2, timeout=30)
+    assert wait_until(lambda: daemon.client.flusher.in_flight == 2)
     daemon.stop()
     runner.join(60)
     assert not runner.is_alive()

@@ -127,7 +127,7 @@ def test_the_same_snippets_give_the_same_accepted_events_as_the_official_sdk(
             flush="off",
         ) as client:
             ours = story(client)
-            report = client.flush(timeout=10)
+            report = client.flush(timeout=60)
             assert (report.delivered, report.dead, report.pending) == (5, 0, 0)
             delivered = [client.result(r.event_id) for r in ours]
         assert (

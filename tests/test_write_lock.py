@@ -32,7 +32,7 @@ def enter_in_thread(lock: WriteLock) -> tuple[threading.Thread, threading.Event,
     def hold() -> None:
         with lock:
             inside.set()
-            leave.wait(30)
+            leave.wait(60)
 
     thread = threading.Thread(target=hold)
     thread.start()
@@ -42,14 +42,14 @@ def enter_in_thread(lock: WriteLock) -> tuple[threading.Thread, threading.Event,
 def test_two_locks_on_one_file_exclude_each_other(tmp_path: Path) -> None:
     first, second = WriteLock(str(tmp_path / "o.db")), WriteLock(str(tmp_path / "o.db"))
     holder, held, release = enter_in_thread(first)
-    assert held.wait(10)
+    assert held.wait(60)
     waiter, got_in, leave = enter_in_thread(second)
     assert not got_in.wait(HELD_FOR_A_WHILE)
     release.set()
-    assert got_in.wait(10)  # woken as soon as the holder let go
+    assert got_in.wait(60)  # woken as soon as the holder let go
     leave.set()
     for thread in (holder, waiter):
-        thread.join(10)
+        thread.join(60)
     first.close()
     second.close()
 
@@ -57,21 +57,21 @@ def test_two_locks_on_one_file_exclude_each_other(tmp_path: Path) -> None:
 def test_threads_sharing_one_lock_take_turns(tmp_path: Path) -> None:
     lock = WriteLock(str(tmp_path / "o.db"))
     holder, held, release = enter_in_thread(lock)
-    assert held.wait(10)
+    assert held.wait(60)
     waiter, got_in, leave = enter_in_thread(lock)
     assert not got_in.wait(HELD_FOR_A_WHILE)
     release.set()
-    assert got_in.wait(10)
+    assert got_in.wait(60)
     leave.set()
-    holder.join(10)
-    waiter.join(10)
+    holder.join(60)
+    waiter.join(60)
     lock.close()
 
 
 def _hold_in_child(path: str, held: Any, release: Any) -> None:
     with WriteLock(path):
         held.set()
-        release.wait(30)
+        release.wait(60)
 
 
 def test_a_lock_held_by_another_process_is_waited_for(tmp_path: Path) -> None:
@@ -84,10 +84,10 @@ def test_a_lock_held_by_another_process_is_waited_for(tmp_path: Path) -> None:
     waiter, got_in, leave = enter_in_thread(lock)
     assert not got_in.wait(HELD_FOR_A_WHILE)
     release.set()
-    assert got_in.wait(30)
+    assert got_in.wait(60)
     leave.set()
-    waiter.join(10)
-    child.join(30)
+    waiter.join(60)
+    child.join(60)
     lock.close()
 
 
@@ -97,7 +97,7 @@ def test_a_forked_child_does_not_share_its_parents_lock(tmp_path: Path) -> None:
     with lock:  # open the file, so the child inherits it
         pass
     holder, held, release = enter_in_thread(lock)
-    assert held.wait(10)
+    assert held.wait(60)
     reading, writing = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report whether it got in while the parent held the lock
@@ -112,7 +112,7 @@ def test_a_forked_child_does_not_share_its_parents_lock(tmp_path: Path) -> None:
     os.set_blocking(reading, False)
     assert not wait_until(lambda: _readable(reading), timeout=HELD_FOR_A_WHILE)
     release.set()
-    holder.join(10)
+    holder.join(60)
     assert wait_until(lambda: _readable(reading), timeout=30)
     os.waitpid(pid, 0)
     os.close(reading)
@@ -166,14 +166,14 @@ def test_the_enqueue_and_the_flushers_writes_queue_for_the_lock(tmp_path: Path) 
     with CMSClient(database_url=f"sqlite:///{path}", flush="off") as client:
         other = WriteLock(str(path))  # another process's writer, as far as the file lock goes
         holder, held, release = enter_in_thread(other)
-        assert held.wait(10)
+        assert held.wait(60)
         enqueue, enqueued = _in_thread(lambda: client.track_lead("signup", "c-1", click_id="c1"))
         lease, leased = _in_thread(lambda: client.store.lease("owner", 10, 2e9, 60.0))
         assert not enqueued.wait(HELD_FOR_A_WHILE)
         assert not leased.is_set()
         release.set()
-        assert enqueued.wait(30) and leased.wait(30)
+        assert enqueued.wait(60) and leased.wait(60)
         for thread in (holder, enqueue, lease):
-            thread.join(10)
+            thread.join(60)
         other.close()
         assert sum(client.store.count_by_state().values()) == 1

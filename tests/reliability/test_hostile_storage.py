@@ -68,7 +68,7 @@ def works_again(url: str, sandbox: Sandbox) -> None:
     """The fixed outbox stores an event and delivers it, once."""
     with CMSClient(TOKEN, sandbox.url, url, flush="off", rate_limit=None) as client:
         event_id = client.track_lead("signup", "after-the-fix", click_id="c").event_id
-        assert client.flush(timeout=30).delivered == 1
+        assert client.flush(timeout=60).delivered == 1
     assert sandbox.accepted_count(event_id) == 1
 
 
@@ -203,7 +203,7 @@ def test_full_disk_is_a_storage_error_and_the_outbox_recovers_when_space_is_free
         # hands it back, so delivery resumes at once.
         wait_for(
             lambda: client.flush(timeout=5).pending == 0,
-            30,
+            60,
             "delivery after the space was freed",
         )
         assert client.store.count_by_state() == {"delivered": len(stored)}
@@ -229,16 +229,16 @@ def test_after_a_storage_error_mid_pass_the_next_flush_delivers_at_once(
 
         def break_storage() -> None:
             # Once the request is at the sandbox (the row is leased), take the table away.
-            wait_for(lambda: len(sandbox.requests) == 1, 30, "the first request")
+            wait_for(lambda: len(sandbox.requests) == 1, 60, "the first request")
             query(path, "ALTER TABLE cms_outbox_attempts RENAME TO attempts_away")
 
         breaker = threading.Thread(target=break_storage)
         breaker.start()
-        expect_storage_error(lambda: client.flush(timeout=30))
+        expect_storage_error(lambda: client.flush(timeout=60))
         breaker.join()
         query(path, "ALTER TABLE attempts_away RENAME TO cms_outbox_attempts")  # fixed
         sandbox.clear_faults()
         sandbox.set_faults(latency=0.0)
-        report = client.flush(timeout=30)
+        report = client.flush(timeout=60)
         assert (report.delivered, report.pending) == (2, 0), report
     assert [event.idempotency_key for event in sandbox.accepted] == [first, second]
