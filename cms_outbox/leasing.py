@@ -143,11 +143,9 @@ def _hold_followups(conn: Connection, customer: str, seq: int) -> None:
     )
     if bound is not None:
         condition = and_(condition, events.c.id < bound)
-    conn.execute(
-        update(events)
-        .where(condition)
-        .values(state=BLOCKED, lease_owner=None, lease_expires_at=None)
-    )
+    # By key on MySQL, as the release below: a scan through the state index would lock
+    # entries of rows other flushers have just changed, and two such scans deadlock (1213).
+    update_by_key(conn, events, _HOLD, condition, {})
 
 
 def reclaim_expired(conn: Connection, now: float) -> None:
@@ -176,11 +174,8 @@ def _settle_setups(conn: Connection, attempts_: Sequence[Attempt], done: set[int
         )
         if bound is not None:
             condition = and_(condition, events.c.id < bound)
-        conn.execute(
-            update(events)
-            .where(condition)
-            .values(state=PENDING, next_attempt_at=attempt.finished_at)
-        )
+        release = update(events).values(state=PENDING, next_attempt_at=attempt.finished_at)
+        update_by_key(conn, events, release, condition, {})
 
 
 def record(conn: Connection, owner: str, attempts_: Sequence[Attempt], redact: bool) -> list[bool]:
@@ -281,6 +276,7 @@ _SETUPS_AMONG = select(events.c.id, events.c.customer_external_id).where(
     events.c.id.in_(bindparam("seqs", expanding=True)), events.c.mode == "deferred"
 )
 _BACK_TO_PENDING = update(events).values(state=PENDING, lease_owner=None, lease_expires_at=None)
+_HOLD = update(events).values(state=BLOCKED, lease_owner=None, lease_expires_at=None)
 _EXPIRED = and_(
     events.c.state == IN_FLIGHT, events.c.lease_expires_at <= bindparam("now", type_=Double)
 )
