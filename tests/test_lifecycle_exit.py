@@ -211,12 +211,19 @@ def test_an_enqueue_only_client_does_not_warn(
 def test_a_short_script_delivers_its_handful_at_exit_within_the_burst(
     shared_sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    """Five events at the default pacing (60 per minute) all leave at exit: the burst."""
+    """Five events at the default pacing (60 per minute) all leave at exit: the burst.
+
+    The script's clock is frozen, so no token comes back while it runs: the five leave
+    on the burst alone, however long this machine takes to send them.
+    """
     script = textwrap.dedent(
         """
         import sys
+        from datetime import datetime, timezone
         from cms_outbox import CMSClient
-        client = CMSClient(token=sys.argv[1], host=sys.argv[2], database_url=sys.argv[3])
+        frozen = datetime.now(timezone.utc)
+        client = CMSClient(token=sys.argv[1], host=sys.argv[2], database_url=sys.argv[3],
+                           clock=lambda: frozen, final_flush_timeout=60)
         for n in range(5):
             client.track_lead("signup", f"burst_{n}", click_id=f"c_{n}")
         """
