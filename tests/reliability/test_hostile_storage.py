@@ -220,7 +220,8 @@ def test_after_a_storage_error_mid_pass_the_next_flush_delivers_at_once(
 ) -> None:
     """A transient storage failure between lease and record (here: the attempts table is
     away while the request is in flight) must not hold the event back once it is over."""
-    sandbox = make_sandbox(latency=1.5)
+    sandbox = make_sandbox()
+    sandbox.set_faults(stall=300.0)  # held until the service goes down: no answer to record
     path = tmp_path / "outbox.db"
     url = f"sqlite:///{path}"
     with CMSClient(TOKEN, sandbox.url, url, flush="off", rate_limit=None) as client:
@@ -228,9 +229,11 @@ def test_after_a_storage_error_mid_pass_the_next_flush_delivers_at_once(
         second = client.track_lead("step", "customer", click_id="c").event_id
 
         def break_storage() -> None:
-            # Once the request is at the sandbox (the row is leased), take the table away.
+            # Once the request is held at the sandbox (the row is leased), take the table
+            # away, then end the request: its outcome finds no table to be recorded in.
             wait_for(lambda: len(sandbox.requests) == 1, 60, "the first request")
             query(path, "ALTER TABLE cms_outbox_attempts RENAME TO attempts_away")
+            sandbox.down()
 
         breaker = threading.Thread(target=break_storage)
         breaker.start()
@@ -238,7 +241,7 @@ def test_after_a_storage_error_mid_pass_the_next_flush_delivers_at_once(
         breaker.join()
         query(path, "ALTER TABLE attempts_away RENAME TO cms_outbox_attempts")  # fixed
         sandbox.clear_faults()
-        sandbox.set_faults(latency=0.0)
+        sandbox.up()
         report = client.flush(timeout=60)
         assert (report.delivered, report.pending) == (2, 0), report
     assert [event.idempotency_key for event in sandbox.accepted] == [first, second]
