@@ -587,7 +587,7 @@ def test_run_delivers_serves_metrics_and_stops_on_sigterm(migrated: str, sandbox
 
 
 def _scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as response:
         text = response.read().decode()
     values = {}
     for line in text.splitlines():
@@ -611,11 +611,11 @@ def test_sandbox_command_serves_until_sigterm() -> None:
         url = first.split(" on ", 1)[1].split()[0]
         body = {"eventName": "signup", "customerExternalId": "c1", "clickId": "k1"}
         answer = requests.post(
-            f"{url}/track/lead", json=body, headers={"Authorization": "Bearer tok"}, timeout=5
+            f"{url}/track/lead", json=body, headers={"Authorization": "Bearer tok"}, timeout=60
         )
         assert answer.status_code == 200
         process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=10)
+        process.communicate(timeout=STALL)
     finally:
         if process.poll() is None:
             process.kill()
