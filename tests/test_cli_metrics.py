@@ -14,7 +14,8 @@ import pytest
 
 from cms_outbox import CMSClient, Daemon
 from cms_outbox.cli import build_parser
-from cms_outbox.cli._common import duration, mask_url, optional_duration, table
+from cms_outbox.cli._common import mask_url, table
+from cms_outbox.cli.arguments import duration, optional_duration
 from cms_outbox.cli.delivery import Progress
 from cms_outbox.results import EventState, TrackResult
 from cms_outbox.sandbox import Sandbox

@@ -225,7 +225,7 @@ def test_refund_gives_back_tokens_and_remaining() -> None:
     [("auto", AUTO), ("AUTO", AUTO), ("0", UNPACED), ("90", RateLimit(Mode.CEILING, 90))],
 )
 def test_rate_limit_flag_reads_auto_or_a_number(flag: str, parsed: RateLimit) -> None:
-    from cms_outbox.cli._common import rate_limit
+    from cms_outbox.cli.arguments import rate_limit
 
     assert rate_limit(flag) == parsed
 

@@ -16,9 +16,8 @@ from ..database import display_url
 from ..database import parse as parse_url
 from ..errors import ConfigurationError
 from ..formatting import format_age, isoformat
-from ..pacing import AUTO, RateLimit
 from ..reader import OutboxReader
-from ..status.health import ANY, NEW, Limit
+from .arguments import positive_int, rate_limit
 
 __all__ = [
     "EXIT_FAILURE",
@@ -33,15 +32,12 @@ __all__ = [
     "HelpFormatter",
     "Parser",
     "add_command",
-    "duration",
     "echo",
     "echo_json",
     "format_time",
     "mask_url",
     "open_client",
     "open_reader",
-    "optional_duration",
-    "positive_int",
     "resolve_settings",
     "table",
 ]
@@ -56,89 +52,6 @@ EXIT_NO_FLUSHER = 6  # health: events wait and no flusher is running
 EXIT_INTERRUPTED = 130  # Ctrl-C during a command that is not a daemon
 
 Handler = Callable[[argparse.Namespace], int]
-
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(s|m|h|d|w)?")
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-# -- argument types --------------------------------------------------------------------
-
-
-def duration(text: str) -> float:
-    """``30s``, ``10m``, ``2h``, ``7d``, ``1w`` or ``0``, as seconds.
-
-    A number other than 0 needs its unit: ``purge --delivered-older-than 7`` meant seven
-    seconds, and deleted every delivered event of the last week.
-    """
-    if text.strip().startswith("-"):
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: a duration cannot be negative"
-        )
-    match = _DURATION.fullmatch(text.strip().lower())
-    if match is None:
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: use a number with s, m, h, d or w (e.g. 30s, 10m, 7d)"
-        )
-    number, unit = match.groups()
-    if unit is None and float(number) != 0:
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: give its unit, e.g. {number}s, {number}m, "
-            f"{number}h or {number}d"
-        )
-    return float(number) * _UNITS[unit or "s"]
-
-
-def optional_duration(text: str) -> float | None:
-    """A ``duration``, or ``never`` for no limit."""
-    return None if text.strip().lower() == "never" else duration(text)
-
-
-def positive_int(text: str) -> int:
-    return _int(text, minimum=1)
-
-
-def rate_limit(text: str) -> RateLimit:
-    if text.strip().lower() == "auto":
-        return AUTO
-    return RateLimit.parse(_int(text, minimum=0))
-
-
-def non_negative_int(text: str) -> int:
-    return _int(text, minimum=0)
-
-
-def health_limit(text: str) -> Limit:
-    """``new``, ``any`` or a count >= 0."""
-    word = text.strip().lower()
-    if word in (NEW, ANY):
-        return word
-    try:
-        return non_negative_int(word)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"invalid limit {text!r}: use a number, 'new' or 'any'"
-        ) from None
-
-
-def _int(text: str, *, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
 
 # -- commands ----------------------------------------------------------------------------
 

@@ -18,11 +18,11 @@ from ._common import (
     echo,
     echo_json,
     open_reader,
-    positive_int,
     resolve_settings,
     shorten,
     table,
 )
+from .arguments import positive_int
 
 __all__ = ["register"]
 

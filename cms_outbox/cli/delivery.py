@@ -22,10 +22,9 @@ from ._common import (
     echo,
     echo_json,
     open_client,
-    positive_float,
-    positive_int,
     resolve_settings,
 )
+from .arguments import positive_float, positive_int
 
 __all__ = ["Progress", "register"]
 

@@ -17,9 +17,9 @@ from ._common import (
     echo_json,
     mask_url,
     open_client,
-    optional_duration,
     resolve_settings,
 )
+from .arguments import optional_duration
 
 __all__ = ["register"]
 

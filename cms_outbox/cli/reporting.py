@@ -18,17 +18,16 @@ from ._common import (
     EXIT_NO_FLUSHER,
     EXIT_OK,
     add_command,
-    duration,
     echo,
     echo_json,
     format_time,
-    health_limit,
     mask_url,
     open_reader,
     resolve_settings,
     shorten,
     table,
 )
+from .arguments import duration, health_limit
 
 __all__ = ["register"]
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..sandbox.limits import ACCOUNTING, HEADERS
-from ._common import EXIT_OK, add_command, echo, non_negative_int, positive_int
+from ._common import EXIT_OK, add_command, echo
+from .arguments import non_negative_int, positive_int
 
 __all__ = ["register"]
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from .. import config
 from ..errors import ConfigurationError
-from ._common import EXIT_OK, add_command, echo, mask_url, non_negative_int, resolve_settings
+from ._common import EXIT_OK, add_command, echo, mask_url, resolve_settings
+from .arguments import non_negative_int
 
 __all__ = ["register"]
 
