@@ -207,3 +207,38 @@ def test_the_sandbox_says_where_it_listens_once() -> None:
     )
     assert second == f"  export CMS_HOST={url} CMS_BEARER_TOKEN=tok\n"
     assert (first + second + out + err).count(url) == 2, err  # the line and the export
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [(["sandbox", "--port", "70000"], "--port"), (["ui", "--port", "70000"], "--port"),
+     (["run", "--metrics-port", "70000"], "--metrics-port")],
+    ids=["sandbox", "ui", "run"],
+)  # fmt: skip
+def test_a_port_beyond_65535_is_refused_naming_the_option(
+    argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ui served on 70000 - 65536 = 4464 without a word; sandbox and run gave a traceback."""
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"cms-outbox {argv[0]}: error: argument {option}: must be a port number from "
+        f"{'1' if option == '--metrics-port' else '0'} to 65535, got 70000 "
+        f"(see `cms-outbox {argv[0]} --help`)"
+    ]
+
+
+@pytest.mark.parametrize("command", ["sandbox", "ui"])
+def test_a_port_in_use_is_one_line_not_a_traceback(
+    command: str, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    CMSClient(database_url=sqlite_url, flush="off").close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        outbox = ["--database-url", sqlite_url] if command == "ui" else []
+        assert main([command, "--port", str(port), *outbox]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"cms-outbox: error: cannot listen on 127.0.0.1:{port}: address already in use "
+        "(another server? choose another --port, or 0 for a free one)"
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import re
 import sys
@@ -237,6 +238,15 @@ def _require_existing_file(url: str) -> None:
         return
     if not path.startswith("file:"):
         sqlite_path.prepare(path, create=False, create_directories=False, writable=True)
+
+
+def cannot_listen(host: str, port: int, exc: OSError) -> ConfigurationError:
+    """The one-line error of a server that could not listen on ``host:port``."""
+    if exc.errno == errno.EADDRINUSE:
+        why = "address already in use (another server? choose another --port, or 0 for a free one)"
+    else:
+        why = (exc.strerror or str(exc)).lower()
+    return ConfigurationError(f"cannot listen on {host}:{port}: {why}")
 
 
 def mask_url(url: str) -> str:

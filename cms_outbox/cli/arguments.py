@@ -14,9 +14,11 @@ from ..status.health import ANY, NEW, Limit
 
 __all__ = [
     "duration",
+    "fixed_port",
     "health_limit",
     "non_negative_int",
     "optional_duration",
+    "port",
     "positive_float",
     "positive_int",
     "rate_limit",
@@ -67,6 +69,29 @@ def rate_limit(text: str) -> RateLimit:
 
 def non_negative_int(text: str) -> int:
     return _int(text, minimum=0)
+
+
+def port(text: str) -> int:
+    """A TCP port to listen on; 0 lets the system pick a free one."""
+    return _port(text, minimum=0)
+
+
+def fixed_port(text: str) -> int:
+    """A TCP port a client is told in advance (a scraper's target), so not 0."""
+    return _port(text, minimum=1)
+
+
+def _port(text: str, *, minimum: int) -> int:
+    # Out of range, waitress served on the port modulo 65536 and socketserver raised.
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not minimum <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"must be a port number from {minimum} to 65535, got {value}"
+        )
+    return value
 
 
 def health_limit(text: str) -> Limit:

@@ -24,7 +24,7 @@ from ._common import (
     open_client,
     resolve_settings,
 )
-from .arguments import positive_float, positive_int
+from .arguments import fixed_port, positive_float
 
 __all__ = ["Progress", "register"]
 
@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--metrics-port",
-        type=positive_int,
+        type=fixed_port,
         metavar="PORT",
         help="serve Prometheus metrics on this port (default: off)",
     )

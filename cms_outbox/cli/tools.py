@@ -8,8 +8,8 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..sandbox.limits import ACCOUNTING, HEADERS
-from ._common import EXIT_OK, add_command, echo
-from .arguments import non_negative_int, positive_int
+from ._common import EXIT_OK, add_command, cannot_listen, echo
+from .arguments import non_negative_int, port, positive_int
 
 __all__ = ["register"]
 
@@ -43,7 +43,7 @@ def register(subparsers: Any) -> None:
         "--bind", default="127.0.0.1", metavar="ADDR", help="interface (default: 127.0.0.1)"
     )
     parser.add_argument(
-        "--port", type=non_negative_int, default=8765, help="0 picks a free port (default: 8765)"
+        "--port", type=port, default=8765, help="0 picks a free port (default: 8765)"
     )
     parser.add_argument(
         "--token", default=SANDBOX_TOKEN, help=f"bearer token to accept (default: {SANDBOX_TOKEN})"
@@ -114,16 +114,22 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         echo(f"  export CMS_HOST={sandbox.url} CMS_BEARER_TOKEN={sandbox.token}")
         sys.stdout.flush()
 
-    run(
-        host=args.bind,
-        port=args.port,
-        token=args.token,
-        latency=args.latency / 1000.0,
-        ready=ready,
-        limits=Limits(
-            args.rate_limit or 0, float(args.rate_window), args.rate_accounting, args.rate_headers
-        ),
-    )
+    try:
+        run(
+            host=args.bind,
+            port=args.port,
+            token=args.token,
+            latency=args.latency / 1000.0,
+            ready=ready,
+            limits=Limits(
+                args.rate_limit or 0,
+                float(args.rate_window),
+                args.rate_accounting,
+                args.rate_headers,
+            ),
+        )
+    except OSError as exc:  # only binding raises: once it listens, run() serves until stopped
+        raise cannot_listen(args.bind, args.port, exc) from exc
     return EXIT_OK
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 from typing import Any
 
 from .. import config
 from ..errors import ConfigurationError
-from ._common import EXIT_OK, add_command, echo, mask_url, resolve_settings
-from .arguments import non_negative_int
+from ._common import EXIT_OK, add_command, cannot_listen, echo, mask_url, resolve_settings
+from .arguments import port
 
 __all__ = ["register"]
 
@@ -38,7 +39,7 @@ def register(subparsers: Any) -> None:
         "--bind", default="127.0.0.1", metavar="ADDR", help="interface (default: 127.0.0.1)"
     )
     parser.add_argument(
-        "--port", type=non_negative_int, default=8000, help="0 picks a free port (default: 8000)"
+        "--port", type=port, default=8000, help="0 picks a free port (default: 8000)"
     )
     parser.add_argument(
         "--read-only", action="store_true", help="no actions: every request but GET is refused"
@@ -65,7 +66,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
         )
     dashboard = Dashboard(settings.database_url, read_only=args.read_only, password=password)
     try:
-        server: Any = create_server(dashboard, host=args.bind, port=args.port, ident="cms-outbox")
+        try:
+            _check_free(args.bind, args.port)
+            server: Any = create_server(
+                dashboard, host=args.bind, port=args.port, ident="cms-outbox"
+            )
+        except OSError as exc:
+            raise cannot_listen(args.bind, args.port, exc) from exc
         host = server.effective_host
         shown = f"[{host}]" if ":" in str(host) else host
         mode = " (read-only)" if args.read_only else ""
@@ -83,3 +90,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
     finally:
         dashboard.close()
     return EXIT_OK
+
+
+def _check_free(host: str, port: int) -> None:
+    """Bind what waitress will bind, and let go: a waitress that fails to bind leaves its
+    threads and sockets behind.
+
+    :raises OSError: the address is in use, not this machine's, or not found.
+    """
+    if port == 0:
+        return
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as waitress does
+            probe.bind(address)

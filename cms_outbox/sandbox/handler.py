@@ -65,8 +65,9 @@ class SandboxServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], sandbox: Host) -> None:
         self.sandbox = sandbox
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        super().__init__(address, SandboxHandler)
+        # Before binding: a bind that fails calls server_close(), which closes these too.
         self._wakeup_r, self._wakeup_w = socket.socketpair()
+        super().__init__(address, SandboxHandler)
 
     def serve(self) -> None:
         """Accept connections until ``stop_serving()``.

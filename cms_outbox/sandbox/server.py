@@ -74,6 +74,7 @@ class Sandbox:
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._up_timer: threading.Timer | None = None
+        self._listened = False  # a port of our own, which our last socket may still hold
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -225,13 +226,15 @@ class Sandbox:
                 server = SandboxServer((self.host, self._port), self)
                 break
             except OSError as exc:
-                # After down(), the port can be briefly busy; with port 0 never retry.
-                if self._port == 0 or exc.errno != errno.EADDRINUSE:
+                # After down(), our own port can be briefly busy; a port someone else
+                # holds (the first listen) or port 0 is never retried.
+                if not self._listened or self._port == 0 or exc.errno != errno.EADDRINUSE:
                     raise
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.05)
         self._port = int(server.server_address[1])
+        self._listened = True
         with self._ledger.lock:
             self._closing = False
         self._wake = threading.Event()
