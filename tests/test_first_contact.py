@@ -242,3 +242,14 @@ def test_a_port_in_use_is_one_line_not_a_traceback(
         f"cms-outbox: error: cannot listen on 127.0.0.1:{port}: address already in use "
         "(another server? choose another --port, or 0 for a free one)"
     ]
+
+
+@pytest.mark.parametrize("command", [None, "run", "flush", "status", "events", "show", "health",
+                                     "retry", "purge", "migrate", "ui"])  # fmt: skip
+def test_the_help_examples_name_a_driver_that_is_installed(
+    command: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`postgresql://` means psycopg2, which the postgres extra does not install."""
+    assert main([command, "--help"] if command else ["--help"]) == 0
+    said = capsys.readouterr().out
+    assert "postgresql://" not in said and "mysql://" not in said, said

@@ -74,7 +74,7 @@ def register(subparsers: Any) -> None:
         examples=[
             "cms-outbox status",
             "cms-outbox status --json | jq .counts.pending",
-            "CMS_OUTBOX_URL=postgresql://outbox@db/app cms-outbox status",
+            "CMS_OUTBOX_URL=postgresql+psycopg://outbox@db/app cms-outbox status",
         ],
         notes=STATUS_KEYS,
     )
