@@ -17,7 +17,6 @@ from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.orm import Session
 
 from cms_outbox import CMSClient, ValidationError
-from tests.test_django import SHOP, manage, rows, shop_env
 
 LEAD: dict[str, Any] = {"event_name": "signup", "customer_external_id": "user_1", "click_id": "c1"}
 SALE: dict[str, Any] = {"event_name": "purchase", "customer_external_id": "user_1",
@@ -102,6 +101,8 @@ DJANGO = textwrap.dedent(
 
 def test_djangos_connection_refuses_it_too(tmp_path: Path) -> None:
     pytest.importorskip("django")
+    from tests.test_django import SHOP, manage, rows, shop_env  # Django's tests only
+
     url = f"sqlite:///{tmp_path / 'shop.db'}"
     migrated = manage(url, "migrate", "--verbosity", "0")
     assert migrated.returncode == 0, migrated.stderr[-3000:]
