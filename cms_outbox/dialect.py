@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Connection, Engine, Select, Table, Update, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import StorageError
 from .fork_gate import guarding
@@ -37,13 +38,46 @@ S = TypeVar("S", bound=Select)  # type: ignore[type-arg]
 
 
 @contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """``engine.begin()``, at READ COMMITTED on MySQL (the pool resets it on return)."""
+def write_transaction(engine: Engine, *, lock_wait: int | None = None) -> Iterator[Connection]:
+    """``engine.begin()``, at READ COMMITTED on MySQL (the pool resets it on return).
+
+    :param lock_wait: seconds each statement waits for a row lock before the server
+        cancels it (MySQL's error 1205, PostgreSQL's lock_not_available), for this
+        transaction alone: the connection may be an application's, from its own pool.
+    """
     with guarding(engine), engine.connect() as conn:
-        if conn.dialect.name == "mysql":
+        mysql = conn.dialect.name == "mysql"
+        if mysql:
             conn.execution_options(isolation_level="READ COMMITTED")
-        with conn.begin():
-            yield conn
+        try:
+            with conn.begin():
+                if lock_wait is not None:
+                    _limit_lock_wait(conn, lock_wait)
+                yield conn
+        finally:
+            if mysql and lock_wait is not None:
+                _restore_lock_wait(conn)
+
+
+def _limit_lock_wait(conn: Connection, seconds: int) -> None:
+    if conn.dialect.name == "postgresql":  # LOCAL: undone when the transaction ends
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{seconds}s'")
+    elif conn.dialect.name == "mysql":  # a session setting: put back afterwards
+        conn.exec_driver_sql(
+            "SET @cms_outbox_lock_wait = @@SESSION.innodb_lock_wait_timeout, "
+            f"SESSION innodb_lock_wait_timeout = {seconds}"
+        )
+
+
+def _restore_lock_wait(conn: Connection) -> None:
+    """Put the session's own lock wait back; a connection where that fails (it broke) is
+    discarded, never returned to the pool with the outbox's setting."""
+    if conn.invalidated:
+        return
+    try:
+        conn.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = @cms_outbox_lock_wait")
+    except SQLAlchemyError:
+        conn.invalidate()
 
 
 def latest_committed(statement: S, conn: Connection) -> S:

@@ -4,9 +4,11 @@ A user sees what happened and what to do, never the driver's text: that stays on
 chained ``__cause__`` for debugging (``cms-outbox --verbose`` prints it). Every module
 that talks to the database wraps its work in ``storage_errors``.
 
-A transaction the server cancelled to break a deadlock or a lock wait (or a
-serialization conflict) left nothing applied: a transaction the outbox opens itself is
-then run again from the start, by ``retrying``, a few times before it fails.
+A transaction the server cancelled to break a deadlock (or a serialization conflict)
+left nothing applied: a transaction the outbox opens itself is then run again from the
+start, by ``retrying``, a few times before it fails. One cancelled at its lock wait
+timeout is not: another transaction has held the lock for that long, and running it again
+at once would only wait as long again; it fails, and a flusher tries at its next pass.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ TRIES = 5
 # Seconds of the longest pause before the second try (full jitter, doubling per try):
 # the two sides of a deadlock must not meet again at once.
 RETRY_PAUSE = 0.02
-# MySQL/MariaDB error numbers: deadlock found, lock wait timeout exceeded.
-_MYSQL_TRANSIENT = frozenset({1213, 1205})
-# PostgreSQL SQLSTATEs: deadlock_detected, serialization_failure, lock_not_available.
-_POSTGRES_TRANSIENT = frozenset({"40P01", "40001", "55P03"})
+# MySQL/MariaDB error number: deadlock found (not 1205, lock wait timeout exceeded).
+_MYSQL_TRANSIENT = frozenset({1213})
+# PostgreSQL SQLSTATEs: deadlock_detected, serialization_failure (not 55P03,
+# lock_not_available, which lock_timeout raises).
+_POSTGRES_TRANSIENT = frozenset({"40P01", "40001"})
 
 
 @contextmanager
@@ -68,8 +71,8 @@ def retrying(action: str, run: Callable[[], T]) -> T:
 
 
 def transient(exc: BaseException) -> bool:
-    """Whether the server cancelled the transaction to break a deadlock, a lock wait or
-    a serialization conflict: nothing of it was applied and running it again is safe.
+    """Whether the server cancelled the transaction to break a deadlock or a
+    serialization conflict: nothing of it was applied and running it again is safe.
 
     SQLite never is: its writers queue for one lock under the busy timeout.
     """
@@ -151,8 +154,9 @@ def _server(text: str, kind: str) -> str:
         return "the database named in the URL does not exist on the server"
     if "lock timeout" in text or "lock wait timeout" in text or "locknotavailable" in kind.lower():
         return (
-            "another transaction held a lock on the outbox rows longer than the server's lock "
-            "timeout: commit or roll back long transactions on the outbox tables, then try again"
+            "another transaction held a lock on outbox rows longer than this one may wait for "
+            "it, and nothing of this one was applied: commit or roll back long transactions "
+            "on the outbox tables (a flusher tries again at its next pass)"
         )
     if "deadlock" in text:
         return "the database server broke a deadlock by cancelling this transaction: try again"

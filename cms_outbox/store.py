@@ -4,8 +4,9 @@ The ``Store`` is the one door to the database for the client and the flusher: it
 opens each transaction (queued for the write lock on SQLite), leaves the statements of
 leasing and recording to ``leasing``, storing a new event to ``enqueue`` and every
 read to ``queries``, and turns each database failure into a ``StorageError``
-in plain words. A transaction of its own that the server broke for a deadlock or a lock
-wait is run again (``driver_errors.retrying``); one of the application's is not.
+in plain words. A transaction of its own waits at most ``LOCK_WAIT`` for a lock, and is
+run again when the server broke it for a deadlock (``driver_errors.retrying``); one of
+the application's is not.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ T = TypeVar("T")
 
 # Seconds between sweeps for expired leases while leasing.
 SWEEP_INTERVAL = 1.0
+# Seconds a statement of the outbox's own transactions waits for a row lock, where the
+# servers' defaults are 50 s (MariaDB) or for ever (PostgreSQL). Flushers hold their locks
+# for milliseconds; a lock held longer is an application's open transaction (on MySQL,
+# one that stored a sale again with connection=), and a pass blocked by it gives up in
+# seconds, saying so, and the next pass tries again. Above PostgreSQL's deadlock_timeout
+# (1 s by default), so that a deadlock is still found as one.
+LOCK_WAIT = 5
 
 
 class Store:
@@ -76,7 +84,8 @@ class Store:
 
     def _write(self, action: str, engine: Engine, work: Callable[[Connection], T]) -> T:
         """``work(conn)`` in a write transaction of its own, run again from the start when
-        the server broke it for a deadlock or a lock wait (``driver_errors.retrying``)."""
+        the server broke it for a deadlock (``driver_errors.retrying``); a lock waited for
+        longer than ``LOCK_WAIT`` fails it at once."""
 
         def once() -> T:
             with self._writing(engine) as conn:
@@ -89,7 +98,10 @@ class Store:
         """A write transaction on ``engine``, queued for the write lock on SQLite."""
         self._writers.add(threading.get_ident())
         try:
-            with self._write_lock or nullcontext(), write_transaction(engine) as conn:
+            with (
+                self._write_lock or nullcontext(),
+                write_transaction(engine, lock_wait=LOCK_WAIT) as conn,
+            ):
                 yield conn
         finally:
             self._writers.discard(threading.get_ident())

@@ -77,6 +77,17 @@ def mysql_url() -> Iterator[str]:
 BACKENDS = {"sqlite": "sqlite_url", "postgres": "postgres_url", "mysql": "mysql_url"}
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
+)
+def server_url(request: pytest.FixtureRequest) -> str:
+    """The same test against each database server: PostgreSQL and MySQL/MariaDB."""
+    return str(request.getfixturevalue(BACKENDS[request.param]))
+
+
 @pytest.fixture
 def scratch_table() -> Iterator[Callable[[str, str], Engine]]:
     """An application's own table beside the outbox: ``scratch_table(url, "name (columns)")``

@@ -1,0 +1,158 @@
+"""What a flusher waits for behind an application's open transaction, on PostgreSQL and
+MariaDB, and the bound on it.
+
+An application that stores events with ``connection=`` and keeps its transaction open
+holds no lock a flusher's lease or record needs: leasing skips locked rows, recording
+touches rows the flusher leased. What does hold a flusher is a lock on a row it must
+change: on MariaDB, storing a sale again inside the open transaction (the duplicate
+check reads the stored sale with a shared lock) locks it, and so may a purge's scan
+meet the application's new rows; on PostgreSQL only a lock the application takes itself
+(``FOR SHARE``). Such a step waits ``store.LOCK_WAIT`` seconds, not the server's 50 s (5
+tries: 250 s) or for ever, fails with a plain message, and the next pass delivers every
+event once, in order. The application's transaction and its connections' settings are
+untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+from sqlalchemy import Connection, Engine, text
+
+from cms_outbox import CMSClient, StorageError
+from cms_outbox.sandbox import Sandbox
+from cms_outbox.store import LOCK_WAIT
+from tests.conftest import TOKEN, accepted_in_order, client_factory, returns
+
+Factory = Callable[..., CMSClient]
+SALE: dict[str, Any] = {"customer_external_id": "user-a", "amount": 4999, "currency": "USD"}
+DRIVER_WORDS = ("1205", "lock wait timeout exceeded", "55p03", "canceling statement")
+
+
+@pytest.fixture
+def app_engine(server_url: str, scratch_table: Callable[[str, str], Engine]) -> Engine:
+    """The application's engine, with a table of its own; the client runs on it too."""
+    return scratch_table(server_url, "app_orders (id INTEGER PRIMARY KEY, total INTEGER)")
+
+
+@pytest.fixture
+def make_client(server_url: str, app_engine: Engine) -> Iterator[Factory]:
+    """Clients, closed before the application's engine is disposed of."""
+    yield from client_factory(server_url)
+
+
+def connect(make_client: Factory, app_engine: Engine, sandbox: Sandbox) -> CMSClient:
+    return make_client(engine=app_engine, host=sandbox.url, token=TOKEN, rate_limit=None, workers=1)
+
+
+def lock_sale(client: CMSClient, conn: Connection, invoice_id: str, **sale: Any) -> None:
+    """Store the sale again inside the application's open transaction, as a retried
+    checkout does; on PostgreSQL, which takes no lock for that, lock it as well."""
+    again = client.track_sale("purchase", invoice_id=invoice_id, connection=conn, **sale)
+    assert again.success
+    if conn.dialect.name == "postgresql":
+        sql = "SELECT id FROM cms_outbox_events WHERE invoice_id = :i FOR SHARE"
+        conn.execute(text(sql), {"i": invoice_id})
+
+
+def gives_up(call: Callable[[], Any]) -> StorageError:
+    """The StorageError ``call`` raises, after waiting for a lock ``LOCK_WAIT`` s at least."""
+    started = time.monotonic()
+    with pytest.raises(StorageError) as failed:
+        # Six times the bound: a loaded machine stays well within it, while the servers'
+        # own (MariaDB: 50 s, PostgreSQL: none) fail here.
+        returns(call, timeout=6 * LOCK_WAIT)
+    assert time.monotonic() - started >= LOCK_WAIT
+    message = str(failed.value)
+    assert "held a lock on outbox rows" in message
+    assert not any(word in message.lower() for word in DRIVER_WORDS)
+    return failed.value
+
+
+def assert_server_defaults(engine: Engine) -> None:
+    """Every idle pooled connection has the server's own lock wait, not the outbox's."""
+    idle = engine.pool.checkedin()  # type: ignore[attr-defined]
+    conns = [engine.connect() for _ in range(max(idle, 1))]
+    try:
+        for conn in conns:
+            if conn.dialect.name == "postgresql":
+                assert conn.execute(text("SHOW lock_timeout")).scalar() == "0"
+            else:
+                sql = "SELECT @@SESSION.innodb_lock_wait_timeout, @@GLOBAL.innodb_lock_wait_timeout"
+                session, default = conn.execute(text(sql)).one()
+                assert session == default != LOCK_WAIT
+            conn.rollback()
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_an_open_application_transaction_that_stored_events_holds_no_delivery_back(
+    make_client: Factory, app_engine: Engine, sandbox: Sandbox
+) -> None:
+    client = connect(make_client, app_engine, sandbox)
+    setup = client.track_lead("signup", "user-a", click_id="ca", mode="deferred").event_id
+    other = client.track_lead("signup", "user-b", click_id="cb").event_id
+    with app_engine.connect() as conn:
+        conn.execute(text("INSERT INTO app_orders (id, total) VALUES (1, 4999)"))
+        follow_up = client.track_lead("login", "user-a", connection=conn).event_id
+        new = client.track_lead("signup", "user-c", click_id="cc", connection=conn).event_id
+        report = returns(client.flush)  # leases and records with the transaction open
+        assert (report.delivered, report.dead) == (2, 0)
+        conn.commit()
+    assert client.flush().delivered == 2
+    assert accepted_in_order(sandbox) == {
+        "user-a": [setup, follow_up],
+        "user-b": [other],
+        "user-c": [new],
+    }
+    assert_server_defaults(app_engine)
+
+
+def test_a_record_blocked_by_an_application_transaction_gives_up_and_the_next_pass_delivers(
+    make_client: Factory, app_engine: Engine, sandbox: Sandbox
+) -> None:
+    """The setup is answered 422 once: recording it dead holds its customer's follow-up,
+    the sale the application's open transaction has locked. That record gives up; once the
+    application commits, the setup is sent again (same Idempotency-Key) and accepted, and
+    its follow-up after it."""
+    client = connect(make_client, app_engine, sandbox)
+    setup = client.track_lead("signup", "user-a", click_id="ca", mode="deferred").event_id
+    sale = client.track_sale("purchase", invoice_id="inv-1", **SALE).event_id
+    other = client.track_lead("signup", "user-b", click_id="cb").event_id
+    sandbox.set_faults(force_status=422, force_count=1)  # the first request: the setup's
+    with app_engine.connect() as conn:
+        conn.execute(text("INSERT INTO app_orders (id, total) VALUES (1, 4999)"))
+        lock_sale(client, conn, "inv-1", **SALE)
+        gives_up(client.flush)
+        assert_server_defaults(app_engine)
+        conn.execute(text("UPDATE app_orders SET total = 5000 WHERE id = 1"))  # unaffected
+        conn.commit()
+    report = client.flush()  # hands back the rows the failed pass left leased, sends them
+    assert (report.delivered, report.dead, report.pending) == (3, 0, 0)
+    assert accepted_in_order(sandbox) == {"user-a": [setup, sale], "user-b": [other]}
+    assert Counter(r.idempotency_key for r in sandbox.accepted) == Counter([setup, sale, other])
+    with app_engine.connect() as conn:
+        assert conn.execute(text("SELECT total FROM app_orders")).scalar() == 5000
+
+
+def test_a_purge_blocked_by_an_application_transaction_gives_up_and_purges_later(
+    make_client: Factory, app_engine: Engine, sandbox: Sandbox
+) -> None:
+    client = connect(make_client, app_engine, sandbox)
+    sale = client.track_sale("purchase", invoice_id="inv-1", click_id="cs", **SALE).event_id
+    assert client.flush().delivered == 1
+
+    def purge() -> list[str]:
+        batches = client.store.purge(delivered_before=time.time() + 60, acknowledge=False)
+        return [event_id for batch in batches for event_id in batch]
+
+    with app_engine.connect() as conn:
+        lock_sale(client, conn, "inv-1", click_id="cs", **SALE)
+        gives_up(purge)
+        conn.commit()
+    assert purge() == [sale]
