@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from cms_outbox import CMSClient, FlushReport
+from cms_outbox import CMSClient, FlushReport, store
 from cms_outbox.driver_errors import transient
 from cms_outbox.sandbox import Sandbox
 from tests.conftest import TOKEN, client_factory, wait_until
@@ -60,8 +60,12 @@ def test_a_deadlock_in_the_flusher_is_run_again_and_every_row_delivered_once(
     sandbox: Sandbox,
     ballast: Engine,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="cms_outbox.driver_errors")
+    # The flusher waits while the test sees it wait, then closes the cycle: a loaded
+    # machine may take seconds to look, and the flusher must still be waiting by then.
+    monkeypatch.setattr(store, "LOCK_WAIT", 60)
     client = make_client(host=sandbox.url, token=TOKEN, rate_limit=None, workers=2)
     first = client.track_lead("signup", "customer-a", click_id="ca").event_id
     second = client.track_lead("signup", "customer-b", click_id="cb").event_id
