@@ -156,7 +156,7 @@ def _server(text: str, kind: str) -> str:
         return (
             "another transaction held a lock on outbox rows longer than this one may wait for "
             "it, and nothing of this one was applied: commit or roll back long transactions "
-            "on the outbox tables (a flusher tries again at its next pass)"
+            "on the outbox tables, then try again (a flusher does at its next pass)"
         )
     if "deadlock" in text:
         return "the database server broke a deadlock by cancelling this transaction: try again"
