@@ -193,6 +193,9 @@ def take(budget: Budget, want: int, now: float, limit: RateLimit) -> tuple[Budge
     rate = quota.per_second * SAFETY
     elapsed = max(0.0, now - budget.tokens_at)
     tokens = min(burst(quota), budget.tokens + elapsed * rate)
+    # A flusher that read the clock before another took, and takes after it, brings an
+    # earlier time: the refill stays counted up to the later one, never twice.
+    refilled_to = max(now, budget.tokens_at)
     granted = min(want, math.floor(tokens + 1e-9))  # 0.9999999 tokens is one token
     if remaining is not None:
         granted = min(granted, remaining)
@@ -201,12 +204,12 @@ def take(budget: Budget, want: int, now: float, limit: RateLimit) -> tuple[Budge
             wait = budget.reset_at - now
         else:
             wait = (1.0 - tokens) / rate
-        changed = replace(budget, tokens=tokens, tokens_at=now, remaining=remaining)
+        changed = replace(budget, tokens=tokens, tokens_at=refilled_to, remaining=remaining)
         return changed, Grant(0, max(0.001, wait))
     changed = replace(
         budget,
         tokens=max(0.0, tokens - granted),
-        tokens_at=now,
+        tokens_at=refilled_to,
         remaining=None if remaining is None else remaining - granted,
         counted=budget.counted + granted,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -13,6 +14,7 @@ from cms_outbox.pacing import (
     AUTO,
     BURST,
     DEFAULT_PAUSE,
+    SAFETY,
     UNPACED,
     Budget,
     Grant,
@@ -102,6 +104,18 @@ def test_a_fresh_budget_grants_its_burst_then_paces_evenly() -> None:
     assert 1 < burst(ASSUMED) <= BURST
     budget, grant = take(budget, 8, NOW, AUTO)
     assert grant.requests == 0 and 0.9 < grant.wait < 1.1  # 60/min: one a second
+
+
+def test_a_take_with_an_earlier_clock_reading_refills_no_interval_twice() -> None:
+    """Two flushers: one read the clock, the other read it later and took first. The
+    first one's take, with its earlier time, must not rewind the refill."""
+    budget = Budget(quota=Quota(600, 60), source=Source.ADVERTISED, tokens_at=NOW)
+    limit = RateLimit.parse(600)
+    granted = 0
+    for now in (NOW + 0.4, NOW, NOW + 0.4):  # the later reading took first
+        budget, grant = take(budget, 16, now, limit)
+        granted += grant.requests
+    assert granted == math.floor(0.4 * 10 * SAFETY)  # what 0.4 s refills: 3, not 7
 
 
 @pytest.mark.parametrize(
