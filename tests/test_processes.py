@@ -185,7 +185,9 @@ def test_two_flusher_processes_share_the_rate_limit(
         process.kill()
         out, _ = process.communicate(timeout=STALL)
         delivered.append(out.split().count("delivered"))
-    assert sum(delivered) == 100 and min(delivered) > 0, delivered  # both took their turns
+    # Both ran through every step: a second budget would have let the second flusher
+    # send at once. Which one wins a step's tokens is the scheduler's choice.
+    assert sum(delivered) == 100, delivered
 
 
 def test_two_background_clients_on_one_file_never_send_twice(
