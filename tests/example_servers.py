@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sysconfig
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +25,22 @@ EXAMPLES = ROOT / "examples"
 SCRIPTS = Path(sysconfig.get_path("scripts"))  # where pip put the cms-outbox command
 STARTUP = 60.0  # seconds a server may take to accept connections (a loaded 2-core CI)
 REQUEST_TIMEOUT = 60.0
-DELIVERY = 60.0  # seconds for the sandbox to receive what was tracked
+DELIVERY = 60.0  # seconds for the sandbox to receive what was tracked, or one more of it
+
+
+def accepted_at_least(sandbox: Sandbox, count: int, stall: float = DELIVERY) -> bool:
+    """Whether the sandbox accepts ``count`` events, waited for as long as they keep
+    coming: paced by the deliveries, a loaded machine takes longer but gives the same
+    verdict; False once ``stall`` seconds pass without one more."""
+    seen, since = len(sandbox.accepted), time.monotonic()
+    while seen < count:
+        time.sleep(0.01)
+        now = len(sandbox.accepted)
+        if now != seen:
+            seen, since = now, time.monotonic()
+        elif time.monotonic() - since >= stall:
+            return False
+    return True
 
 
 class Server:

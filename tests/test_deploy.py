@@ -18,7 +18,15 @@ import pytest
 from cms_outbox import CMSClient
 from cms_outbox.sandbox import Sandbox
 from tests.conftest import wait_until
-from tests.example_servers import DELIVERY, SCRIPTS, STARTUP, Server, app_env, launch
+from tests.example_servers import (
+    DELIVERY,
+    SCRIPTS,
+    STARTUP,
+    Server,
+    accepted_at_least,
+    app_env,
+    launch,
+)
 
 __all__ = ["launch"]  # the fixture, shared with the examples' tests
 
@@ -45,7 +53,7 @@ def test_docker_entrypoint_migrates_runs_the_daemon_and_stops_on_sigterm(
     assert daemon.process.poll() is None
     with CMSClient(database_url=sqlite_url, flush="off") as app:
         ids = [app.track_lead("signup", f"user_{n}", click_id="clk").event_id for n in range(20)]
-    assert sandbox.wait_for(lambda sb: len(sb.accepted) >= 20, timeout=DELIVERY), daemon.log()
+    assert accepted_at_least(sandbox, 20), daemon.log()
     assert all(sandbox.accepted_count(event_id) == 1 for event_id in ids)
 
     # The HEALTHCHECK command in the comment, run through the entrypoint (not `run`).

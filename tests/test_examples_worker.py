@@ -15,11 +15,11 @@ import pytest
 
 from cms_outbox.sandbox import Sandbox
 from tests.example_servers import (
-    DELIVERY,
     EXAMPLES,
     ROOT,
     SCRIPTS,
     Server,
+    accepted_at_least,
     app_env,
     count,
     launch,
@@ -60,7 +60,7 @@ def test_worker_enqueues_without_token_and_the_daemon_delivers(
     assert "inv_bad rejected" in worker.stderr
     assert worker.stderr.count("\n") == 2, worker.stderr  # no library chatter at INFO
 
-    assert sandbox.wait_for(lambda sb: len(sb.accepted) >= 40, timeout=DELIVERY), daemon.log()
+    assert accepted_at_least(sandbox, 40), daemon.log()
     assert len(sandbox.accepted) == 40
     invoices = Counter(a.payload["invoiceId"] for a in sandbox.accepted)
     assert invoices == Counter(f"inv_{n}" for n in range(40))
