@@ -25,7 +25,7 @@ from .delivery_pass import Pass
 from .errors import ConfigurationError, OutboxError
 from .pacer import Pacer
 from .pauses import Pauses
-from .policy import Answer, Decision, Rules, Verdict, decide, expiry
+from .policy import Answer, Decision, Rules, decide, expiry
 from .queries import PAUSED_OUTCOMES
 from .results import EventState, FlushReport, TrackResult, parse_body
 from .store import Attempt, Lease, Store
@@ -269,7 +269,8 @@ class Flusher:
             return self.judge(lease, reply, self.clock())
 
     def account(self, finished: list[tuple[Attempt, str]], applied: list[bool]) -> None:
-        """Count recorded attempts in ``totals`` and run the callbacks of final ones."""
+        """Count recorded attempts in ``totals``, run the callbacks of final ones and log
+        dead ones: once committed, never for a record that rolled back (it is sent again)."""
         for (attempt, event_id), ok in zip(finished, applied):
             if not ok:
                 logger.warning(
@@ -282,6 +283,8 @@ class Flusher:
                 with self._verdicts:
                     self.totals[_TOTALS.get(attempt.state, "retried")] += 1
             logger.debug("event %s: %s (HTTP %s)", event_id, attempt.outcome, attempt.status_code)
+            if attempt.state is EventState.DEAD:
+                logger.warning("event %s dead-lettered: %s", event_id, attempt.error)
             self.notify(attempt, event_id)
 
     def transport(self) -> Transport:
@@ -324,8 +327,6 @@ class Flusher:
             self.pauses.failed(decision.breaker, now, decision.error)
         else:
             self.pauses.answered(now)
-        if decision.verdict is Verdict.DEAD:
-            logger.warning("event %s dead-lettered: %s", lease.event_id, decision.error)
         if self.pacer.paced:
             if decision.pause_until is not None:
                 self.pacer.refused(now, decision.pause_until, decision.advert)
@@ -339,7 +340,6 @@ class Flusher:
 
     def expired(self, lease: Lease, now: float) -> Attempt:
         decision = expiry(now - lease.created_at)
-        logger.warning("event %s dead-lettered: %s", lease.event_id, decision.error)
         return Attempt(
             seq=lease.seq,
             state=decision.state,

@@ -15,6 +15,7 @@ untouched.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -114,12 +115,13 @@ def test_an_open_application_transaction_that_stored_events_holds_no_delivery_ba
 
 
 def test_a_record_blocked_by_an_application_transaction_gives_up_and_the_next_pass_delivers(
-    make_client: Factory, app_engine: Engine, sandbox: Sandbox
+    make_client: Factory, app_engine: Engine, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The setup is answered 422 once: recording it dead holds its customer's follow-up,
-    the sale the application's open transaction has locked. That record gives up; once the
-    application commits, the setup is sent again (same Idempotency-Key) and accepted, and
-    its follow-up after it."""
+    the sale the application's open transaction has locked. That record gives up, and the
+    setup is not said to be dead-lettered; once the application commits, the setup is sent
+    again (same Idempotency-Key) and accepted, and its follow-up after it."""
+    caplog.set_level(logging.WARNING, logger="cms_outbox")
     client = connect(make_client, app_engine, sandbox)
     setup = client.track_lead("signup", "user-a", click_id="ca", mode="deferred").event_id
     sale = client.track_sale("purchase", invoice_id="inv-1", **SALE).event_id
@@ -136,6 +138,7 @@ def test_a_record_blocked_by_an_application_transaction_gives_up_and_the_next_pa
     assert (report.delivered, report.dead, report.pending) == (3, 0, 0)
     assert accepted_in_order(sandbox) == {"user-a": [setup, sale], "user-b": [other]}
     assert Counter(r.idempotency_key for r in sandbox.accepted) == Counter([setup, sale, other])
+    assert not [r.getMessage() for r in caplog.records if "dead-lettered" in r.getMessage()]
     with app_engine.connect() as conn:
         assert conn.execute(text("SELECT total FROM app_orders")).scalar() == 5000
 
