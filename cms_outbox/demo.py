@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -81,25 +82,28 @@ def run(
 
 
 def _track(client: CMSClient) -> list[_Tracked]:
-    stamp = int(time.time())
+    # Ids unique to this run: a run in the same outbox, even in the same second, must not
+    # meet an earlier run's invoices (a repeated sale) or customers (their FIFO, a setup).
+    run_id = uuid.uuid4().hex[:6]
+    alice, bob = f"alice-{run_id}", f"bob-{run_id}"
     steps: list[tuple[str, str, Callable[[], TrackResult]]] = [
-        ("lead signup (standard, click_id)", "alice", lambda: client.track_lead(
-            event_name="signup", customer_external_id="alice", click_id="clk_alice",
+        ("lead signup (standard, click_id)", alice, lambda: client.track_lead(
+            event_name="signup", customer_external_id=alice, click_id="clk_alice",
             customer_name="Alice", customer_email="alice@example.com",
         )),
-        ("lead signup (deferred setup)", "bob", lambda: client.track_lead(
-            event_name="signup", customer_external_id="bob", click_id="clk_bob",
+        ("lead signup (deferred setup)", bob, lambda: client.track_lead(
+            event_name="signup", customer_external_id=bob, click_id="clk_bob",
             mode="deferred", customer_email="bob@example.com",
         )),
-        ("lead trial_started (follow-up, no click_id)", "bob", lambda: client.track_lead(
-            event_name="trial_started", customer_external_id="bob",
+        ("lead trial_started (follow-up, no click_id)", bob, lambda: client.track_lead(
+            event_name="trial_started", customer_external_id=bob,
         )),
-        ("sale upgrade 19.00 EUR (follow-up, no click_id)", "bob", lambda: client.track_sale(
-            event_name="upgrade", customer_external_id="bob", invoice_id=f"inv-bob-{stamp}",
+        ("sale upgrade 19.00 EUR (follow-up, no click_id)", bob, lambda: client.track_sale(
+            event_name="upgrade", customer_external_id=bob, invoice_id=f"inv-{bob}",
             amount=1900, currency="EUR",
         )),
-        ("sale purchase 49.99 USD (click_id)", "alice", lambda: client.track_sale(
-            event_name="purchase", customer_external_id="alice", invoice_id=f"inv-alice-{stamp}",
+        ("sale purchase 49.99 USD (click_id)", alice, lambda: client.track_sale(
+            event_name="purchase", customer_external_id=alice, invoice_id=f"inv-{alice}",
             amount=4999, currency="USD", click_id="clk_alice",
         )),
     ]  # fmt: skip
@@ -120,11 +124,11 @@ def _show_events(client: CMSClient, tracked: list[_Tracked], say: _Say) -> None:
         for event in list_events(client.engine, limit=1000, oldest_first=True)
         if event.event_id in ours
     ]
-    say(f"   {'EVENT':<10} {'CUSTOMER':<9} {'WHAT':<48} {'STATE':<8} ATTEMPTS")
+    say(f"   {'EVENT':<10} {'CUSTOMER':<13} {'WHAT':<48} {'STATE':<8} ATTEMPTS")
     for event in rows:
         label = ours[event.event_id].label
         say(
-            f"   {event.event_id[:8]:<10} {event.customer_external_id:<9} {label:<48} "
+            f"   {event.event_id[:8]:<10} {event.customer_external_id:<13} {label:<48} "
             f"{event.state:<8} {event.attempts}"
         )
     status = outbox_status(client.engine)
@@ -148,7 +152,7 @@ def _watch(client: CMSClient, tracked: list[_Tracked], timeout: float, say: _Say
                 seen.add(event_id)
                 say(
                     f"   {time.monotonic() - started:5.2f}s  {result.state.value:<9} "
-                    f"{item.customer:<6} {item.label} (HTTP {result.status_code})"
+                    f"{item.customer:<12} {item.label} (HTTP {result.status_code})"
                 )
         if len(seen) == len(tracked):
             return all(client.result(i.result.event_id).success for i in tracked)
