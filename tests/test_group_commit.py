@@ -240,7 +240,9 @@ def _track_in_child(client: CMSClient) -> None:
     client.close()
 
 
-def test_fork_waits_for_the_write_under_way(sqlite_url: str) -> None:
+def test_fork_waits_for_the_write_under_way(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A child forked mid-write would inherit a transaction and SQLite locks it can
     never finish (its own inserts then fail as "database is locked"): fork waits."""
     client = CMSClient(database_url=sqlite_url, flush="off")
@@ -250,9 +252,21 @@ def test_fork_waits_for_the_write_under_way(sqlite_url: str) -> None:
     writer = threading.Thread(target=client.track_lead, args=("signup", "parent"))
     writer.start()
     assert wait_until(lambda: client.store._group is not None and client.store._group._leading)
-    threading.Timer(0.5, blocker.rollback).start()  # the write goes through during fork()
+    waiting = threading.Event()  # set once fork() has begun to wait for the writes
+    before_fork = client.store.before_fork
+
+    def announced(timeout: float) -> bool:
+        waiting.set()
+        return before_fork(timeout)
+
+    monkeypatch.setattr(client.store, "before_fork", announced)
     child = multiprocessing.get_context("fork").Process(target=_track_in_child, args=(client,))
-    child.start()
+    forker = threading.Thread(target=child.start)
+    forker.start()
+    assert waiting.wait(60)
+    assert writer.is_alive()  # the write is still under way while fork() waits
+    blocker.rollback()  # it goes through during fork(), however late fork() came
+    forker.join(timeout=60)
     child.join(timeout=60)
     writer.join(timeout=60)
     client.close()
