@@ -10,6 +10,11 @@ It delivers until SIGTERM or SIGINT (or ``stop()`` from another thread): a pass 
 work is due, at least every ``interval`` seconds, woken at once by PostgreSQL NOTIFY,
 plus hourly purges of expired events. Stopping lets requests in flight finish, hands
 unsent leases back and logs one stop line with the totals.
+
+An operator sees what it does: when the application configured no logging (no handler
+on the root logger or on ``cms_outbox``), ``run_forever()`` logs to stderr as
+``cms-outbox run`` does, one line per event at INFO. An application's own logging
+configuration is left as it is.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from .errors import ConfigurationError
 from .formatting import format_age
 from .results import FlushReport
 from .status import ActivityTracker
+from .stderr_log import log_to_stderr, logging_configured
 
 __all__ = ["Daemon"]
 
@@ -106,11 +112,16 @@ class Daemon:
         """Deliver until stopped, then finish in-flight requests, hand back unsent leases,
         log the stop line and ``close()``.
 
+        Logs to stderr at INFO (``cms-outbox run``'s format) when no handler is configured
+        for the root logger or ``cms_outbox``; otherwise the application's logging is used.
+
         :returns: the totals, with ``pending`` and ``blocked`` as the daemon left them.
         :raises ConfigurationError: the metrics port cannot be bound.
         :raises ClientClosed: the daemon already ran (it runs once), or was closed.
         """
         self.client._check_open()
+        if not logging_configured(__name__):  # a daemon that says nothing hides its errors
+            log_to_stderr()
         settings = self.client.settings
         metrics_server: Any = None
         previous: dict[int, Any] = {}

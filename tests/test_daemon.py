@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -87,5 +88,73 @@ def test_the_readme_three_lines_run_the_daemon_until_sigterm(
             process.kill()
             process.communicate()
     assert process.returncode == 0, err
-    assert err == ""
     assert textwrap.dedent(block).startswith("from cms_outbox import Daemon")
+    lines = err.splitlines()  # nothing configured logging: the daemon logs as `cms-outbox run`
+    assert re.search(r" INFO cms_outbox\.daemon: cms-outbox run: delivering from ", lines[0]), err
+    assert re.search(r"stopped after .* \(delivered 3, retried 0, dead 0\)", lines[-1]), err
+
+
+def run_daemon_script(
+    code: str, url: str, sandbox: Sandbox, tmp_path: Path, until: Callable[[str], bool]
+) -> tuple[str, str]:
+    """Run ``code`` as a script until ``until(its stderr so far)``, stop it with SIGTERM."""
+    script = tmp_path / "daemon.py"
+    script.write_text(textwrap.dedent(code))
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CMS_")}
+    environment.update(CMS_OUTBOX_URL=url, CMS_HOST=sandbox.url)
+    err_path, out_path = tmp_path / "stderr.txt", tmp_path / "stdout.txt"
+    with err_path.open("w") as err_file, out_path.open("w") as out_file:
+        process = subprocess.Popen(
+            [sys.executable, str(script)], stdout=out_file, stderr=err_file, env=environment
+        )
+        try:
+            assert wait_until(lambda: until(err_path.read_text()), STALL), err_path.read_text()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(STALL) == 0, err_path.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return out_path.read_text(), err_path.read_text()
+
+
+def test_an_unconfigured_daemon_shows_a_refused_token_on_stderr(
+    sqlite_url: str, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Without logging configured, the README's daemon with a bad token printed nothing."""
+    enqueue(sqlite_url, 1)
+    code = """
+        from cms_outbox import Daemon
+        Daemon(token="not-the-token").run_forever()
+    """
+    _, err = run_daemon_script(
+        code, sqlite_url, sandbox, tmp_path, until=lambda err: " ERROR " in err
+    )
+    [refused] = [line for line in err.splitlines() if " ERROR " in line]
+    assert "token" in refused and "not-the-token" not in err, err
+
+
+def test_a_daemon_leaves_the_applications_logging_as_it_is(
+    sqlite_url: str, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """An application that configured logging gets the daemon's lines its way, none on stderr."""
+    [event_id] = enqueue(sqlite_url, 1)
+    code = f"""
+        import logging, sys
+        from cms_outbox import Daemon
+        logging.basicConfig(stream=sys.stdout, level=logging.WARNING, format="app %(message)s")
+        logging.getLogger("cms_outbox.daemon").setLevel(logging.INFO)
+        Daemon(token={TOKEN!r}, rate_limit=None).run_forever()
+    """
+    out, err = run_daemon_script(
+        code,
+        sqlite_url,
+        sandbox,
+        tmp_path,
+        until=lambda _: sandbox.accepted_count(event_id) == 1,
+    )
+    assert err == ""
+    lines = out.splitlines()
+    assert lines[0].startswith("app cms-outbox run: delivering from "), out
+    assert all(line.startswith("app ") for line in lines), out
+    assert lines[-1].startswith("app cms-outbox run: stopped after "), out

@@ -1,13 +1,13 @@
 """``cms-outbox``: operate an outbox from the shell (also ``python -m cms_outbox``).
 
 Each command resolves its settings (flags, then ``CMS_*`` environment, then
-defaults), calls the library and prints. Only the CLI configures logging.
+defaults), calls the library and prints. The CLI configures logging, the library does
+not (except for a ``Daemon`` whose application configured none).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import traceback
@@ -22,6 +22,7 @@ from ..errors import (
     StorageError,
     ValidationError,
 )
+from ..stderr_log import log_to_stderr
 from . import browsing, delivery, maintenance, reporting, tools, ui
 from ._common import (
     EXIT_FAILURE,
@@ -109,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     verbose = bool(args.verbose)
-    configure_logging(verbose)
+    log_to_stderr(verbose)
     try:
         code: int = handler(args)
         sys.stdout.flush()
@@ -147,15 +148,3 @@ def one_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
-
-
-def configure_logging(verbose: bool) -> None:
-    """Log to stderr: INFO (DEBUG with ``--verbose``); Alembic and APScheduler chatter muted."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not verbose:
-        for name in ("alembic", "apscheduler"):
-            logging.getLogger(name).setLevel(logging.WARNING)
