@@ -192,6 +192,9 @@ def cmd_flush(args: argparse.Namespace) -> int:
         finally:
             progress.stop()
         after = reports.outbox_status(client.engine)
+        # The report below says what is left and why: the client's closing WARNING, for a
+        # library user who gets no report, would tell it a second time.
+        client._flushed = False
     elapsed = time.monotonic() - started
     if args.json:
         echo_json(
@@ -221,7 +224,17 @@ def cmd_flush(args: argparse.Namespace) -> int:
             echo(f"delivery paused ({after.pause.reason}): {after.pause.error}")
         elif total.paused is not None:
             echo(f"delivery paused ({total.paused})")
+        if total.paused is not None and after.to_send:
+            echo(NEXT_STEP.get(total.paused, NEXT_STEP["outage"]))
     return EXIT_OK if after.pending_due == 0 else EXIT_FAILURE
+
+
+NEXT_STEP = {
+    "outage": "the rest stays stored: `cms-outbox flush` again or `cms-outbox run` delivers it "
+    "once the service answers",
+    "auth": "the rest stays stored: `cms-outbox flush` or `cms-outbox run` with a valid "
+    "CMS_BEARER_TOKEN delivers it",
+}
 
 
 def _outlook(status: reports.OutboxStatus) -> str:
