@@ -290,7 +290,13 @@ def format_time(moment: float | None, now: float) -> str:
 
 
 def shorten(text: str | None, limit: int = 60) -> str:
+    """``text`` on one line, cut at a word boundary with ``...`` if longer than ``limit``."""
     if not text:
         return ""
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3]
+    if text[limit - 3] != " " and " " in cut:  # not mid-word: "connection ref..." misleads
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:(") + "..."

@@ -168,7 +168,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             else f"{format_time(error.at, now)} {error.outcome}: {shorten(error.message, 80)}",
         ),
     ]
-    pause = status.pause
+    pause = status.pause  # its error is why nothing is delivered: shown whole, never cut
     live = status.live_flushers
     if not live:
         text = f"no flusher is running (none beat in the last {format_age(STALE_AFTER)})"
@@ -176,7 +176,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             found = "service unreachable" if pause.reason == "outage" else "token rejected"
             text += (
                 f"; the last one found the {found} since {format_time(pause.since, now)}: "
-                f"{shorten(pause.error)}"
+                f"{_whole(pause.error)}"
             )
         lines.append(("delivery", text))
     elif pause is None:
@@ -184,7 +184,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         what = "OUTAGE, probing" if pause.reason == "outage" else "PAUSED: token rejected"
         lines.append(
-            ("delivery", f"{what} since {format_time(pause.since, now)}: {shorten(pause.error)}")
+            ("delivery", f"{what} since {format_time(pause.since, now)}: {_whole(pause.error)}")
         )
     for flusher in live:
         lines.append(
@@ -199,6 +199,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     for label, value in lines:
         echo(f"{label:<15} {value}")
     return EXIT_OK
+
+
+def _whole(text: str | None) -> str:
+    """``text`` on one line, however long."""
+    return " ".join((text or "").split())
 
 
 def _pacing(pacing: reports.Pacing | None, now: float) -> str:
