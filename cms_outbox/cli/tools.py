@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..sandbox.handler import ADMIN_ROUTES
 from ..sandbox.limits import ACCOUNTING, HEADERS
 from ._common import EXIT_OK, add_command, cannot_listen, echo
 from .arguments import non_negative_int, port, positive_int
@@ -14,6 +15,8 @@ from .arguments import non_negative_int, port, positive_int
 __all__ = ["register"]
 
 SANDBOX_TOKEN = "sandbox-token"
+# Every endpoint the sandbox serves, from the table it serves them by.
+ADMIN_ENDPOINTS = ", ".join(path.removeprefix("/_admin/") for path in ADMIN_ROUTES)
 
 
 def register(subparsers: Any) -> None:
@@ -23,7 +26,7 @@ def register(subparsers: Any) -> None:
         cmd_sandbox,
         summary="serve a local CMS-compatible API with fault injection",
         description="Serve POST /track/lead and /track/sale as the CMS service does, plus "
-        "/_admin/ endpoints (health, accepted, requests, faults, reset, down) for fault "
+        f"/_admin/ endpoints ({ADMIN_ENDPOINTS}) for fault "
         "injection, until Ctrl-C or SIGTERM. Prints its URL on stdout once it listens. "
         "The rate limit (off by default) can change while running: POST /_admin/limits "
         "with any of requests, window, accounting, headers. "
