@@ -1,5 +1,6 @@
 """Settings of the example shop. The database comes from ``SHOP_DATABASE_URL`` (default: a
-SQLite file beside this folder): ``sqlite:///...``, ``postgresql://...`` or ``mysql://...``."""
+SQLite file beside this folder): ``sqlite:///...``, ``postgresql+psycopg://...`` (the
+``postgres`` extra's driver) or ``mysql+pymysql://...`` (the ``mysql`` extra's)."""
 
 from __future__ import annotations
 
