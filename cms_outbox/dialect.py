@@ -27,6 +27,7 @@ __all__ = [
     "latest_committed",
     "migration_lock",
     "update_by_key",
+    "update_unlocked",
     "write_transaction",
 ]
 
@@ -112,6 +113,30 @@ def update_by_key(
     if not ids:
         return 0
     return int(conn.execute(statement.where(condition, key.in_(ids)), params).rowcount)
+
+
+def update_unlocked(
+    conn: Connection,
+    table: Table,
+    statement: Update,
+    condition: ColumnElement[bool],
+    params: dict[str, Any],
+) -> int:
+    """Run ``statement`` on the rows matching ``condition`` that no other transaction holds
+    a lock on; returns how many changed.
+
+    The rows are locked first with ``FOR UPDATE SKIP LOCKED`` (SQLite has one writer and
+    no row locks), then updated by primary key: a row an application's open transaction
+    locked is left as it is, for a later statement, instead of waited for.
+    """
+    if conn.dialect.name == "sqlite":
+        return int(conn.execute(statement.where(condition), params).rowcount)
+    key = table.c.id
+    found = select(key).where(condition).order_by(key).with_for_update(skip_locked=True)
+    ids = list(conn.execute(found, params).scalars())
+    if not ids:
+        return 0
+    return int(conn.execute(statement.where(key.in_(ids)), params).rowcount)
 
 
 @contextmanager

@@ -167,10 +167,10 @@ class Flusher:
         self._pass_thread = threading.get_ident()
         try:
             if self._stranded and not self._strays:
-                # Passes never overlap: a row still leased by us was stranded by a pass
-                # that failed; hand it back rather than wait out its lease.
+                # Passes never overlap: a row still leased by us was stranded by a pass that
+                # failed; hand it back rather than wait out its lease (unless locked: later).
                 self.store.hand_back(self.owner)
-                self._stranded = False
+                self._stranded = self.store.count_leased_by(self.owner) > 0
             if probe:
                 self.breaker.probe_now()
             self._current = Pass(self, deadline, stop)

@@ -11,6 +11,9 @@ Lease rules, the heart of delivery:
 - ``record`` applies an outcome only while the row is still leased by the same
   owner, so a worker whose lease expired cannot overwrite a newer outcome.
 - An expired lease (crashed worker) makes the row ``pending`` again.
+- Handing rows back and reclaiming expired leases skip a row another transaction holds
+  a lock on (an application's, open): it stays ``in_flight`` until a later pass, and
+  the rest of the outbox keeps flowing.
 - A follow-up (no ``clickId``) is governed by the latest deferred setup of its
   customer enqueued before it (by sequence id): delivered releases it, dead holds it
   (``blocked``, until a retry), pending waits (FIFO already holds it back). No setup
@@ -45,7 +48,7 @@ from sqlalchemy import (
 )
 
 from . import queries
-from .dialect import update_by_key
+from .dialect import update_by_key, update_unlocked
 from .prepared import execute_many, fetch_all
 from .queries import BLOCKED, DEAD, IN_FLIGHT, PENDING
 from .results import EventState
@@ -149,8 +152,9 @@ def _hold_followups(conn: Connection, customer: str, seq: int) -> None:
 
 
 def reclaim_expired(conn: Connection, now: float) -> None:
-    """Make rows whose lease expired (a crashed or stalled worker) pending again."""
-    update_by_key(conn, events, _BACK_TO_PENDING, _EXPIRED, {"now": now})
+    """Make rows whose lease expired (a crashed or stalled worker) pending again, but for
+    those another transaction holds a lock on: a later sweep takes them."""
+    update_unlocked(conn, events, _BACK_TO_PENDING, _EXPIRED, {"now": now})
 
 
 def _settle_setups(conn: Connection, attempts_: Sequence[Attempt], done: set[int]) -> None:
@@ -207,13 +211,17 @@ def record(conn: Connection, owner: str, attempts_: Sequence[Attempt], redact: b
 
 
 def hand_back(conn: Connection, owner: str, seqs: Sequence[int] | None = None) -> int:
-    """Hand rows leased by ``owner`` back unsent (all of them, or just ``seqs``)."""
+    """Hand rows leased by ``owner`` back unsent (all of them, or just ``seqs``), but for
+    those another transaction holds a lock on: they stay leased, for a later hand-back.
+
+    :returns: how many were handed back.
+    """
     condition = and_(events.c.state == IN_FLIGHT, events.c.lease_owner == owner)
     if seqs is not None:
         if not seqs:
             return 0
         condition = and_(condition, events.c.id.in_(list(seqs)))
-    return update_by_key(conn, events, _BACK_TO_PENDING, condition, {})
+    return update_unlocked(conn, events, _BACK_TO_PENDING, condition, {})
 
 
 # Statements of the busy flusher's every round, built once: building one (and its cache

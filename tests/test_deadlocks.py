@@ -62,26 +62,19 @@ def test_a_deadlock_in_the_flusher_is_run_again_and_every_row_delivered_once(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A deferred setup answered 422 is recorded dead, and the same transaction holds its
+    two follow-ups, in id order: the test holds the second, sees the flusher wait for it,
+    then locks the first. The server breaks the cycle on the flusher's side, which runs
+    its transaction again; once the setup is retried, all three are delivered once."""
     caplog.set_level(logging.DEBUG, logger="cms_outbox.driver_errors")
     # The flusher waits while the test sees it wait, then closes the cycle: a loaded
     # machine may take seconds to look, and the flusher must still be waiting by then.
     monkeypatch.setattr(store, "LOCK_WAIT", 60)
     client = make_client(host=sandbox.url, token=TOKEN, rate_limit=None, workers=2)
-    first = client.track_lead("signup", "customer-a", click_id="ca").event_id
-    second = client.track_lead("signup", "customer-b", click_id="cb").event_id
-    with client.engine.begin() as conn:  # both leased by a flusher that crashed
-        ids = conn.execute(
-            text("SELECT id FROM cms_outbox_events WHERE event_id IN (:a, :b) ORDER BY id"),
-            {"a": first, "b": second},
-        ).scalars()
-        a, b = list(ids)
-        conn.execute(
-            text(
-                "UPDATE cms_outbox_events SET state = 'in_flight', lease_owner = 'crashed', "
-                "lease_expires_at = 1 WHERE id IN (:a, :b)"
-            ),
-            {"a": a, "b": b},
-        )
+    setup = client.track_lead("signup", "customer-a", click_id="ca", mode="deferred").event_id
+    follow_ups = [client.track_lead(name, "customer-a").event_id for name in ("login", "buy")]
+    a, b = (client.store.get(event_id)["id"] for event_id in follow_ups)  # type: ignore[index]
+    sandbox.set_faults(force_status=422, force_count=1)
     postgres = client.engine.dialect.name == "postgresql"
     with ballast.connect() as holder, ballast.connect() as observer:
         if postgres:
@@ -110,7 +103,7 @@ def test_a_deadlock_in_the_flusher_is_run_again_and_every_row_delivered_once(
 
         flusher = threading.Thread(target=flush)
         flusher.start()
-        # Its first transaction reclaims both expired leases in id order: holds a, waits for b.
+        # Recording the dead setup holds its follow-ups in id order: holds a, waits for b.
         # MariaDB refreshes its lock tables only after 0.1 s without a look at them.
         assert wait_until(lambda: waiting_on(observer, me), step=0.2)
         holder.execute(text(lock), {"id": a})  # the other order: the server breaks the cycle
@@ -121,10 +114,12 @@ def test_a_deadlock_in_the_flusher_is_run_again_and_every_row_delivered_once(
     assert retried and retried[0].startswith("recording and leasing: ")
     assert "deadlock" in retried[0]
     [report] = reports
-    assert (report.delivered, report.dead, report.pending) == (2, 0, 0)
-    assert client.store.count_by_state() == {"delivered": 2}
-    keys = Counter(request.idempotency_key for request in sandbox.accepted)
-    assert keys == Counter({first: 1, second: 1})
+    assert (report.dead, report.blocked, report.pending) == (1, 2, 0)
+    assert client.store.count_by_state() == {"dead": 1, "blocked": 2}
+    assert client.retry([setup]) == 3
+    assert client.flush().delivered == 3
+    keys = [request.idempotency_key for request in sandbox.accepted]
+    assert keys == [setup, *follow_ups]
 
 
 def test_neither_a_lock_wait_timeout_nor_a_broken_statement_is_run_again(
