@@ -20,7 +20,7 @@ from cms_outbox.sandbox import Sandbox
 
 # The helper modules that several test files share assert too: pytest explains their failures.
 pytest.register_assert_rewrite(
-    "tests.dashboard_browser", "tests.example_servers", "tests.sandbox_requests"
+    "tests.cli_runs", "tests.dashboard_browser", "tests.example_servers", "tests.sandbox_requests"
 )
 
 TOKEN = "test-token-0123456789"
