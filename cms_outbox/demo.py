@@ -119,11 +119,18 @@ def _wait_for_pause(client: CMSClient, seconds: float = 3.0) -> None:
 
 def _show_events(client: CMSClient, tracked: list[_Tracked], say: _Say) -> None:
     ours = {item.result.event_id: item for item in tracked}
-    rows = [
-        event
-        for event in list_events(client.engine, limit=1000, oldest_first=True)
-        if event.event_id in ours
-    ]
+    order = list(ours)
+    # By customer (this run's own), not a page of the whole outbox: earlier runs and an
+    # application's events may fill any page.
+    rows = sorted(
+        (
+            event
+            for customer in dict.fromkeys(item.customer for item in tracked)
+            for event in list_events(client.engine, customer=customer, oldest_first=True)
+            if event.event_id in ours
+        ),
+        key=lambda event: order.index(event.event_id),
+    )
     say(f"   {'EVENT':<10} {'CUSTOMER':<13} {'WHAT':<48} {'STATE':<8} ATTEMPTS")
     for event in rows:
         label = ours[event.event_id].label

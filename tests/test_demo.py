@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from cms_outbox import demo
+from cms_outbox import CMSClient, demo
 
 
 def test_two_demos_in_the_same_second_into_one_outbox_both_succeed(
@@ -23,3 +23,18 @@ def test_two_demos_in_the_same_second_into_one_outbox_both_succeed(
     assert demo.run(sqlite_url, out=first) == 0, first.getvalue()
     assert demo.run(sqlite_url, out=second) == 0, second.getvalue()
     assert "OK: every event was accepted exactly once" in second.getvalue()
+
+
+def test_the_demo_shows_its_events_in_an_outbox_full_of_others(sqlite_url: str) -> None:
+    """It listed the outbox's first 1,000 events and kept its own: after ~200 runs, none."""
+    with CMSClient(database_url=sqlite_url, flush="off", durability="normal") as client:
+        for number in range(1000):
+            client.track_lead("signup", f"earlier-{number}", click_id=f"c{number}")
+    out = io.StringIO()
+    assert demo.run(sqlite_url, out=out) == 0, out.getvalue()
+    shown = out.getvalue().splitlines()
+    header = next(i for i, line in enumerate(shown) if line.split()[:1] == ["EVENT"])
+    table = shown[header + 1 : header + 6]
+    assert [line.split()[1].split("-")[0] for line in table] == [
+        "alice", "bob", "bob", "bob", "alice",
+    ], out.getvalue()  # fmt: skip
