@@ -121,7 +121,8 @@ def run_daemon_script(
 def test_an_unconfigured_daemon_shows_a_refused_token_on_stderr(
     sqlite_url: str, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    """Without logging configured, the README's daemon with a bad token printed nothing."""
+    """Without logging configured, the daemon's errors came bare (Python's last resort), with
+    no time or level, and its INFO lines not at all."""
     enqueue(sqlite_url, 1)
     code = """
         from cms_outbox import Daemon
@@ -131,7 +132,9 @@ def test_an_unconfigured_daemon_shows_a_refused_token_on_stderr(
         code, sqlite_url, sandbox, tmp_path, until=lambda err: " ERROR " in err
     )
     [refused] = [line for line in err.splitlines() if " ERROR " in line]
-    assert "token" in refused and "not-the-token" not in err, err
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ERROR cms_outbox\.", refused), err
+    assert "rejected the token" in refused and "not-the-token" not in err, err
+    assert "cms-outbox run: delivering from" in err and "cms-outbox run: stopped after" in err
 
 
 def test_a_daemon_leaves_the_applications_logging_as_it_is(
