@@ -12,11 +12,22 @@ SQLite has one writer at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Engine, Select, Table, Update, select, text
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    Table,
+    Update,
+    bindparam,
+    delete,
+    select,
+    text,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import StorageError
@@ -24,6 +35,7 @@ from .fork_gate import guarding
 
 __all__ = [
     "LOCK_TIMEOUT",
+    "delete_by_key",
     "latest_committed",
     "migration_lock",
     "update_by_key",
@@ -113,6 +125,30 @@ def update_by_key(
     if not ids:
         return 0
     return int(conn.execute(statement.where(condition, key.in_(ids)), params).rowcount)
+
+
+def delete_by_key(
+    conn: Connection,
+    table: Table,
+    ids: Sequence[int],
+    condition: ColumnElement[bool] | None = None,
+) -> None:
+    """Delete the rows of ``table`` whose primary key is in ``ids`` (and that match
+    ``condition``).
+
+    On MySQL one statement per key: for ``id IN (...)`` InnoDB may scan the whole table
+    instead (a small table, or a list past ``in_predicate_conversion_threshold``), and
+    the scan waits for the lock on every row it meets, an application's new row included.
+    """
+    if not ids:
+        return
+    key = table.c.id
+    extra = () if condition is None else (condition,)
+    if conn.dialect.name != "mysql":
+        conn.execute(delete(table).where(key.in_(list(ids)), *extra))
+        return
+    one = delete(table).where(key == bindparam("key"), *extra)
+    conn.execute(one, [{"key": id_} for id_ in ids])
 
 
 def update_unlocked(

@@ -13,12 +13,12 @@ from sqlalchemy import (
     Double,
     and_,
     bindparam,
-    delete,
     func,
     select,
     update,
 )
 
+from .dialect import delete_by_key
 from .queries import BLOCKED, CONTROL_ROW, DEAD, DELIVERED, PENDING
 from .results import EventState
 from .schema import attempts, control, events
@@ -111,8 +111,11 @@ def purge_batch(
     ).all()
     seqs = [row.id for row in rows]
     if seqs and not dry_run:
-        conn.execute(delete(attempts).where(attempts.c.event_seq.in_(seqs)))
-        conn.execute(delete(events).where(events.c.id.in_(seqs), selection))
+        # Found by a plain read, deleted by key: never a scan that waits for the lock on an
+        # unrelated row (an application's open transaction that stored an event).
+        found = conn.execute(select(attempts.c.id).where(attempts.c.event_seq.in_(seqs)))
+        delete_by_key(conn, attempts, list(found.scalars()))
+        delete_by_key(conn, events, seqs, selection)
     return [(int(row.id), str(row.event_id)) for row in rows]
 
 

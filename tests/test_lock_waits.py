@@ -217,3 +217,35 @@ def test_a_row_an_application_locked_in_flight_holds_back_only_its_customer(
     assert accepted.pop("user-a") == user_a
     assert sorted(key for keys in accepted.values() for key in keys) == sorted(others)
     assert Counter(r.idempotency_key for r in sandbox.accepted) == Counter(user_a + others)
+
+
+def test_a_purge_never_waits_for_an_application_transaction_that_stored_an_event(
+    make_client: Factory, app_engine: Engine, sandbox: Sandbox
+) -> None:
+    """On MariaDB a delete by ``id IN (...)`` may scan the table whole, and waited for the
+    application's uncommitted new row; the purge deletes by key, at once, only the
+    delivered events and their attempts."""
+    client = connect(make_client, app_engine, sandbox)
+    dead = client.track_lead("signup", "user-x", click_id="cx").event_id  # sent first: 422
+    # Most of the table: the plan MariaDB chose for a delete by ``id IN (...)`` was a scan.
+    delivered = [client.track_lead("signup", f"user-{n}", click_id="c").event_id for n in range(8)]
+    sandbox.set_faults(force_status=422, force_count=1)
+    report = client.flush()
+    assert (report.delivered, report.dead) == (8, 1)
+    waiting = client.track_lead("signup", "user-w", click_id="cw").event_id  # committed
+    seqs = {e: client.store.get(e)["id"] for e in [*delivered, dead]}  # type: ignore[index]
+    with app_engine.connect() as conn:
+        new = client.track_lead("signup", "user-n", click_id="cn", connection=conn).event_id
+
+        def purge() -> list[str]:
+            batches = client.store.purge(delivered_before=time.time() + 60, acknowledge=False)
+            return [event_id for batch in batches for event_id in batch]
+
+        assert sorted(returns(purge)) == sorted(delivered)  # not after LOCK_WAIT: at once
+        conn.commit()
+    assert all(client.store.get(e) is None for e in delivered)
+    assert all(client.store.attempts_of(seqs[e]) == [] for e in delivered)
+    assert len(client.store.attempts_of(seqs[dead])) == 1
+    assert client.flush().delivered == 2
+    assert accepted_in_order(sandbox)["user-w"] == [waiting]
+    assert accepted_in_order(sandbox)["user-n"] == [new]
