@@ -13,8 +13,8 @@ unsent leases back and logs one stop line with the totals.
 
 An operator sees what it does: when the application configured no logging (no handler
 on the root logger or on ``cms_outbox``), ``run_forever()`` logs to stderr as
-``cms-outbox run`` does, one line per event at INFO. An application's own logging
-configuration is left as it is.
+``cms-outbox run`` does: INFO and above, one line each, with time and level. An
+application's own logging configuration is left as it is.
 """
 
 from __future__ import annotations

@@ -225,7 +225,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
         elif total.paused is not None:
             echo(f"delivery paused ({total.paused})")
         if total.paused is not None and after.to_send:
-            echo(NEXT_STEP.get(total.paused, NEXT_STEP["outage"]))
+            echo(NEXT_STEP[total.paused])  # "outage" or "auth" (FlushReport.paused)
     return EXIT_OK if after.pending_due == 0 else EXIT_FAILURE
 
 
