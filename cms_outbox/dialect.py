@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
-    Select,
     Table,
     Update,
     bindparam,
@@ -36,7 +35,6 @@ from .fork_gate import guarding
 __all__ = [
     "LOCK_TIMEOUT",
     "delete_by_key",
-    "latest_committed",
     "migration_lock",
     "update_by_key",
     "update_unlocked",
@@ -46,8 +44,6 @@ __all__ = [
 # Seconds a process waits for another's migration before giving up.
 LOCK_TIMEOUT = 300
 _PG_LOCK_KEY = 7305117250
-
-S = TypeVar("S", bound=Select)  # type: ignore[type-arg]
 
 
 @contextmanager
@@ -91,18 +87,6 @@ def _restore_lock_wait(conn: Connection) -> None:
         conn.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = @cms_outbox_lock_wait")
     except SQLAlchemyError:
         conn.invalidate()
-
-
-def latest_committed(statement: S, conn: Connection) -> S:
-    """``statement`` reading the latest committed rows, not the transaction's snapshot.
-
-    On MySQL at REPEATABLE READ a plain SELECT sees the snapshot taken at the
-    transaction's first read, so a row another transaction committed since (the sale
-    whose invoice id just made our INSERT a duplicate) is invisible; a locking read is not.
-    """
-    if conn.dialect.name == "mysql":
-        return statement.with_for_update(read=True)
-    return statement
 
 
 def update_by_key(

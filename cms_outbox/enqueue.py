@@ -20,7 +20,6 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import inserting, queries
-from .dialect import latest_committed
 from .driver_errors import retrying, storage_error, storage_errors
 from .errors import StorageError
 from .events import Event
@@ -87,7 +86,7 @@ class Enqueue:
             if _is_django(connection):  # Django's own cursor, in its atomic() block
                 from .django.transaction import insert_event
 
-                return insert_event(connection, event)
+                return insert_event(connection, event, self._existing_sale)
             with storage_errors("storing the event in the application's transaction"):
                 conn = connection if isinstance(connection, Connection) else connection.connection()
                 return self._insert_core(conn, event)
@@ -140,16 +139,26 @@ class Enqueue:
         return Stored(EventState(state))
 
     def _existing_sale(self, event: Event) -> dict[str, Any]:
+        """The stored sale of ``event``'s invoice id, read on a connection of its own: it
+        sees the latest committed row."""
         with queries.reading(self.engine, "reading the stored sale") as conn:
-            return self._existing_row(conn, event)
-
-    def _existing_row(self, conn: Connection, event: Event) -> dict[str, Any]:
-        # The latest committed row: on MySQL the transaction's snapshot may predate it.
-        query = select(events).where(events.c.invoice_id == event.invoice_id)
-        row = conn.execute(latest_committed(query, conn)).first()
+            row = _stored_sale(conn, event)
         if row is None:
             raise StorageError(f"storing event {event.event_id} failed: it was not inserted")
-        return dict(row._mapping)
+        return row
+
+    def _existing_row(self, conn: Connection, event: Event) -> dict[str, Any]:
+        # A plain read, where a locking one would hold a shared lock on the stored sale (on
+        # MySQL) to the end of the application's transaction, for the flusher's record of
+        # that sale to wait for. It sees this transaction's own rows; one committed after
+        # its snapshot (MySQL's REPEATABLE READ) is read on a connection of its own.
+        row = _stored_sale(conn, event)
+        return row if row is not None else self._existing_sale(event)
+
+
+def _stored_sale(conn: Connection, event: Event) -> dict[str, Any] | None:
+    row = conn.execute(select(events).where(events.c.invoice_id == event.invoice_id)).first()
+    return None if row is None else dict(row._mapping)
 
 
 def _is_django(connection: object) -> bool:

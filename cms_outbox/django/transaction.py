@@ -7,7 +7,7 @@ application's transaction, so it commits or rolls back with the user's rows.
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Any, Callable
 
 from django.db import DatabaseError, IntegrityError, transaction
 from sqlalchemy import bindparam
@@ -45,8 +45,13 @@ def _latest_setup(vendor: str) -> tuple[str, tuple[Any, ...], int]:
     return str(compiled), tuple(compiled.params[name] for name in names), names.index("customer")
 
 
-def insert_event(connection: Any, event: Event) -> Stored:
+def insert_event(
+    connection: Any, event: Event, stored_sale: Callable[[Event], dict[str, Any]]
+) -> Stored:
     """Store ``event`` in ``connection``'s open ``atomic()`` block.
+
+    :param stored_sale: reads the sale stored with ``event``'s invoice id on a connection
+        of its own, when it was committed after this transaction's snapshot.
 
     :returns: the state it was stored in (pending, or blocked: a follow-up whose governing
         setup is dead), or the sale already stored with its ``invoice_id`` (nothing was
@@ -91,9 +96,9 @@ def insert_event(connection: Any, event: Event) -> Stored:
                     stored = False
             if stored:
                 return Stored(EventState(values[_STATE]))
-            # The latest committed row: MySQL's snapshot of this transaction may predate it.
-            lock = " LOCK IN SHARE MODE" if vendor == "mysql" else ""
-            cursor.execute(_STORED_SALE + lock, [event.invoice_id])
+            # A plain read: a locking one would hold the stored sale (on MySQL) to the end
+            # of the transaction, for the flusher's record of it to wait for.
+            cursor.execute(_STORED_SALE, [event.invoice_id])
             row = cursor.fetchone()
             names = [column[0] for column in cursor.description]
     except DatabaseError as exc:
@@ -101,6 +106,6 @@ def insert_event(connection: Any, event: Event) -> Stored:
             f"storing the event in Django's transaction failed ({type(exc).__name__}; "
             "the driver's error is chained)"
         ) from exc
-    if row is None:
-        raise StorageError(f"storing event {event.event_id} failed: it was not inserted")
+    if row is None:  # committed after this transaction's snapshot (REPEATABLE READ)
+        return Stored.found(stored_sale(event))
     return Stored.found(dict(zip(names, row)))
