@@ -21,7 +21,8 @@ Lease rules, the heart of delivery:
   seek per row it leases, so the cost never grows with the dead rows kept.
 - A follow-up answered 404 (no deferred association) because its governing setup
   committed after it was sent (a late application transaction on PostgreSQL) is dead
-  until that setup is delivered, which makes it pending again.
+  until that setup is delivered, which makes it pending again; so does recording the
+  404 after that setup was delivered (by another flusher, at the same time).
 
 Work is never selected by "id greater than the last seen": rows commit out of order.
 """
@@ -48,7 +49,8 @@ from sqlalchemy import (
 )
 
 from . import queries
-from .dialect import update_by_key, update_unlocked
+from .dialect import update_unlocked
+from .followup_holds import hold_followups, release_late_followups, settle_setups
 from .prepared import execute_many, fetch_all
 from .queries import BLOCKED, DEAD, IN_FLIGHT, PENDING
 from .results import EventState
@@ -112,7 +114,7 @@ def lease(conn: Connection, owner: str, limit: int, now: float, duration: float)
         leases += (Lease(*row[:-1]) for row in rows if row[-1] != BLOCKED)
         for row in held:
             lease_ = Lease(*row[:-1])
-            _hold_followups(conn, lease_.customer_external_id, lease_.seq)
+            hold_followups(conn, lease_.customer_external_id, lease_.seq)
         if not held or len(rows) < limit:
             break
         limit -= len(rows) - len(held)
@@ -135,51 +137,10 @@ def _lease_rows(conn: Connection, params: dict[str, Any]) -> Sequence[Any]:
     ).all()
 
 
-def _hold_followups(conn: Connection, customer: str, seq: int) -> None:
-    """Block the follow-ups of ``customer`` governed by the same dead setup as ``seq``."""
-    bound = conn.execute(_NEXT_SETUP, {"customer": customer, "seq": seq}).scalar()
-    condition = and_(
-        events.c.customer_external_id == customer,
-        events.c.state.in_((PENDING, BLOCKED)),
-        events.c.click_id.is_(None),
-        events.c.id >= seq,
-    )
-    if bound is not None:
-        condition = and_(condition, events.c.id < bound)
-    # By key on MySQL, as the release below: a scan through the state index would lock
-    # entries of rows other flushers have just changed, and two such scans deadlock (1213).
-    update_by_key(conn, events, _HOLD, condition, {})
-
-
 def reclaim_expired(conn: Connection, now: float) -> None:
     """Make rows whose lease expired (a crashed or stalled worker) pending again, but for
     those another transaction holds a lock on: a later sweep takes them."""
     update_unlocked(conn, events, _BACK_TO_PENDING, _EXPIRED, {"now": now})
-
-
-def _settle_setups(conn: Connection, attempts_: Sequence[Attempt], done: set[int]) -> None:
-    """A setup that died holds the follow-ups it governs; one delivered releases those
-    answered 404 before it arrived (its transaction committed after they were sent)."""
-    final = {a.seq: a for a in attempts_ if a.seq in done and a.state in _FINAL}
-    if not final:
-        return
-    for seq, customer in fetch_all(conn, _SETUPS_AMONG, {"seqs": list(final)}):
-        attempt = final[seq]
-        if attempt.state is EventState.DEAD:
-            _hold_followups(conn, customer, seq)
-            continue
-        bound = conn.execute(_NEXT_SETUP, {"customer": customer, "seq": seq}).scalar()
-        condition = and_(
-            events.c.customer_external_id == customer,
-            events.c.state == DEAD,
-            events.c.click_id.is_(None),
-            events.c.last_status_code == 404,
-            events.c.id > seq,
-        )
-        if bound is not None:
-            condition = and_(condition, events.c.id < bound)
-        release = update(events).values(state=PENDING, next_attempt_at=attempt.finished_at)
-        update_by_key(conn, events, release, condition, {})
 
 
 def record(conn: Connection, owner: str, attempts_: Sequence[Attempt], redact: bool) -> list[bool]:
@@ -206,7 +167,8 @@ def record(conn: Connection, owner: str, attempts_: Sequence[Attempt], redact: b
                     .where(events.c.id == attempt.seq)
                     .values(payload=_redacted(conn, attempt.seq))
                 )
-    _settle_setups(conn, attempts_, done)
+    settle_setups(conn, attempts_, done)
+    release_late_followups(conn, attempts_, done)
     return [attempt.seq in done for attempt in attempts_]
 
 
@@ -274,17 +236,7 @@ _LEASE_IDS = (
 _BLOCK_IDS = (
     update(events).where(events.c.id.in_(bindparam("ids", expanding=True))).values(state=BLOCKED)
 )
-_NEXT_SETUP = select(func.min(events.c.id)).where(
-    events.c.customer_external_id == bindparam("customer", type_=Text),
-    events.c.mode == "deferred",
-    events.c.id > bindparam("seq", type_=Integer),
-)
-_FINAL = (EventState.DELIVERED, EventState.DEAD)
-_SETUPS_AMONG = select(events.c.id, events.c.customer_external_id).where(
-    events.c.id.in_(bindparam("seqs", expanding=True)), events.c.mode == "deferred"
-)
 _BACK_TO_PENDING = update(events).values(state=PENDING, lease_owner=None, lease_expires_at=None)
-_HOLD = update(events).values(state=BLOCKED, lease_owner=None, lease_expires_at=None)
 _EXPIRED = and_(
     events.c.state == IN_FLIGHT, events.c.lease_expires_at <= bindparam("now", type_=Double)
 )
