@@ -32,7 +32,7 @@ from .errors import ConfigurationError
 from .formatting import format_age
 from .results import FlushReport
 from .status import ActivityTracker
-from .stderr_log import log_to_stderr, logging_configured
+from .stderr_log import log_outbox_to_stderr, logging_configured
 
 __all__ = ["Daemon"]
 
@@ -112,8 +112,10 @@ class Daemon:
         """Deliver until stopped, then finish in-flight requests, hand back unsent leases,
         log the stop line and ``close()``.
 
-        Logs to stderr at INFO (``cms-outbox run``'s format) when no handler is configured
-        for the root logger or ``cms_outbox``; otherwise the application's logging is used.
+        When neither the root logger nor ``cms_outbox`` has a handler, gives ``cms_outbox``
+        one to stderr at INFO (``cms-outbox run``'s format): a daemon that says nothing
+        hides its errors. The application's own logging is used as it is otherwise, and
+        is never changed.
 
         :returns: the totals, with ``pending`` and ``blocked`` as the daemon left them.
         :raises ConfigurationError: the metrics port cannot be bound.
@@ -121,7 +123,7 @@ class Daemon:
         """
         self.client._check_open()
         if not logging_configured(__name__):  # a daemon that says nothing hides its errors
-            log_to_stderr()
+            log_outbox_to_stderr()
         settings = self.client.settings
         metrics_server: Any = None
         previous: dict[int, Any] = {}

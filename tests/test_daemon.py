@@ -161,3 +161,37 @@ def test_a_daemon_leaves_the_applications_logging_as_it_is(
     assert lines[0].startswith("app cms-outbox run: delivering from "), out
     assert all(line.startswith("app ") for line in lines), out
     assert lines[-1].startswith("app cms-outbox run: stopped after "), out
+
+
+def test_a_daemon_in_an_application_that_logs_only_its_own_logger_adds_nothing_to_it(
+    sqlite_url: str, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The application gave a handler to its own logger alone: the daemon's lines go to
+    stderr on the ``cms_outbox`` logger, the application's lines are printed once, as
+    its handler prints them, and the root logger and other libraries are left as they were."""
+    [event_id] = enqueue(sqlite_url, 1)
+    code = f"""
+        import logging, sys
+        from cms_outbox import Daemon
+        app = logging.getLogger("myapp")
+        app.addHandler(logging.StreamHandler(sys.stdout))
+        app.setLevel(logging.INFO)
+        app.info("app starting")
+        daemon = Daemon(token={TOKEN!r}, rate_limit=None)
+        app.info("app still here")
+        daemon.run_forever()
+        root = logging.getLogger()
+        app.info("root handlers %d, urllib3 level %d", len(root.handlers),
+                 logging.getLogger("urllib3").level)
+    """
+    out, err = run_daemon_script(
+        code, sqlite_url, sandbox, tmp_path, until=lambda _: sandbox.accepted_count(event_id) == 1
+    )
+    assert out.splitlines() == [
+        "app starting",
+        "app still here",
+        "root handlers 0, urllib3 level 0",
+    ]
+    lines = err.splitlines()
+    assert re.search(r" INFO cms_outbox\.daemon: cms-outbox run: delivering from ", lines[0]), err
+    assert all(" cms_outbox." in line for line in lines), err
