@@ -68,7 +68,14 @@ class Pass:
                 self._loop()
             finally:
                 self._cancel_queued()
-                self._drain_inflight()
+                try:
+                    self._drain_inflight()
+                finally:
+                    # The drain failed (the database) with requests still on the wire: the
+                    # flusher records them when they answer, and meanwhile no later pass
+                    # hands their rows back to be sent a second time at once.
+                    self.flusher.adopt(self.inflight)
+                    self.inflight = {}
             # After a failure the next pass hands back what is still leased to us.
             self.store.hand_back(self.flusher.owner, self.unsent)
         except BaseException:
