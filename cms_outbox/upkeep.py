@@ -7,7 +7,7 @@ lifecycle: a mixin, so that they stay methods of the one public client.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Callable
 
 from .results import EventState
 
@@ -18,22 +18,21 @@ if TYPE_CHECKING:
 __all__ = ["Upkeep"]
 
 
-class _Client(Protocol):
-    """What the actions use of the client they are mixed into."""
-
-    store: Store
-    _scheduler: FlushScheduler | None
-
-    def _check_open(self) -> None: ...
-
-    def _now(self) -> float: ...
-
-
 class Upkeep:
     """``retry`` and ``purge`` for ``CMSClient``: each checks the client is open first."""
 
+    # What the actions use of the client they are mixed into.
+    store: Store
+    _scheduler: FlushScheduler | None
+
+    if TYPE_CHECKING:
+
+        def _check_open(self) -> None: ...
+
+        def _now(self) -> float: ...
+
     def retry(
-        self: _Client, event_ids: Sequence[str] = (), *, dead: bool = False, blocked: bool = False
+        self, event_ids: Sequence[str] = (), *, dead: bool = False, blocked: bool = False
     ) -> int:
         """Make dead or blocked events pending and due now; their attempt history is kept.
 
@@ -54,7 +53,7 @@ class Upkeep:
         return count
 
     def purge(
-        self: _Client,
+        self,
         *,
         delivered_older_than: float | None = None,
         dead_older_than: float | None = None,
