@@ -154,9 +154,9 @@ def _server(text: str, kind: str) -> str:
         return "the database named in the URL does not exist on the server"
     if "lock timeout" in text or "lock wait timeout" in text or "locknotavailable" in kind.lower():
         return (
-            "another transaction held a lock on outbox rows longer than this one may wait for "
-            "it, and nothing of this one was applied: commit or roll back long transactions "
-            "on the outbox tables, then try again (a flusher does at its next pass)"
+            "another transaction held a lock on outbox rows longer than this statement may "
+            "wait for it: commit or roll back long transactions on the outbox tables, then "
+            "try again"
         )
     if "deadlock" in text:
         return "the database server broke a deadlock by cancelling this transaction: try again"

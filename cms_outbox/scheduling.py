@@ -269,7 +269,7 @@ class FlushScheduler:
         last, at = self._last_error
         now = time.monotonic()
         if message != last or now - at >= ERROR_LOG_EVERY:
-            logger.error("flusher pass failed: %s", message)
+            logger.error("flusher pass failed: %s (the next pass tries again)", message)
             self._last_error = (message, now)
 
 
