@@ -57,21 +57,29 @@ def test_the_top_level_help_does_not_offer_create_directories(
     assert "`migrate --create-directories` creates it" in said
 
 
-@pytest.mark.parametrize(
-    ("before", "after"),
-    [([], ["status"]), ([], ["sandbox"]), ([], ["demo"]), (["--create-directories"], ["migrate"])],
-    ids=["status", "sandbox", "demo", "before migrate"],
-)
+@pytest.mark.parametrize("command", ["status", "sandbox", "demo"])
 def test_create_directories_elsewhere_says_where_it_belongs(
-    before: list[str], after: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = f"sqlite:///{tmp_path / 'new' / 'outbox.db'}"
-    argv = [*before, *after, "--database-url", url, *([] if before else ["--create-directories"])]
-    assert main(argv) == 2
+    assert main([command, "--database-url", url, "--create-directories"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"cms-outbox {after[0]}: error: --create-directories is an option of `migrate` and "
+        f"cms-outbox {command}: error: --create-directories is an option of `migrate` and "
         "`run` only, the commands that create an outbox: `cms-outbox migrate "
-        f"--create-directories` (see `cms-outbox {after[0]} --help`)"
+        f"--create-directories` (see `cms-outbox {command} --help`)"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["migrate", "run"])
+def test_create_directories_before_its_command_says_to_put_it_after(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'new' / 'outbox.db'}"
+    assert main(["--create-directories", command, "--database-url", url]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"cms-outbox {command}: error: --create-directories goes after the command: "
+        f"`cms-outbox {command} --create-directories` (see `cms-outbox {command} --help`)"
     ]
     assert list(tmp_path.iterdir()) == []
 

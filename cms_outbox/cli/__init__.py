@@ -97,6 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, extras = parser.parse_known_args(argv)
         if extras:  # point at the command's own --help, not the top level's
             where = getattr(args, "command_parser", parser)
+            if CREATE_DIRECTORIES in extras and hasattr(args, "create_directories"):
+                # migrate or run, with the flag before the command's name
+                where.error(
+                    f"{CREATE_DIRECTORIES} goes after the command: `{where.prog} {CREATE_DIRECTORIES}`"
+                )
             if CREATE_DIRECTORIES in extras:
                 where.error(
                     f"{CREATE_DIRECTORIES} is an option of `migrate` and `run` only, the "
