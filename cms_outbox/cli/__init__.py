@@ -100,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if CREATE_DIRECTORIES in extras and hasattr(args, "create_directories"):
                 # migrate or run, with the flag before the command's name
                 where.error(
-                    f"{CREATE_DIRECTORIES} goes after the command: `{where.prog} {CREATE_DIRECTORIES}`"
+                    f"{CREATE_DIRECTORIES} goes after the command: "
+                    f"`{where.prog} {CREATE_DIRECTORIES}`"
                 )
             if CREATE_DIRECTORIES in extras:
                 where.error(
