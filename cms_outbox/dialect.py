@@ -114,25 +114,30 @@ def update_by_key(
 def delete_by_key(
     conn: Connection,
     table: Table,
-    ids: Sequence[int],
+    column: ColumnElement[Any],
+    values: Sequence[Any],
     condition: ColumnElement[bool] | None = None,
 ) -> None:
-    """Delete the rows of ``table`` whose primary key is in ``ids`` (and that match
+    """Delete the rows of ``table`` whose ``column`` is in ``values`` (and that match
     ``condition``).
 
-    On MySQL one statement per key: for ``id IN (...)`` InnoDB may scan the whole table
+    On MySQL by primary key, one statement per key, the keys found first by a plain read
+    (unless ``column`` is the key): for ``IN (...)`` InnoDB may scan the whole table
     instead (a small table, or a list past ``in_predicate_conversion_threshold``), and
     the scan waits for the lock on every row it meets, an application's new row included.
     """
-    if not ids:
+    if not values:
+        return
+    extra = () if condition is None else (condition,)
+    matching = (column.in_(list(values)), *extra)
+    if conn.dialect.name != "mysql":
+        conn.execute(delete(table).where(*matching))
         return
     key = table.c.id
-    extra = () if condition is None else (condition,)
-    if conn.dialect.name != "mysql":
-        conn.execute(delete(table).where(key.in_(list(ids)), *extra))
-        return
-    one = delete(table).where(key == bindparam("key"), *extra)
-    conn.execute(one, [{"key": id_} for id_ in ids])
+    ids = values if column is key else conn.execute(select(key).where(*matching)).scalars().all()
+    if ids:
+        one = delete(table).where(key == bindparam("key"), *extra)
+        conn.execute(one, [{"key": id_} for id_ in ids])
 
 
 def update_unlocked(

@@ -12,7 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Double, Integer, Text, and_, bindparam, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Double,
+    Integer,
+    Text,
+    and_,
+    bindparam,
+    func,
+    select,
+    update,
+)
 
 from .dialect import update_by_key
 from .prepared import fetch_all
@@ -28,18 +39,23 @@ __all__ = ["hold_followups", "release_late_followups", "settle_setups"]
 
 def hold_followups(conn: Connection, customer: str, seq: int) -> None:
     """Block the follow-ups of ``customer`` governed by the same dead setup as ``seq``."""
-    bound = conn.execute(_NEXT_SETUP, {"customer": customer, "seq": seq}).scalar()
-    condition = and_(
-        events.c.customer_external_id == customer,
-        events.c.state.in_((PENDING, BLOCKED)),
-        events.c.click_id.is_(None),
-        events.c.id >= seq,
-    )
-    if bound is not None:
-        condition = and_(condition, events.c.id < bound)
+    condition = and_(_governed(conn, customer, seq), events.c.state.in_((PENDING, BLOCKED)))
     # By key on MySQL, as the release: a scan through the state index would lock
     # entries of rows other flushers have just changed, and two such scans deadlock (1213).
     update_by_key(conn, events, _HOLD, condition, {})
+
+
+def _governed(conn: Connection, customer: str, seq: int) -> ColumnElement[bool]:
+    """The follow-ups of ``customer`` from ``seq`` on, up to its next deferred setup: those
+    governed by the setup that governs ``seq`` (or that is ``seq``: a setup has a click id,
+    so it is never among them)."""
+    bound = conn.execute(_NEXT_SETUP, {"customer": customer, "seq": seq}).scalar()
+    condition = and_(
+        events.c.customer_external_id == customer,
+        events.c.click_id.is_(None),
+        events.c.id >= seq,
+    )
+    return condition if bound is None else and_(condition, events.c.id < bound)
 
 
 def settle_setups(conn: Connection, attempts_: Sequence[Attempt], done: set[int]) -> None:
@@ -53,16 +69,11 @@ def settle_setups(conn: Connection, attempts_: Sequence[Attempt], done: set[int]
         if attempt.state is EventState.DEAD:
             hold_followups(conn, customer, seq)
             continue
-        bound = conn.execute(_NEXT_SETUP, {"customer": customer, "seq": seq}).scalar()
         condition = and_(
-            events.c.customer_external_id == customer,
+            _governed(conn, customer, seq),
             events.c.state == DEAD,
-            events.c.click_id.is_(None),
             events.c.last_status_code == 404,
-            events.c.id > seq,
         )
-        if bound is not None:
-            condition = and_(condition, events.c.id < bound)
         release = update(events).values(state=PENDING, next_attempt_at=attempt.finished_at)
         update_by_key(conn, events, release, condition, {})
 

@@ -111,11 +111,10 @@ def purge_batch(
     ).all()
     seqs = [row.id for row in rows]
     if seqs and not dry_run:
-        # Found by a plain read, deleted by key: never a scan that waits for the lock on an
-        # unrelated row (an application's open transaction that stored an event).
-        found = conn.execute(select(attempts.c.id).where(attempts.c.event_seq.in_(seqs)))
-        delete_by_key(conn, attempts, list(found.scalars()))
-        delete_by_key(conn, events, seqs, selection)
+        # By key: never a scan that waits for the lock on an unrelated row (an
+        # application's open transaction that stored an event).
+        delete_by_key(conn, attempts, attempts.c.event_seq, seqs)
+        delete_by_key(conn, events, events.c.id, seqs, selection)
     return [(int(row.id), str(row.event_id)) for row in rows]
 
 

@@ -39,8 +39,8 @@ T = TypeVar("T")
 SWEEP_INTERVAL = 1.0
 # Seconds a statement of the outbox's own transactions waits for a row lock, where the
 # servers' defaults are 50 s (MariaDB) or for ever (PostgreSQL). Flushers hold their locks
-# for milliseconds; a lock held longer is an application's open transaction (on MySQL,
-# one that stored a sale again with connection=), and a pass blocked by it gives up in
+# for milliseconds; a lock held longer is an application's open transaction that locked
+# an outbox row itself (FOR SHARE, FOR UPDATE), and a pass blocked by it gives up in
 # seconds, saying so, and the next pass tries again. Above PostgreSQL's deadlock_timeout
 # (1 s by default), so that a deadlock is still found as one.
 LOCK_WAIT = 5
